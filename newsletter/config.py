@@ -1,0 +1,303 @@
+"""Load and validate config.yaml into one ``Settings`` object.
+
+Unknown keys are errors that name the key path and the file. Relative paths are resolved
+against the config file's folder. Secrets never live in the file: it names the
+environment variables that hold them, and ``Settings.secret`` reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from newsletter.errors import ConfigError
+from newsletter.yamlfile import read_mapping, validate
+
+CONFIG_ENV = "NEWSLETTER_CONFIG"
+DATABASE_URL_ENV = "NEWSLETTER_DATABASE_URL"
+DEFAULT_CONFIG = Path("config.yaml")
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are rejected, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_newline(value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError("must be a single line (it becomes an email header)")
+    return value
+
+
+class SocialLink(Section):
+    name: str
+    url: str
+
+
+class Logo(Section):
+    src: str
+    alt: str
+    width: int = Field(default=180, gt=0, le=600)
+
+
+class Publication(Section):
+    """Who sends the newsletter and what every email must say about them."""
+
+    name: str = Field(min_length=1)
+    tagline: str = ""
+    language: str = "en"
+    timezone: str = "UTC"
+    website_url: str
+    public_url: str  # base for unsubscribe, subscribe, archive and "view in browser" links
+    organisation: str
+    postal_address: str = Field(min_length=1)  # CAN-SPAM: required in every email
+    why_you_get_this: str = "You are receiving this email because you subscribed to it."
+    logo: Logo | None = None
+    social: list[SocialLink] = []
+    accent_color: str = Field(default="#b3261e", pattern=r"^#[0-9a-fA-F]{6}$")
+
+    @field_validator("website_url", "public_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("postal_address")
+    @classmethod
+    def _postal(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty (CAN-SPAM requires a postal address)")
+        return value.strip()
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        return check_timezone(value)
+
+
+def check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+class SenderIdentity(Section):
+    """The From, Reply-To and list headers."""
+
+    from_name: str
+    from_address: str
+    reply_to: str | None = None
+    list_id: str | None = None  # e.g. "weekly.news.example.org"
+    unsubscribe_mailto: str | None = None  # optional second List-Unsubscribe entry
+
+    @field_validator("from_name", "from_address", "reply_to", "list_id", "unsubscribe_mailto")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        return value if value is None else _no_newline(value)
+
+
+class Templates(Section):
+    dir: Path = Path("templates")
+    roundup_body: Literal["full", "excerpt"] = "full"
+    roundup_excerpt_words: int = Field(default=120, gt=0)
+
+
+class Output(Section):
+    dir: Path = Path("build")
+
+
+class Limits(Section):
+    html_warn_bytes: int = Field(default=51_200, gt=0)
+    html_max_bytes: int = Field(default=102_400, gt=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Limits:
+        if self.html_warn_bytes > self.html_max_bytes:
+            raise ValueError("html_warn_bytes must not exceed html_max_bytes")
+        return self
+
+
+class Utm(Section):
+    """UTM parameters added to links that point at the publication's own domains."""
+
+    enabled: bool = True
+    source: str = "newsletter"
+    medium: str = "email"
+    campaign: str = "{slug}"  # {slug} and {date} are filled in per issue
+    domains: list[str] = []  # empty: the website_url's host
+
+
+class RoundupSource(Section):
+    feed: str
+    match: dict[Literal["title_prefix", "category", "title_regex"], str] = {
+        "title_prefix": "Diplomacy Watch:"
+    }
+    body: Literal["full", "excerpt"] = "full"
+    max_age_days: int = Field(default=7, gt=0)
+
+
+class TeaserSource(Section):
+    feeds: list[str] = []
+    count: int = Field(default=5, ge=0, le=50)
+    max_age_days: int = Field(default=7, gt=0)
+    include_sections: list[str] = []
+    exclude_sections: list[str] = []
+    excerpt_words: int = Field(default=45, gt=0)
+    on_feed_error: Literal["fail", "warn"] = "warn"
+
+
+class Fetching(Section):
+    timeout_seconds: float = Field(default=20.0, gt=0)
+    max_bytes: int = Field(default=10_000_000, gt=0)
+    cache_dir: Path = Path(".cache/feeds")
+    user_agent: str | None = None
+
+
+class Sources(Section):
+    roundup: RoundupSource
+    teasers: TeaserSource = TeaserSource()
+    no_roundup: Literal["skip", "teasers_only"] = "skip"
+    fetch: Fetching = Fetching()
+
+
+class Database(Section):
+    url: str = "sqlite:///newsletter.db"
+    auto_upgrade: bool = False
+
+
+class OutboxBackend(Section):
+    dir: Path = Path("outbox")
+
+
+class SendgridBackend(Section):
+    api_key_env: EnvName = "SENDGRID_API_KEY"
+    host: str = "https://api.sendgrid.com"
+    batch_size: int = Field(default=1000, gt=0, le=1000)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    sandbox: bool = False
+    categories: list[str] = Field(default=["newsletter"], max_length=10)
+
+
+class SmtpBackend(Section):
+    host: str = "localhost"
+    port: int = Field(default=587, gt=0, lt=65536)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username_env: EnvName | None = None
+    password_env: EnvName | None = None
+    connections: int = Field(default=4, gt=0, le=64)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class Delivery(Section):
+    backend: Literal["outbox", "smtp", "sendgrid"] = "outbox"
+    outbox: OutboxBackend = OutboxBackend()
+    sendgrid: SendgridBackend = SendgridBackend()
+    smtp: SmtpBackend = SmtpBackend()
+    batch_size: int = Field(default=500, gt=0, le=1000)
+    concurrency: int = Field(default=4, gt=0, le=64)
+    max_retries: int = Field(default=6, ge=0)
+    test_recipients: list[str] = []  # the editors' addresses for "send test"
+
+
+class Settings(Section):
+    """Everything config.yaml says, with paths made absolute."""
+
+    publication: Publication
+    sender: SenderIdentity
+    templates: Templates = Templates()
+    output: Output = Output()
+    limits: Limits = Limits()
+    utm: Utm = Utm()
+    issues_dir: Path = Path("issues")
+    sources: Sources | None = None
+    database: Database = Database()
+    delivery: Delivery = Delivery()
+
+    # Where the file was read from; not a key in the file.
+    config_path: Path = Field(default=Path("config.yaml"), exclude=True)
+
+    def secret(self, env_name: str | None, what: str) -> str:
+        """Read a secret from the environment variable ``env_name``; never log it."""
+        value = os.environ.get(env_name or "")
+        if not env_name or not value:
+            raise ConfigError(
+                f"{self.config_path}: {what} is read from the environment variable "
+                f"{env_name or '(none named)'}, which is not set"
+            )
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.publication.timezone)
+
+
+def _absolute_paths(data: Any, base: Path) -> Any:
+    """Resolve the relative path values of known path keys against ``base``."""
+    path_keys = {"dir", "issues_dir", "cache_dir"}
+    if isinstance(data, dict):
+        return {
+            k: (str(base / v) if k in path_keys and isinstance(v, str) and not Path(v).is_absolute()
+                else _absolute_paths(v, base))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [_absolute_paths(v, base) for v in data]
+    return data
+
+
+def _local_feed_paths(data: dict[str, Any], base: Path) -> None:
+    """Feed locations given as relative local paths are relative to the config file."""
+    sources = data.get("sources")
+    if not isinstance(sources, dict):
+        return
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            return str(base / value)
+        return value
+
+    roundup = sources.get("roundup")
+    if isinstance(roundup, dict) and "feed" in roundup:
+        roundup["feed"] = fix(roundup["feed"])
+    teasers = sources.get("teasers")
+    if isinstance(teasers, dict) and isinstance(teasers.get("feeds"), list):
+        teasers["feeds"] = [fix(v) for v in teasers["feeds"]]
+
+
+def config_location(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """``--config`` wins, then ``NEWSLETTER_CONFIG``, then ./config.yaml."""
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the config file; ``NEWSLETTER_DATABASE_URL`` overrides the database."""
+    env = os.environ if env is None else env
+    location = config_location(path, env)
+    data = read_mapping(location, ConfigError)
+    base = location.resolve().parent
+    data = _absolute_paths(data, base)
+    _local_feed_paths(data, base)
+    if env.get(DATABASE_URL_ENV):
+        database = dict(data.get("database") or {})
+        database["url"] = env[DATABASE_URL_ENV]
+        data["database"] = database
+    data["config_path"] = str(location)
+    return validate(Settings, data, location, ConfigError)

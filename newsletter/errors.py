@@ -1,0 +1,102 @@
+"""The one exception tree of the newsletter: every error a user can cause or fix.
+
+    NewsletterError                 base; ``str(err)`` is one line a user can act on
+    ├── ConfigError                 config.yaml or an environment variable it names
+    ├── IssueFileError              issues/<slug>.yaml
+    ├── TemplateError               a template in the templates directory
+    ├── BuildError                  a rendered email that must not go out (size, checks)
+    ├── HeaderError                 a header value that would inject another header
+    ├── FeedError                   a feed that cannot be fetched or parsed
+    │   └── NoRoundupError          the feeds hold no new round-up this week
+    ├── SubscriberError             a subscriber, an import file or its rows
+    ├── StoreError                  the database: unreachable, locked, behind on migrations
+    ├── DeliveryError               a sender backend refused or failed
+    │   └── PermanentDeliveryError  retrying cannot help (400/401/403/413)
+    ├── SendError                   the send job: nothing to send, issue state, leftovers
+    └── ScheduleError               the weekly job's schedule
+
+The CLI maps the tree to exit codes in one place (``cli.main``); the web layer maps it to
+HTTP statuses with each class's ``status``.
+"""
+
+from __future__ import annotations
+
+
+class NewsletterError(Exception):
+    """Base class: the message is shown to the user as is, without a traceback."""
+
+    status: int = 400
+    exit_code: int = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(NewsletterError):
+    """config.yaml is missing, malformed or invalid, or a secret is not in the environment."""
+
+    exit_code = 2
+
+
+class IssueFileError(NewsletterError):
+    """An issue file is missing, malformed or invalid."""
+
+    exit_code = 2
+
+
+class TemplateError(NewsletterError):
+    """A template is missing or fails to render."""
+
+    exit_code = 2
+
+
+class BuildError(NewsletterError):
+    """The built email breaks a hard limit (Gmail clipping, missing unsubscribe, ...)."""
+
+
+class HeaderError(NewsletterError):
+    """A header value holds a line break (header injection) or cannot be encoded."""
+
+
+class FeedError(NewsletterError):
+    """A feed is unreachable, too large, malformed or empty."""
+
+
+class NoRoundupError(FeedError):
+    """No new round-up this week: the weekly job skips the week (or sends teasers only)."""
+
+    exit_code = 3
+
+
+class SubscriberError(NewsletterError):
+    """A subscriber address, an import file or one of its rows is invalid."""
+
+
+class StoreError(NewsletterError):
+    """The database is unreachable, locked, or behind on its migrations."""
+
+    status = 503
+
+
+class DeliveryError(NewsletterError):
+    """A sender backend failed in a way that retrying may cure."""
+
+    status = 502
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A sender backend refused the request itself: retrying will not help."""
+
+
+class SendError(NewsletterError):
+    """The send job cannot start, or finished with recipients left unsent."""
+
+
+class ScheduleError(NewsletterError):
+    """The schedule in config.yaml is invalid, or a scheduled step failed."""
+
+    exit_code = 2
