@@ -109,31 +109,18 @@ def preview(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        app(args=args, prog_name="newsletter")
+    except SystemExit as exc:  # click's own exit: --help, usage errors (2), typer.Exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except NewsletterError as exc:
-        if debug:
+        if state.debug or "--debug" in args:
             raise
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         return exc.exit_code
-    except typer.Abort:
-        err_console.print("aborted")
-        return 130
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    except (typer.BadParameter, typer.Exit) as exc:  # pragma: no cover - handled by click
-        return getattr(exc, "exit_code", 2)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Exit):
-            return exc.exit_code
-        raise
     return 0
 
 

@@ -142,11 +142,27 @@ class Utm(Section):
 
 class RoundupSource(Section):
     feed: str
+    # Every key given must match: title_prefix and category ignore case.
     match: dict[Literal["title_prefix", "category", "title_regex"], str] = {
         "title_prefix": "Diplomacy Watch:"
     }
     body: Literal["full", "excerpt"] = "full"
     max_age_days: int = Field(default=7, gt=0)
+    label: str | None = None  # the section label shown above it; default: its first category
+
+    @field_validator("match")
+    @classmethod
+    def _match(
+        cls, value: dict[Literal["title_prefix", "category", "title_regex"], str]
+    ) -> dict[Literal["title_prefix", "category", "title_regex"], str]:
+        if not value:
+            raise ValueError("needs title_prefix, category or title_regex")
+        if "title_regex" in value:
+            try:
+                re.compile(value["title_regex"])
+            except re.error as exc:
+                raise ValueError(f"title_regex is not a valid regular expression ({exc})") from None
+        return value
 
 
 class TeaserSource(Section):

@@ -114,6 +114,12 @@ class Issue(Content):
     sent_at: dt.datetime | None = None
     gathered: Gathered | None = None
 
+    @field_validator("slug", mode="before")
+    @classmethod
+    def _slug_from_date(cls, value: object) -> object:
+        # YAML reads an unquoted 2024-10-25 as a date; as a slug it is meant as text.
+        return value.isoformat() if isinstance(value, dt.date) else value
+
     @field_validator("slug")
     @classmethod
     def _slug(cls, value: str) -> str:

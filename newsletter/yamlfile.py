@@ -107,8 +107,7 @@ class _BlockDumper(yaml.SafeDumper):
 
 def _str_presenter(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
     if "\n" in value:
-        # YAML block scalars cannot keep trailing spaces on a line; drop them.
-        value = "\n".join(line.rstrip() for line in value.splitlines())
+        # PyYAML falls back to a quoted scalar where a block cannot hold the value exactly.
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
     return dumper.represent_scalar("tag:yaml.org,2002:str", value)
 

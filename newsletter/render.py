@@ -1,0 +1,446 @@
+"""Render an issue once: Jinja2 -> MJML -> mjml-python -> premailer gives the HTML part, a
+Jinja2 text template the plain-text part; then check the result (size, alt text, links,
+postal address, unsubscribe link). ``personalize`` turns the rendered email and one
+recipient into the final MIME message by placeholder substitution only.
+
+Per-recipient values are placeholders such as ``%%unsubscribe_url%%`` that pass through
+MJML and premailer untouched; SendGrid receives the same keys as ``substitutions``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.policy
+import html as html_lib
+import re
+from dataclasses import dataclass, field
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import jinja2
+from markdown_it import MarkdownIt
+from markupsafe import Markup
+
+from newsletter import issuefile, links, plaintext
+from newsletter.config import Settings
+from newsletter.errors import BuildError, HeaderError, TemplateError
+from newsletter.models import Issue, Recipient
+from newsletter.yamlfile import atomic_write
+
+# Placeholder keys -> how they appear in the rendered parts. HTML and text get their own
+# keys for values that need HTML escaping, so a name like "<Ann & Bob>" cannot inject.
+PLACEHOLDERS = {
+    "unsubscribe_url": "%%unsubscribe_url%%",
+    "email": "%%email%%",
+    "email_html": "%%email_html%%",
+    "name": "%%name%%",
+    "name_html": "%%name_html%%",
+}
+_PLACEHOLDER = re.compile(r"%%(unsubscribe_url|email_html|email|name_html|name)%%")
+_HREF = re.compile(r'href="([^"]*)"')
+_CSS_IMPORT = re.compile(r"@import\s+[^;]+;", re.IGNORECASE)
+_KEEP_STYLE = 'data-premailer="ignore"'
+_LOOPBACK = ("http://127.0.0.1", "http://localhost", "http://[::1]")
+
+SAMPLE_RECIPIENT_TOKEN = "sample-recipient-token"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding of the build checks; errors stop a send, warnings inform the editor."""
+
+    level: Literal["error", "warning"]
+    message: str
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """An issue rendered once: both parts with placeholders, and the fixed headers."""
+
+    slug: str
+    subject: str
+    html: str
+    text: str
+    from_name: str
+    from_address: str
+    reply_to: str | None = None
+    list_id: str | None = None
+    unsubscribe_mailto: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Built:
+    """The result of ``build_issue``: the email and what the checks found."""
+
+    email: RenderedEmail
+    checks: tuple[Check, ...]
+    html_bytes: int
+
+    @property
+    def errors(self) -> list[str]:
+        return [c.message for c in self.checks if c.level == "error"]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [c.message for c in self.checks if c.level == "warning"]
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    """What ``build_to_dir`` wrote: (path, size) of each file, and the warnings."""
+
+    files: list[tuple[Path, int]]
+    warnings: list[str]
+    built: Built
+
+
+# --- Jinja2 ---------------------------------------------------------------------------
+
+_markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": True})
+
+
+def _environment(templates_dir: Path) -> jinja2.Environment:
+    """A Jinja2 environment for a templates folder (cached: templates compile once)."""
+    return _cached_environment(str(templates_dir.resolve()))
+
+
+@lru_cache(maxsize=8)
+def _cached_environment(templates_dir: str) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates_dir),
+        undefined=jinja2.StrictUndefined,
+        autoescape=lambda name: name is not None and not name.endswith(".txt.j2"),
+        trim_blocks=False,
+        keep_trailing_newline=True,
+        auto_reload=True,
+    )
+    env.filters["wrap"] = plaintext.wrap
+    env.filters["host"] = lambda url: urlsplit(url).hostname or url
+    return env
+
+
+def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"{env.loader.searchpath[0]}/{exc.name}: template not found") from None  # type: ignore[union-attr]
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{exc.filename or name}:{exc.lineno}: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise TemplateError(f"{name}: {exc.message}") from None
+
+
+def _tag_links(fragment: str, link: links.UtmTagger) -> str:
+    """UTM-tag the hrefs of an HTML fragment (double-quoted, as nh3 and markdown-it write)."""
+
+    def sub(m: re.Match[str]) -> str:
+        url = html_lib.unescape(m.group(1))
+        return f'href="{html_lib.escape(link(url), quote=True)}"'
+
+    return _HREF.sub(sub, fragment)
+
+
+def _excerpt_html(body_html: str, words: int) -> tuple[str, bool]:
+    """The first paragraphs of a body, up to about ``words`` words; True if cut."""
+    text = plaintext.html_to_text(body_html)
+    all_words = text.split()
+    if len(all_words) <= words:
+        return body_html, False
+    cut = " ".join(all_words[:words]).rstrip(",;:") + "\u2026"
+    return f"<p>{html_lib.escape(cut)}</p>", True
+
+
+def _sanitize(fragment: str) -> str:  # noqa: D103
+    """Issue files are edited by hand: sanitize their HTML again before it is rendered."""
+    from newsletter.gather.sanitize import sanitize_html
+
+    return sanitize_html(fragment)
+
+
+def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
+    pub = settings.publication
+    tag = links.UtmTagger(settings.utm, pub, issue.slug, issue.date)
+    body_html = _sanitize(issue.roundup.body_html) if issue.roundup else ""
+    excerpted = False
+    if issue.roundup and settings.templates.roundup_body == "excerpt":
+        body_html, excerpted = _excerpt_html(body_html, settings.templates.roundup_excerpt_words)
+    return {
+        "issue": issue,
+        "pub": pub,
+        "issue_date": f"{issue.date:%B} {issue.date.day}, {issue.date.year}",
+        "links": {
+            "web_version": links.web_version(pub, issue.slug),
+            "archive": links.archive(pub),
+            "subscribe": links.subscribe(pub),
+        },
+        "placeholders": PLACEHOLDERS,
+        "roundup_body": Markup(_tag_links(body_html, tag)),
+        "roundup_text": plaintext.html_to_text(body_html, tag),
+        "roundup_excerpted": excerpted,
+        "_tag": tag,
+    }
+
+
+def _filters(tag: links.UtmTagger) -> dict[str, Any]:
+    """Per-issue filters: they depend on the issue's UTM campaign."""
+    return {
+        "link": tag,
+        "markdown": lambda text: Markup(_tag_links(_markdown.render(text), tag)),
+        "markdown_text": lambda text: plaintext.html_to_text(_markdown.render(text), tag),
+    }
+
+
+# --- MJML and premailer ---------------------------------------------------------------
+
+
+def compile_mjml(mjml_source: str, source_name: str = "email.mjml.j2") -> str:
+    """MJML -> HTML with mjml-python, with no web fonts (no remote requests)."""
+    from mjml import mjml2html
+
+    try:
+        return str(mjml2html(mjml_source, disable_comments=True, fonts={}))
+    except Exception as exc:  # MRML raises a bare exception type on invalid MJML
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TemplateError(f"{source_name}: invalid MJML: {first}") from None
+
+
+def inline_css(html: str, css: str) -> str:
+    """Inline ``css`` into the elements with premailer. MJML's own <style> blocks (resets,
+    column widths, media queries) are kept as they are and not inlined: inlining its
+    resets into every table cell would add some 15 KB towards Gmail's clipping limit."""
+    import logging
+
+    from premailer import Premailer  # ~0.25 s to import: only when an email is built
+
+    html = _CSS_IMPORT.sub("", html)  # cssutils would fetch @import even with allow_network=False
+    html = html.replace("<style", f"<style {_KEEP_STYLE}")
+    inlined = str(
+        Premailer(
+            html,
+            css_text=_CSS_IMPORT.sub("", css),
+            keep_style_tags=True,
+            strip_important=False,
+            allow_network=False,
+            allow_loading_external_files=False,
+            disable_validation=True,
+            disable_basic_attributes=["width", "height", "align", "bgcolor"],
+            preserve_handlebar_syntax=True,
+            cssutils_logging_level=logging.CRITICAL,
+            cache_css_parsing=True,
+        ).transform()
+    )
+    return inlined.replace(f" {_KEEP_STYLE}", "")
+
+
+# --- checks ---------------------------------------------------------------------------
+
+
+def check_email(html: str, text: str, size: int, settings: Settings) -> list[Check]:
+    """What a professional sender checks before an email goes out: ``html`` and ``text``
+    still hold the placeholders, ``size`` is the byte size of a personalized HTML part."""
+    import lxml.html
+
+    checks: list[Check] = []
+    limits = settings.limits
+    if size > limits.html_max_bytes:
+        checks.append(Check("error", f"HTML is {size:,} bytes, over the {limits.html_max_bytes:,}-byte "
+                                     "limit: Gmail clips it and hides the footer and unsubscribe link"))
+    elif size > limits.html_warn_bytes:
+        checks.append(Check("warning", f"HTML is {size:,} bytes, over {limits.html_warn_bytes:,}: "
+                                       f"close to Gmail's clipping limit ({limits.html_max_bytes:,})"))
+    doc = lxml.html.document_fromstring(html)
+    for img in doc.iter("img"):
+        if not (img.get("alt") or "").strip():
+            checks.append(Check("warning", f"image without alt text: {img.get('src', '(no src)')}"))
+        if not (img.get("src") or "").startswith("https://"):
+            checks.append(Check("warning", f"image not served over https: {img.get('src') or '(empty)'}"))
+    unsubscribe_links = 0
+    for a in doc.iter("a"):
+        href = (a.get("href") or "").strip()
+        label = " ".join(a.text_content().split())[:40] or "(no text)"
+        if href == PLACEHOLDERS["unsubscribe_url"]:
+            unsubscribe_links += 1
+        elif not href or href == "#":
+            checks.append(Check("warning", f"empty link: {label!r}"))
+        elif href.startswith("http://"):
+            if not href.startswith(_LOOPBACK):  # a local `newsletter serve` is fine
+                checks.append(Check("warning", f"link not over https: {href}"))
+        elif not href.startswith(("https://", "mailto:", "%%")):
+            checks.append(Check("warning", f"link with an unexpected scheme: {href}"))
+    if not unsubscribe_links:
+        checks.append(Check("error", "no unsubscribe link in the HTML part (templates must link "
+                                     "placeholders.unsubscribe_url)"))
+    if PLACEHOLDERS["unsubscribe_url"] not in text:
+        checks.append(Check("error", "no unsubscribe link in the text part"))
+    address = " ".join(settings.publication.postal_address.split())
+    if address not in " ".join(doc.text_content().split()):
+        checks.append(Check("error", "the postal address is missing from the HTML part (CAN-SPAM)"))
+    if address not in " ".join(text.split()):
+        checks.append(Check("error", "the postal address is missing from the text part (CAN-SPAM)"))
+    return checks
+
+
+# --- the build ------------------------------------------------------------------------
+
+
+def _prepare(issue: Issue, settings: Settings) -> tuple[jinja2.Environment, dict[str, Any]]:
+    """The template environment with this issue's filters, and the template context."""
+    env = _environment(settings.templates.dir).overlay()
+    context = _context(issue, settings)
+    env.filters.update(_filters(context.pop("_tag")))
+    return env, context
+
+
+def render_mjml(issue: Issue, settings: Settings) -> str:
+    """The issue as MJML source (step one of the pipeline; useful when editing templates)."""
+    env, context = _prepare(issue, settings)
+    return _render_template(env, "email.mjml.j2", context)
+
+
+def build_issue(issue: Issue, settings: Settings) -> Built:
+    """Render ``issue`` once into a ``RenderedEmail`` and run the checks on it."""
+    env, context = _prepare(issue, settings)
+    mjml_source = _render_template(env, "email.mjml.j2", context)
+    html = inline_css(compile_mjml(mjml_source), _render_template(env, "inline.css.j2", context))
+    text = _tidy_text(_render_template(env, "email.txt.j2", context))
+    sender = settings.sender
+    email = RenderedEmail(
+        slug=issue.slug,
+        subject=issue.subject,
+        html=html,
+        text=text,
+        from_name=sender.from_name,
+        from_address=sender.from_address,
+        reply_to=sender.reply_to,
+        list_id=_list_id(settings),
+        unsubscribe_mailto=sender.unsubscribe_mailto,
+        headers={"X-Newsletter-Issue": issue.slug},
+    )
+    # Size is measured on a personalized copy, the other checks on the placeholders.
+    sample_html, _ = personalize_parts(email, sample_recipient(settings))
+    size = len(sample_html.encode("utf-8"))
+    checks = check_email(html, text, size, settings)
+    return Built(email=email, checks=tuple(checks), html_bytes=size)
+
+
+def _tidy_text(text: str) -> str:
+    """Collapse the blank-line runs that template conditionals leave behind."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip() + "\n"
+
+
+def _list_id(settings: Settings) -> str | None:
+    if not settings.sender.list_id:
+        return None
+    name = settings.publication.name.replace('"', "")
+    return f'"{name}" <{settings.sender.list_id}>'
+
+
+def sample_recipient(settings: Settings) -> Recipient:
+    """The recipient of ``newsletter build``'s sample message."""
+    return Recipient(
+        email="reader@example.com",
+        name="Sample Reader",
+        unsubscribe_url=links.unsubscribe(settings.publication, SAMPLE_RECIPIENT_TOKEN),
+    )
+
+
+def substitutions(recipient: Recipient) -> dict[str, str]:
+    """Placeholder -> value for one recipient (SendGrid's ``substitutions`` too)."""
+    return {
+        PLACEHOLDERS["unsubscribe_url"]: recipient.unsubscribe_url,
+        PLACEHOLDERS["email"]: recipient.email,
+        PLACEHOLDERS["email_html"]: html_lib.escape(recipient.email),
+        PLACEHOLDERS["name"]: recipient.name,
+        PLACEHOLDERS["name_html"]: html_lib.escape(recipient.name),
+    }
+
+
+def personalize_parts(email: RenderedEmail, recipient: Recipient) -> tuple[str, str]:
+    """The HTML and text parts for one recipient: substitution only, no rendering."""
+    values = substitutions(recipient)
+
+    def sub(m: re.Match[str]) -> str:
+        return values[m.group(0)]
+
+    return _PLACEHOLDER.sub(sub, email.html), _PLACEHOLDER.sub(sub, email.text)
+
+
+def _address(name: str, addr: str, what: str) -> Address:
+    if any(c in name + addr for c in "\r\n"):
+        raise HeaderError(f"{what} contains a line break: {addr!r}")
+    local, _, domain = addr.rpartition("@")
+    if not local or not domain:
+        raise HeaderError(f"{what} is not an email address: {addr!r}")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise HeaderError(f"{what} has an invalid domain: {addr!r}") from None
+    return Address(display_name=name, username=local, domain=domain)
+
+
+def list_unsubscribe(email: RenderedEmail, recipient: Recipient) -> str:
+    """The ``List-Unsubscribe`` value: the one-click https URL, then the optional mailto."""
+    value = f"<{recipient.unsubscribe_url}>"
+    if email.unsubscribe_mailto:
+        value += f", <mailto:{email.unsubscribe_mailto}?subject=unsubscribe>"
+    return value
+
+
+def personalize(
+    email: RenderedEmail, recipient: Recipient, now: dt.datetime | None = None
+) -> EmailMessage:
+    """The complete MIME message for one recipient (multipart/alternative, UTF-8)."""
+    if "\n" in email.subject or "\r" in email.subject:
+        raise HeaderError(f"the subject contains a line break: {email.subject!r}")
+    html, text = personalize_parts(email, recipient)
+    msg = EmailMessage(policy=email_policy)
+    try:
+        msg["Subject"] = email.subject
+        msg["From"] = _address(email.from_name, email.from_address, "sender.from_address")
+        msg["To"] = _address(recipient.name, recipient.email, "recipient")
+        if email.reply_to:
+            msg["Reply-To"] = _address("", email.reply_to, "sender.reply_to")
+        msg["Date"] = format_datetime(now or dt.datetime.now(dt.timezone.utc))
+        msg["Message-ID"] = make_msgid(domain=email.from_address.rpartition("@")[2])
+        if email.list_id:
+            msg["List-Id"] = email.list_id
+        msg["List-Unsubscribe"] = list_unsubscribe(email, recipient)
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        for key, value in email.headers.items():
+            msg[key] = value
+    except ValueError as exc:  # the email package refuses CR/LF and malformed values
+        raise HeaderError(f"invalid header value: {exc}") from None
+    msg.set_content(text, subtype="plain", charset="utf-8")
+    msg.add_alternative(html, subtype="html", charset="utf-8")
+    return msg
+
+
+email_policy = email.policy.default.clone(max_line_length=998)
+
+
+def build_to_dir(issue_path: Path, settings: Settings, out_dir: Path) -> BuildOutput:
+    """Build an issue file into ``out_dir``: email.html, email.txt and email.eml for the
+    sample recipient. Nothing is written when a check fails."""
+    issue = issuefile.load(issue_path)
+    built = build_issue(issue, settings)
+    if built.errors:
+        more = len(built.errors) - 1
+        extra = f" (and {more} more)" if more else ""
+        raise BuildError(f"{issue_path}: {built.errors[0]}{extra}")
+    recipient = sample_recipient(settings)
+    html, text = personalize_parts(built.email, recipient)
+    eml = personalize(built.email, recipient).as_bytes()
+    files: list[tuple[Path, int]] = []
+    for name, data in (("email.html", html.encode("utf-8")), ("email.txt", text.encode("utf-8")),
+                       ("email.eml", eml)):
+        path = out_dir / name
+        atomic_write(path, data)
+        files.append((path, len(data)))
+    return BuildOutput(files=files, warnings=built.warnings, built=built)

@@ -1,0 +1,124 @@
+"""Issue files: the shipped example, validation errors naming file and field, atomic saves."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+import yaml
+
+from newsletter import issuefile
+from newsletter.errors import IssueFileError
+
+from .conftest import EXAMPLE_ISSUE
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def example_data() -> dict:
+    return yaml.safe_load(EXAMPLE_ISSUE.read_text(encoding="utf-8"))
+
+
+def test_example_issue_is_a_full_edition() -> None:
+    issue = issuefile.load(EXAMPLE_ISSUE)
+    assert issue.slug == "2024-10-25"
+    assert issue.date == dt.date(2024, 10, 25)
+    assert issue.roundup is not None and issue.roundup.title.startswith("Diplomacy Watch:")
+    assert len(issue.roundup.body_html) > 3000  # a full-length lead piece
+    assert "<h2>" in issue.roundup.body_html
+    assert len(issue.teasers) >= 5
+    assert issue.appeal is not None
+    assert issue.status == "draft"
+
+
+def test_missing_required_field_names_file_and_field(tmp_path: Path, example_data: dict) -> None:
+    del example_data["teasers"][2]["url"]
+    path = _write(tmp_path / "x.yaml", example_data)
+    with pytest.raises(IssueFileError) as err:
+        issuefile.load(path)
+    assert str(err.value) == f"{path}: teasers[2].url: required key is missing"
+
+
+def test_broken_image_url_is_rejected(tmp_path: Path, example_data: dict) -> None:
+    example_data["teasers"][0]["image"]["src"] = "assets/photo.jpg"
+    path = _write(tmp_path / "x.yaml", example_data)
+    with pytest.raises(IssueFileError, match=r"teasers\[0\]\.image\.src: must be an absolute http\(s\) URL"):
+        issuefile.load(path)
+
+
+def test_javascript_url_is_rejected(tmp_path: Path, example_data: dict) -> None:
+    example_data["roundup"]["url"] = "javascript:alert(1)"
+    path = _write(tmp_path / "x.yaml", example_data)
+    with pytest.raises(IssueFileError, match=r"roundup\.url"):
+        issuefile.load(path)
+
+
+def test_unknown_key(tmp_path: Path, example_data: dict) -> None:
+    example_data["appeal"]["buton_label"] = "typo"
+    path = _write(tmp_path / "x.yaml", example_data)
+    with pytest.raises(IssueFileError, match=r"appeal\.buton_label: unknown key"):
+        issuefile.load(path)
+
+
+def test_subject_with_newline_is_rejected(tmp_path: Path, example_data: dict) -> None:
+    example_data["subject"] = "Hello\nBcc: everyone@example.net"
+    path = _write(tmp_path / "x.yaml", example_data)
+    with pytest.raises(IssueFileError, match="subject: must be a single line"):
+        issuefile.load(path)
+
+
+def test_bad_slug_and_status(tmp_path: Path, example_data: dict) -> None:
+    example_data["slug"] = "../../etc/passwd"
+    with pytest.raises(IssueFileError, match="slug: must be lowercase"):
+        issuefile.load(_write(tmp_path / "a.yaml", example_data))
+    example_data["slug"] = "2024-10-25"
+    example_data["status"] = "published"
+    with pytest.raises(IssueFileError, match="status: Input should be 'draft', 'approved' or 'sent'"):
+        issuefile.load(_write(tmp_path / "b.yaml", example_data))
+
+
+def test_empty_issue_is_rejected(tmp_path: Path, example_data: dict) -> None:
+    example_data["roundup"] = None
+    example_data["teasers"] = []
+    with pytest.raises(IssueFileError, match="needs a roundup or at least one teaser"):
+        issuefile.load(_write(tmp_path / "x.yaml", example_data))
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(IssueFileError, match="file not found"):
+        issuefile.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("slug: x\n  date: : :\n", encoding="utf-8")
+    with pytest.raises(IssueFileError, match=r"bad\.yaml: line \d+"):
+        issuefile.load(bad)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("subject: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(IssueFileError, match="not UTF-8"):
+        issuefile.load(latin)
+
+
+def test_save_round_trips_and_is_atomic(tmp_path: Path) -> None:
+    issue = issuefile.load(EXAMPLE_ISSUE)
+    path = tmp_path / "issues" / "copy.yaml"
+    issuefile.save(issue, path)
+    assert issuefile.load(path) == issue
+    assert [p.name for p in path.parent.iterdir()] == ["copy.yaml"]  # no temp file left
+
+
+def test_edited_since_gathered(tmp_path: Path) -> None:
+    issue = issuefile.load(EXAMPLE_ISSUE)
+    assert issuefile.edited_since_gathered(issue)  # hand-written: never gathered
+    stamped = issuefile.stamp_gathered(issue, dt.datetime(2024, 10, 25, 21, tzinfo=dt.timezone.utc))
+    path = tmp_path / "x.yaml"
+    issuefile.save(stamped, path)
+    reloaded = issuefile.load(path)
+    assert not issuefile.edited_since_gathered(reloaded)
+    approved = reloaded.model_copy(update={"status": "approved"})
+    assert not issuefile.edited_since_gathered(approved)  # status is not content
+    edited = reloaded.model_copy(update={"subject": "A better subject"})
+    assert issuefile.edited_since_gathered(edited)
