@@ -83,9 +83,16 @@ class StoreError(NewsletterError):
 
 
 class DeliveryError(NewsletterError):
-    """A sender backend failed in a way that retrying may cure."""
+    """A sender backend failed in a way that retrying may cure.
+
+    ``retry_after`` is the number of seconds the service asked us to wait, if it said.
+    """
 
     status = 502
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentDeliveryError(DeliveryError):

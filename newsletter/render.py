@@ -27,6 +27,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from newsletter import issuefile, links, plaintext
+from newsletter.gather import sanitize
 from newsletter.config import Settings
 from newsletter.errors import BuildError, HeaderError, TemplateError
 from newsletter.models import Issue, Recipient
@@ -148,25 +149,22 @@ def _tag_links(fragment: str, link: links.UtmTagger) -> str:
 
 def _excerpt_html(body_html: str, words: int) -> tuple[str, bool]:
     """The first paragraphs of a body, up to about ``words`` words; True if cut."""
-    text = plaintext.html_to_text(body_html)
-    all_words = text.split()
-    if len(all_words) <= words:
+    text = sanitize.html_to_text(body_html)
+    cut = sanitize.cut_words(text, words)
+    if cut == text:
         return body_html, False
-    cut = " ".join(all_words[:words]).rstrip(",;:") + "\u2026"
     return f"<p>{html_lib.escape(cut)}</p>", True
 
 
-def _sanitize(fragment: str) -> str:  # noqa: D103
+def _sanitize(fragment: str, base_url: str) -> str:
     """Issue files are edited by hand: sanitize their HTML again before it is rendered."""
-    from newsletter.gather.sanitize import sanitize_html
-
-    return sanitize_html(fragment)
+    return sanitize.sanitize_html(fragment, base_url)
 
 
 def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
     pub = settings.publication
     tag = links.UtmTagger(settings.utm, pub, issue.slug, issue.date)
-    body_html = _sanitize(issue.roundup.body_html) if issue.roundup else ""
+    body_html = _sanitize(issue.roundup.body_html, issue.roundup.url) if issue.roundup else ""
     excerpted = False
     if issue.roundup and settings.templates.roundup_body == "excerpt":
         body_html, excerpted = _excerpt_html(body_html, settings.templates.roundup_excerpt_words)
