@@ -7,9 +7,12 @@ code here, in ``main``, and nowhere else; ``--debug`` shows the traceback instea
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -18,6 +21,9 @@ from rich.markup import escape
 from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError
 
+if TYPE_CHECKING:
+    from newsletter.send import SendSummary
+
 app = typer.Typer(
     name="newsletter",
     help="Compile and send a publication's weekly email newsletter.",
@@ -25,8 +31,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class State:
@@ -101,14 +107,138 @@ def preview(
     for message in result.warnings:
         warn(message)
     html_path = result.files[0][0]
-    console.print(f"preview: {html_path.resolve().as_uri()}")
+    console.print(f"preview: {html_path.resolve().as_uri()}", soft_wrap=True)
     if open_browser and not webbrowser.open(html_path.resolve().as_uri()):
         warn("no web browser could be opened here; open the file above yourself")
+
+
+@app.command()
+def gather(
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Gather as of this time, ISO 8601 (e.g. 2024-10-25T21:00:00Z; default: now).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Issue file to write (default: issues/<date>.yaml).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an issue that is approved, sent or edited since it was gathered.")] = False,
+) -> None:
+    """Gather this week's round-up and teasers from the feeds into a draft issue file."""
+    from newsletter import gather as gathering
+
+    cfg = settings()
+    try:
+        when = gathering.parse_as_of(as_of, cfg.zone) if as_of else None
+    except ValueError as exc:
+        err_console.print(f"[red]error:[/red] --as-of: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    result = gathering.gather_issue(cfg, when)
+    for message in result.warnings:
+        warn(message)
+    path = gathering.write_draft(cfg, result.issue, out, force)
+    issue = result.issue
+    parts = (["round-up"] if issue.roundup else []) + [f"{len(issue.teasers)} teasers"]
+    console.print(f"wrote {escape(str(path))} ({', '.join(parts)})", soft_wrap=True)
+
+
+@app.command()
+def approve(
+    issue_file: Annotated[Path, typer.Argument(help="The issue file to approve.")],
+) -> None:
+    """Mark ISSUE_FILE approved: the send job and the scheduler send approved issues."""
+    from newsletter import send as send_job
+
+    issue = send_job.approve(issue_file)
+    console.print(f"approved {escape(str(issue_file))} ({escape(issue.subject)})")
+
+
+@app.command("send-test")
+def send_test(
+    issue_file: Annotated[Path, typer.Argument(help="The issue file to send as a test.")],
+    to: Annotated[Optional[list[str]], typer.Option("--to", help="Address to send to (repeatable; default: delivery.test_recipients).")] = None,
+) -> None:
+    """Send ISSUE_FILE to the editors with a [TEST] subject (no ledger, no status change)."""
+    from newsletter import send as send_job
+
+    sent = send_job.send_test(settings(), issue_file, to)
+    console.print(f"test sent to {escape(', '.join(sent))}")
+
+
+@app.command()
+def send(
+    issue_file: Annotated[Path, typer.Argument(help="The approved issue file to send.")],
+    draft_ok: Annotated[bool, typer.Option("--draft-ok", help="Send even if the issue is still a draft.")] = False,
+    settle: Annotated[Optional[str], typer.Option("--settle-ambiguous", metavar="sent|resend", help="Decide the batches left in flight by a crashed run: count them as sent, or send them again.")] = None,
+) -> None:
+    """Send ISSUE_FILE to every active subscriber, exactly once. Run it again to resume."""
+    from newsletter import send as send_job
+
+    cfg = settings()
+    if settle is not None:
+        if settle not in ("sent", "resend"):
+            raise typer.BadParameter("use sent or resend", param_hint="--settle-ambiguous")
+        n = send_job.settle(cfg, issue_file, "sent" if settle == "sent" else "pending")
+        console.print(f"settled {n:,} ambiguous recipients as {settle}")
+        if settle == "sent":
+            return
+    with _progress_reporter() as progress:
+        summary = send_job.send_issue(cfg, issue_file, progress=progress, allow_draft=draft_ok)
+    _print_summary(summary)
+    if not summary.complete:
+        raise typer.Exit(1)
+
+
+def _print_summary(summary: SendSummary) -> None:
+    if summary.already_complete:
+        console.print(f"{summary.issue}: already sent ({summary.sent:,} recipients); nothing to do")
+        return
+    console.print(
+        f"{summary.issue}: sent {summary.sent:,} of {summary.audience:,} "
+        f"({summary.sent_this_run:,} in this run), skipped {summary.skipped:,}, "
+        f"rejected {summary.rejected:,}, unsent {summary.pending:,}, ambiguous {summary.ambiguous:,}"
+    )
+    if summary.stopped:
+        err_console.print(f"[red]stopped:[/red] {escape(summary.stopped)}", soft_wrap=True)
+    if summary.ambiguous:
+        err_console.print(
+            f"[yellow]ambiguous:[/yellow] {summary.ambiguous:,} recipients were in flight when a run "
+            f"died (batches {escape(', '.join(summary.ambiguous_batches[:5]))}); they are not resent. "
+            "Check the provider's activity log, then run `newsletter send ISSUE --settle-ambiguous sent` "
+            "or `--settle-ambiguous resend`.", soft_wrap=True)
+    if summary.complete:
+        console.print("every recipient is settled: the issue is marked sent")
+
+
+@contextmanager
+def _progress_reporter() -> Iterator[Callable[[int, int], None]]:
+    """A progress bar (rate, ETA) on a terminal; a log line every 10% otherwise."""
+    if err_console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                      TaskProgressColumn(), TimeRemainingColumn(), console=err_console) as bar:
+            task = bar.add_task("sending", total=None)
+
+            def update(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            yield update
+        return
+    log = logging.getLogger("newsletter.send")
+    step = {"next": 0.0}
+
+    def report(done: int, total: int) -> None:
+        if total and done / total >= step["next"]:
+            log.info("settled %d of %d recipients (%.0f%%)", done, total, 100 * done / total)
+            step["next"] = done / total + 0.1
+
+    yield report
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning known errors into one line and an exit code."""
     args = sys.argv[1:] if argv is None else argv
+    if argv is None:  # a real process: SIGTERM (systemd, docker stop) stops like Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         app(args=args, prog_name="newsletter")
     except SystemExit as exc:  # click's own exit: --help, usage errors (2), typer.Exit

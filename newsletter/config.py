@@ -228,6 +228,30 @@ class Delivery(Section):
     test_recipients: list[str] = []  # the editors' addresses for "send test"
 
 
+class PreviewAuth(Section):
+    """How the editors' preview is protected when it is not bound to 127.0.0.1."""
+
+    token_env: EnvName | None = "NEWSLETTER_PREVIEW_TOKEN"
+    username: str | None = None
+    password_env: EnvName | None = None
+
+
+class SendgridWebhook(Section):
+    public_key_env: EnvName = "SENDGRID_WEBHOOK_PUBLIC_KEY"  # the ECDSA key, base64 DER
+    max_age_seconds: int = Field(default=300, gt=0)  # the replay window
+    max_body_bytes: int = Field(default=5_000_000, gt=0)
+
+
+class Web(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, gt=0, lt=65536)
+    secret_key_env: EnvName = "NEWSLETTER_SECRET_KEY"  # signs CSRF tokens; required to serve
+    preview: PreviewAuth = PreviewAuth()
+    sendgrid_webhook: SendgridWebhook = SendgridWebhook()
+    subscribe_rate_per_hour: int = Field(default=10, gt=0)  # sign-ups per client address
+    max_form_bytes: int = Field(default=16_384, gt=0)
+
+
 class Settings(Section):
     """Everything config.yaml says, with paths made absolute."""
 
@@ -241,6 +265,8 @@ class Settings(Section):
     sources: Sources | None = None
     database: Database = Database()
     delivery: Delivery = Delivery()
+    web: Web = Web()
+    editors: list[str] = []  # addresses that get notices (skipped weeks, failures)
 
     # Where the file was read from; not a key in the file.
     config_path: Path = Field(default=Path("config.yaml"), exclude=True)

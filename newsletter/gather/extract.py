@@ -1,0 +1,244 @@
+"""From feedparser entries to ``FeedEntry``: what one article says about itself (title,
+absolute link, guid, time zone-aware publication time, author, section labels, image with
+credit and alt text, summary and full-body HTML, and the base for its relative URLs).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import html
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+from newsletter.gather.parse import ParsedFeed, RawItem
+from newsletter.gather.sanitize import html_to_text
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif")
+_IMG_SRC = re.compile(r'<img\b(?:[^>"]|"[^"]*")*>')
+_ATTR = re.compile(r'\s([a-z-]+)="([^"]*)"')
+
+
+@dataclass(frozen=True)
+class FeedImage:
+    src: str
+    alt: str = ""
+    credit: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One article as a feed describes it, before any choice is made."""
+
+    source: str  # the feed it came from, for messages
+    title: str
+    link: str  # absolute http(s)
+    guid: str | None
+    published: dt.datetime | None  # tz-aware (UTC)
+    author: str
+    sections: tuple[str, ...]  # human labels, in feed order
+    categories: frozenset[str]  # every term and label, lower-cased, for matching
+    image: FeedImage | None  # from media:content / media:thumbnail / an enclosure
+    summary_html: str
+    content_html: str
+    base_url: str  # what relative URLs in the HTML are relative to
+
+    def in_any_section(self, names: set[str]) -> bool:
+        """Whether a category's term or label is one of ``names`` (lower-cased)."""
+        return not self.categories.isdisjoint(names)
+
+
+def _is_http(url: str) -> bool:
+    return urlsplit(url).scheme.lower() in ("http", "https") and bool(urlsplit(url).netloc)
+
+
+def _when(parsed: Any) -> dt.datetime | None:
+    """feedparser's struct_time (already in UTC) as an aware datetime."""
+    if not isinstance(parsed, time.struct_time):
+        return None
+    try:
+        return dt.datetime.fromtimestamp(calendar.timegm(parsed), tz=dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def human_label(tag: dict[str, Any]) -> str:
+    """A category's label for readers: its label if it has one, else its term, tidied."""
+    label = " ".join(str(tag.get("label") or "").split())
+    if label:
+        return label
+    term = " ".join(str(tag.get("term") or "").split())
+    if term and term == term.lower() and "/" not in term and ":" not in term:
+        # "ukraine war" reads as a slug; "Ukraine War" reads as a section.
+        return " ".join(word[:1].upper() + word[1:] for word in term.split(" "))
+    return term
+
+
+def _sections(entry: dict[str, Any]) -> tuple[str, ...]:
+    labels: list[str] = []
+    for tag in entry.get("tags") or []:
+        label = human_label(tag)
+        if label and label.casefold() not in (seen.casefold() for seen in labels):
+            labels.append(label)
+    return tuple(labels)
+
+
+def _terms(entry: dict[str, Any]) -> set[str]:
+    """Every spelling of every category (term and label), lower-cased, for matching."""
+    found: set[str] = set()
+    for tag in entry.get("tags") or []:
+        for key in ("term", "label"):
+            value = " ".join(str(tag.get(key) or "").split())
+            if value:
+                found.add(value.casefold())
+    return found
+
+
+def _text(detail: Any, fallback: str) -> str:
+    if isinstance(detail, dict) and detail.get("type") in ("text/html", "application/xhtml+xml"):
+        return html_to_text(str(detail.get("value") or ""))
+    return " ".join(fallback.split())
+
+
+def _content_html(entry: dict[str, Any], raw: RawItem) -> tuple[str, str]:
+    """The full body (content:encoded / Atom content) and its xml:base, if any."""
+    if raw.content is not None:  # lifted out before feedparser; its element is still there
+        details = entry.get("content") or [{}]
+        base = str(details[0].get("base") or "")
+        if raw.content_type == "text":
+            return _plain_to_html(raw.content), base
+        return raw.content, base
+    for content in entry.get("content") or []:
+        value = str(content.get("value") or "")
+        if value.strip():
+            if content.get("type") == "text/plain":
+                return _plain_to_html(value), str(content.get("base") or "")
+            return value, str(content.get("base") or "")
+    return "", ""
+
+
+def _plain_to_html(text: str) -> str:
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    return "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+
+
+def _summary_html(entry: dict[str, Any]) -> str:
+    detail = entry.get("summary_detail") or {}
+    value = str(entry.get("summary") or "")
+    if detail.get("type") == "text/plain":
+        return _plain_to_html(value)
+    return value
+
+
+def _media_image(entry: dict[str, Any], base: str, alt: str) -> FeedImage | None:
+    credits = entry.get("media_credit") or []
+    credit = next(
+        (" ".join(str(c.get("content") or "").split()) for c in credits if c.get("content")), None
+    )
+    candidates: list[dict[str, Any]] = []
+    for media in entry.get("media_content") or []:
+        kind = str(media.get("medium") or "")
+        mime = str(media.get("type") or "")
+        url = str(media.get("url") or "")
+        if kind == "image" or mime.startswith("image/") or (
+            not kind and not mime and urlsplit(url).path.lower().endswith(_IMAGE_EXTENSIONS)
+        ):
+            candidates.append(media)
+    candidates.extend(entry.get("media_thumbnail") or [])
+    for link in entry.get("links") or []:
+        if link.get("rel") == "enclosure" and str(link.get("type") or "").startswith("image/"):
+            candidates.append({"url": link.get("href")})
+    for media in candidates:
+        src = urljoin(base, str(media.get("url") or "").strip()) if media.get("url") else ""
+        if _is_http(src):
+            return FeedImage(src, alt, credit, _int(media.get("width")), _int(media.get("height")))
+    return None
+
+
+def first_real_image(clean_html: str, alt: str) -> FeedImage | None:
+    """The first image left in *sanitized* HTML (pixels and non-http sources are gone)."""
+    for match in _IMG_SRC.finditer(clean_html):
+        attrs = dict(_ATTR.findall(match.group(0)))
+        src = attrs.get("src", "")
+        if _is_http(src):
+            own_alt = html.unescape(attrs.get("alt", "")).strip()
+            return FeedImage(
+                html.unescape(src), own_alt or alt, None, _int(attrs.get("width")),
+                _int(attrs.get("height")),
+            )
+    return None
+
+
+def extract_entries(feed: ParsedFeed) -> list[FeedEntry]:
+    """Every usable item of ``feed``; items without a title or an http(s) link are left out."""
+    channel_link = str(feed.feed.get("link") or "")
+    feed_base = channel_link if _is_http(channel_link) else (feed.url if _is_http(feed.url) else "")
+    feed_date = _when(feed.feed.get("updated_parsed")) or _when(feed.feed.get("published_parsed"))
+    entries: list[FeedEntry] = []
+    for index, entry in enumerate(feed.entries):
+        raw = feed.raw[index] if feed.raw else RawItem()
+        made = _entry(feed.source, entry, raw, feed_base, feed_date)
+        if made is not None:
+            entries.append(made)
+    return entries
+
+
+def _entry(
+    source: str,
+    entry: dict[str, Any],
+    raw: RawItem,
+    feed_base: str,
+    feed_date: dt.datetime | None,
+) -> FeedEntry | None:
+    title = _text(entry.get("title_detail"), str(entry.get("title") or ""))
+    xml_base = str((entry.get("title_detail") or {}).get("base") or "")
+    base = xml_base if _is_http(xml_base) else feed_base
+    link = str(entry.get("link") or "").strip()
+    if not link and entry.get("guidislink"):
+        link = str(entry.get("id") or "")
+    link = urljoin(base, link).replace(" ", "%20") if link else ""
+    if not title or not _is_http(link) or any(c.isspace() for c in link):
+        return None
+    guid = raw.guid or (str(entry.get("id")) if entry.get("id") else None)
+    # Fallbacks: an item without a date of its own was current when the feed was updated.
+    published = (
+        _when(entry.get("published_parsed"))
+        or _when(entry.get("updated_parsed"))
+        or _when(entry.get("created_parsed"))
+        or feed_date
+    )
+    author = str(entry.get("author") or "")
+    if not author:
+        names = [str(a.get("name") or "") for a in entry.get("authors") or []]
+        author = ", ".join(n for n in names if n)
+    content_html, content_base = _content_html(entry, raw)
+    # Relative URLs in the body: xml:base if the feed set one, else the article itself.
+    html_base = content_base if _is_http(content_base) else (xml_base if _is_http(xml_base) else link)
+    alt = raw.media_title or title
+    return FeedEntry(
+        source=source,
+        title=title,
+        link=link,
+        guid=guid,
+        published=published,
+        author=" ".join(author.split()),
+        sections=_sections(entry),
+        categories=frozenset(_terms(entry)),
+        image=_media_image(entry, html_base, alt),
+        summary_html=_summary_html(entry),
+        content_html=content_html,
+        base_url=html_base,
+    )
