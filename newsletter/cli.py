@@ -22,7 +22,10 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from newsletter.send import SendSummary
+    from newsletter.weekly import WeekReport
 
 app = typer.Typer(
     name="newsletter",
@@ -67,7 +70,7 @@ def _global(
         stream=sys.stderr,
     )
     # Third-party chatter stays out of the editor's way unless asked for.
-    for noisy in ("httpx", "httpcore", "cssutils", "CSSUTILS", "apscheduler.scheduler"):
+    for noisy in ("httpx", "httpcore", "cssutils", "CSSUTILS", "apscheduler.scheduler", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
@@ -228,6 +231,100 @@ def _progress_reporter() -> Iterator[Callable[[int, int], None]]:
             step["next"] = done / total + 0.1
 
     yield report
+
+
+@app.command()
+def run(
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Run as of this time, ISO 8601 (default: now).")] = None,
+) -> None:
+    """Run the weekly job once: gather, write the issue, build, send (idempotent)."""
+    from newsletter import weekly
+
+    cfg = settings()
+    when = _as_of(as_of, cfg)
+    with _progress_reporter() as progress:
+        report = weekly.run_week(cfg, when, progress=progress)
+    _print_report(report)
+
+
+@app.command()
+def draft(
+    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Run as of this time, ISO 8601 (default: now).")] = None,
+) -> None:
+    """Approve mode's draft job once: gather the coming edition and send the editors a test."""
+    from newsletter import weekly
+
+    cfg = settings()
+    _print_report(weekly.draft_week(cfg, _as_of(as_of, cfg)))
+
+
+@app.command()
+def demo(
+    folder: Annotated[Path, typer.Option("--dir", help="Folder for the demo's issues, database and outbox.")] = Path("demo"),
+) -> None:
+    """Run the whole weekly job once on the embedded defaults: the bundled sample feeds,
+    a SQLite database with demo subscribers, and the outbox sender."""
+    from newsletter import demo as demo_job
+
+    result = demo_job.run_demo(settings(), folder)
+    if result.added:
+        console.print(f"added {result.added} demo subscribers to {escape(str(result.folder / 'newsletter.db'))}")
+    _print_report(result.report)
+    if result.report.issue_path:
+        console.print(f"issue file: {escape(str(result.report.issue_path))}")
+    console.print(f"sent messages (.eml files): {escape(str(result.outbox / result.report.edition.isoformat()))}")
+
+
+@app.command("schedule")
+def schedule_command(
+    status: Annotated[bool, typer.Option("--status", help="Print the next run times (local and UTC) and exit.")] = False,
+) -> None:
+    """Run the weekly job on its schedule, in the foreground (for systemd or a container)."""
+    from newsletter import schedule as scheduling
+
+    cfg = settings()
+    if status:
+        zone = cfg.schedule_zone
+        console.print(f"mode {cfg.schedule.mode}, time zone {zone.key}, "
+                      f"misfire grace {cfg.schedule.misfire_grace_minutes} min")
+        for run_ in scheduling.next_runs(cfg):
+            console.print(f"{run_.job:13} {run_.local:%a %Y-%m-%d %H:%M %Z}   {run_.utc:%Y-%m-%d %H:%M} UTC")
+        return
+    scheduler = scheduling.make_scheduler(cfg)
+    scheduler.start(paused=True)
+    for change in scheduling.install_jobs(scheduler, cfg):
+        logging.getLogger("newsletter.schedule").info("%s", change)
+    for job in scheduler.get_jobs():
+        logging.getLogger("newsletter.schedule").info("%s next runs at %s", job.id, job.next_run_time)
+    try:
+        scheduler.resume()  # a BlockingScheduler blocks here until stopped
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
+        logging.getLogger("newsletter.schedule").info("scheduler stopped")
+
+
+def _as_of(text: Optional[str], cfg: Settings) -> Optional["dt.datetime"]:
+    if not text:
+        return None
+    from newsletter import gather as gathering
+
+    try:
+        return gathering.parse_as_of(text, cfg.zone)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--as-of") from None
+
+
+def _print_report(report: WeekReport) -> None:
+    for message in report.warnings:
+        warn(message)
+    if report.summary is not None and not report.summary.already_complete:
+        _print_summary(report.summary)
+    console.print(f"{report.edition}: {report.outcome}: {escape(report.message)}")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -252,6 +252,62 @@ class Web(Section):
     max_form_bytes: int = Field(default=16_384, gt=0)
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class WeeklyTime(Section):
+    """A day of the week and a local wall-clock time, e.g. {day: fri, time: "09:00"}."""
+
+    day: str
+    time: str
+
+    @field_validator("day")
+    @classmethod
+    def _day(cls, value: str) -> str:
+        day = value.strip().lower()[:3]
+        if day not in WEEKDAYS or not value.strip().lower().startswith(day):
+            raise ValueError(f"unknown day {value!r}: use one of {', '.join(WEEKDAYS)}")
+        return day
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
+        if not match:
+            raise ValueError(f"invalid time {value!r}: use 24-hour HH:MM, e.g. \"09:00\"")
+        return f"{int(match.group(1)):02d}:{match.group(2)}"
+
+    @property
+    def hour(self) -> int:
+        return int(self.time[:2])
+
+    @property
+    def minute(self) -> int:
+        return int(self.time[3:])
+
+
+class Schedule(Section):
+    """When the weekly job runs, and whether an editor must approve each issue."""
+
+    timezone: str | None = None  # default: publication.timezone
+    mode: Literal["auto", "approve"] = "auto"
+    send: WeeklyTime = WeeklyTime(day="fri", time="09:00")
+    draft: WeeklyTime | None = None  # approve mode: gather and send the editors a test
+    misfire_grace_minutes: int = Field(default=120, gt=0)
+    notify_editors: bool = True  # approve mode: tell the editors when a week is skipped
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, value: str | None) -> str | None:
+        return None if value is None else check_timezone(value)
+
+    @model_validator(mode="after")
+    def _draft_in_approve_mode(self) -> Schedule:
+        if self.mode == "approve" and self.draft is None:
+            raise ValueError("mode approve needs a draft time, e.g. draft: {day: thu, time: \"15:00\"}")
+        return self
+
+
 class Settings(Section):
     """Everything config.yaml says, with paths made absolute."""
 
@@ -266,6 +322,7 @@ class Settings(Section):
     database: Database = Database()
     delivery: Delivery = Delivery()
     web: Web = Web()
+    schedule: Schedule = Schedule()
     editors: list[str] = []  # addresses that get notices (skipped weeks, failures)
 
     # Where the file was read from; not a key in the file.
@@ -284,6 +341,10 @@ class Settings(Section):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.publication.timezone)
+
+    @property
+    def schedule_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.schedule.timezone or self.publication.timezone)
 
 
 def _absolute_paths(data: Any, base: Path) -> Any:

@@ -398,7 +398,9 @@ def personalize(
     if "\n" in email.subject or "\r" in email.subject:
         raise HeaderError(f"the subject contains a line break: {email.subject!r}")
     html, text = personalize_parts(email, recipient)
-    msg = EmailMessage(policy=email_policy)
+    # An address with a non-ASCII local part (josé@...) cannot be encoded in ASCII headers:
+    # such a message is SMTPUTF8 (RFC 6531) and carries its headers as UTF-8.
+    msg = EmailMessage(policy=email_policy if recipient.email.isascii() else email_policy_utf8)
     try:
         msg["Subject"] = email.subject
         msg["From"] = _address(email.from_name, email.from_address, "sender.from_address")
@@ -421,6 +423,7 @@ def personalize(
 
 
 email_policy = email.policy.default.clone(max_line_length=998)
+email_policy_utf8 = email_policy.clone(utf8=True)
 
 
 def build_to_dir(issue_path: Path, settings: Settings, out_dir: Path) -> BuildOutput:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the subscriber store, run by ``newsletter.store.db``."""

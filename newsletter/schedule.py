@@ -1,0 +1,133 @@
+"""APScheduler wiring for the weekly job: cron triggers at a local wall-clock time (DST
+handled by the trigger's time zone), the project's database as the job store so a
+restart keeps state, coalescing, one instance at a time, and a misfire grace window
+after which a missed run is dropped rather than sending a stale issue late.
+
+The jobs are module-level functions taking the config path, so the job store holds
+only a reference and a string; settings are read fresh at every run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from newsletter.config import Settings, WeeklyTime, load_settings
+
+log = logging.getLogger(__name__)
+
+SEND_JOB = "weekly-send"
+DRAFT_JOB = "weekly-draft"
+JOBS_TABLE = "apscheduler_jobs"
+
+
+def trigger(when: WeeklyTime, settings: Settings) -> CronTrigger:
+    """A weekly cron trigger at ``when`` in the schedule's time zone."""
+    return CronTrigger(day_of_week=when.day, hour=when.hour, minute=when.minute,
+                       timezone=settings.schedule_zone)
+
+
+def jobs(settings: Settings) -> dict[str, tuple[str, CronTrigger]]:
+    """Job id -> (function reference, trigger) for the configured mode."""
+    found = {SEND_JOB: ("newsletter.schedule:scheduled_send", trigger(settings.schedule.send, settings))}
+    if settings.schedule.mode == "approve" and settings.schedule.draft is not None:
+        found[DRAFT_JOB] = ("newsletter.schedule:scheduled_draft", trigger(settings.schedule.draft, settings))
+    return found
+
+
+@dataclass(frozen=True)
+class NextRun:
+    job: str
+    local: dt.datetime
+    utc: dt.datetime
+
+
+def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3) -> list[NextRun]:
+    """The next ``count`` fire times of each job, soonest first."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    runs: list[NextRun] = []
+    for job_id, (_func, trig) in jobs(settings).items():
+        previous = None
+        at = now
+        for _ in range(count):
+            fire = trig.get_next_fire_time(previous, at)
+            if fire is None:
+                break
+            runs.append(NextRun(job_id, fire, fire.astimezone(dt.timezone.utc)))
+            previous = at = fire
+    return sorted(runs, key=lambda r: r.utc)
+
+
+def make_scheduler(settings: Settings, scheduler_class: type[BaseScheduler] | None = None,
+                   jobstore_url: str | None = None) -> BaseScheduler:
+    """A scheduler whose job store is the project's database."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from newsletter.store.db import create_store_engine, database_url
+
+    engine = create_store_engine(jobstore_url or database_url(settings))
+    cls = scheduler_class or BlockingScheduler
+    return cls(
+        jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE)},
+        job_defaults={
+            "coalesce": True,  # several missed runs become one
+            "max_instances": 1,
+            "misfire_grace_time": settings.schedule.misfire_grace_minutes * 60,
+        },
+        timezone=settings.schedule_zone,
+    )
+
+
+def install_jobs(scheduler: BaseScheduler, settings: Settings) -> list[str]:
+    """Add the weekly jobs to a started (paused) scheduler, keeping the stored next run
+    time of a job whose trigger did not change, so a run missed while the process was
+    down is still made within the grace window after a restart. Returns what changed."""
+    changes: list[str] = []
+    wanted = jobs(settings)
+    args = [str(settings.config_path.resolve())]
+    for job in scheduler.get_jobs():
+        if job.id not in wanted:
+            scheduler.remove_job(job.id)
+            changes.append(f"removed {job.id}")
+    for job_id, (func, trig) in wanted.items():
+        stored = scheduler.get_job(job_id)
+        if stored is not None and str(stored.trigger) == str(trig) and list(stored.args) == args \
+                and str(stored.trigger.timezone) == str(trig.timezone):
+            continue
+        scheduler.add_job(func, trig, id=job_id, name=job_id, args=args, replace_existing=True)
+        changes.append(f"{'updated' if stored else 'added'} {job_id}")
+    return changes
+
+
+def scheduled_send(config_path: str) -> None:
+    """The send job as the scheduler runs it: settings read fresh, outcome logged."""
+    from newsletter import weekly
+
+    _run_logged("send", lambda: weekly.run_week(load_settings(Path(config_path))))
+
+
+def scheduled_draft(config_path: str) -> None:
+    """The draft job (approve mode)."""
+    from newsletter import weekly
+
+    _run_logged("draft", lambda: weekly.draft_week(load_settings(Path(config_path))))
+
+
+def _run_logged(what: str, call: Any) -> None:
+    from newsletter.errors import NewsletterError
+
+    try:
+        report = call()
+    except NewsletterError as exc:
+        log.error("weekly %s job failed: %s", what, exc)
+        raise
+    for warning in report.warnings:
+        log.warning("%s", warning)
+    (log.info if report.ok else log.error)("weekly %s job: %s: %s", what, report.outcome, report.message)

@@ -1,0 +1,66 @@
+"""The outbox backend, the embedded default: each recipient's complete message is written
+to ``<dir>/<issue slug>/<key>-<email>.eml`` so a user can open what subscribers would
+get. Files are written atomically; a rerun overwrites the same files.
+"""
+
+from __future__ import annotations
+
+import errno
+import re
+from pathlib import Path
+
+from newsletter.errors import DeliveryError, HeaderError, PermanentDeliveryError
+from newsletter.senders.base import Batch, BatchResult
+from newsletter.senders.mime import MessageTemplate
+from newsletter.yamlfile import atomic_write
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
+# Errors that another attempt will meet again: stop the send instead of retrying.
+_PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
+
+
+def safe_name(value: str, limit: int = 100) -> str:
+    """``value`` as a file-name part: no separators, no leading dot, bounded length."""
+    return _UNSAFE.sub("_", value).lstrip(".")[:limit] or "_"
+
+
+class OutboxSender:
+    """Writes .eml files instead of sending; nothing leaves the machine."""
+
+    name = "outbox"
+
+    def __init__(self, directory: Path, max_batch_size: int = 500) -> None:
+        self.directory = directory
+        self.max_batch_size = max_batch_size
+
+    def path_for(self, issue: str, key: int, address: str) -> Path:
+        """Where the message for ledger row ``key`` of ``issue`` is written."""
+        return self.directory / safe_name(issue) / f"{key}-{safe_name(address)}.eml"
+
+    def send(self, batch: Batch) -> BatchResult:
+        template = MessageTemplate(batch.email)
+        result = BatchResult()
+        for delivery in batch.deliveries:
+            try:
+                data = template.render(delivery.recipient)
+            except HeaderError as exc:
+                result.rejected[delivery.key] = str(exc)
+                continue
+            path = self.path_for(batch.issue, delivery.key, delivery.recipient.email)
+            try:
+                atomic_write(path, data)
+            except OSError as exc:
+                message = f"outbox: cannot write {path}: {exc.strerror or exc}"
+                if exc.errno in _PERMANENT_ERRNOS:
+                    raise PermanentDeliveryError(message) from None
+                if not result.sent and not result.rejected:
+                    raise DeliveryError(message) from None
+                # Some files are written: report them; the rest may be retried.
+                done = set(result.sent) | set(result.rejected)
+                result.retry.update({d.key: message for d in batch.deliveries if d.key not in done})
+                return result
+            result.sent.append(delivery.key)
+        return result
+
+    def close(self) -> None:
+        pass

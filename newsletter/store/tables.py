@@ -1,0 +1,155 @@
+"""The database tables (SQLAlchemy Core): ``subscribers`` and ``suppressions``.
+
+The Alembic migrations in ``newsletter/migrations`` create exactly these; a test compares
+the two. Timestamps are stored in UTC and always come back timezone-aware.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Final
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+STATUSES: Final = ("pending", "active", "unsubscribed", "bounced", "complained")
+OPTED_OUT: Final = frozenset({"unsubscribed", "bounced", "complained"})
+
+
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend (SQLite keeps no zone itself)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: give a timezone")
+        value = value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
+        return value.astimezone(dt.timezone.utc)  # type: ignore[no-any-return]
+
+
+Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
+Attributes = JSON().with_variant(JSONB(), "postgresql")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False),  # as given
+    Column("email_key", String(320), nullable=False, unique=True),  # see addresses.email_key
+    Column("name", String(200), nullable=False, server_default=""),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("confirmed_at", UtcDateTime()),
+    Column("unsubscribed_at", UtcDateTime()),
+    Column("source", String(200), nullable=False, server_default=""),
+    # consent: how and when a web sign-up agreed (GDPR art. 7(1): be able to show it)
+    Column("consent_at", UtcDateTime()),
+    Column("consent_ip", String(45)),
+    Column("consent_user_agent", String(500)),
+    Column("consent_form", String(200)),
+    Column("attributes", Attributes, nullable=False),
+    # unsubscribe links carry this; generated once, never changed
+    Column("token", String(64), nullable=False, unique=True),
+    # double opt-in: a SHA-256 of the emailed token, valid until the expiry
+    Column("confirmation_hash", String(64), unique=True),
+    Column("confirmation_expires_at", UtcDateTime()),
+    CheckConstraint(
+        "status IN ('pending', 'active', 'unsubscribed', 'bounced', 'complained')",
+        name="status",
+    ),
+    Index("ix_subscribers_status_id", "status", "id"),  # the audience stream's key
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    # suppression_hash() of the email_key: a removed address is not kept in clear
+    Column("email_hash", String(64), primary_key=True),
+    Column("reason", String(32), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# --- the send ledger (see newsletter/store/ledger.py) ---------------------------------
+
+sends = Table(
+    "sends",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("issue", String(80), nullable=False, unique=True),  # the issue's slug
+    Column("subject", String(300), nullable=False),
+    Column("audience", Integer, nullable=False),  # rows frozen into deliveries
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime()),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("send_id", Id, nullable=False),
+    # no foreign key: erasing a subscriber must not erase the record that a send happened
+    Column("subscriber_id", Id, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("batch_id", String(32)),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("claimed_at", UtcDateTime()),
+    Column("settled_at", UtcDateTime()),
+    Column("message_id", String(200)),
+    Column("error", String(500)),
+    CheckConstraint(
+        "state IN ('pending', 'in_flight', 'sent', 'rejected', 'skipped')", name="state"
+    ),
+    Index("ix_deliveries_send_id_subscriber_id", "send_id", "subscriber_id", unique=True),
+    Index("ix_deliveries_send_id_state_id", "send_id", "state", "id"),  # claiming
+    Index("ix_deliveries_batch_id", "batch_id"),
+)
+
+# --- SendGrid event webhook: applied once per sg_event_id ------------------------------
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("sg_event_id", String(100), primary_key=True),
+    Column("event", String(32), nullable=False),
+    Column("issue", String(80)),  # from custom_args
+    Column("batch_id", String(32)),
+    Column("subscriber_id", Id),  # when the address is a known subscriber
+    Column("reason", String(500)),
+    Column("occurred_at", UtcDateTime()),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Index("ix_webhook_events_issue_event", "issue", "event"),
+)
