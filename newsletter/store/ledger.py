@@ -101,14 +101,17 @@ def start_send(engine: Engine, issue: str, subject: str, now: dt.datetime | None
                 insert(sends).values(issue=issue, subject=subject, audience=0, created_at=now)
                 .returning(sends.c.id)
             ).scalar_one()
-            frozen = conn.execute(
+            conn.execute(
                 insert(deliveries).from_select(
                     ["send_id", "subscriber_id", "state"],
                     select(literal(send_id), subscribers.c.id, literal("pending"))
                     .where(subscribers.c.status == "active")
                     .order_by(subscribers.c.id),
                 )
-            ).rowcount
+            )
+            frozen = conn.execute(  # rowcount of INSERT ... SELECT is -1 on some drivers
+                select(func.count()).select_from(deliveries).where(deliveries.c.send_id == send_id)
+            ).scalar_one()
             conn.execute(update(sends).where(sends.c.id == send_id).values(audience=frozen))
     except IntegrityError:  # PostgreSQL: the other process's insert committed first
         found = get_send(engine, issue)
