@@ -199,10 +199,11 @@ def _print_summary(summary: SendSummary) -> None:
         err_console.print(f"[red]stopped:[/red] {escape(summary.stopped)}", soft_wrap=True)
     if summary.ambiguous:
         err_console.print(
-            f"[yellow]ambiguous:[/yellow] {summary.ambiguous:,} recipients were in flight when a run "
-            f"died (batches {escape(', '.join(summary.ambiguous_batches[:5]))}); they are not resent. "
-            "Check the provider's activity log, then run `newsletter send ISSUE --settle-ambiguous sent` "
-            "or `--settle-ambiguous resend`.", soft_wrap=True)
+            f"[yellow]ambiguous:[/yellow] {summary.ambiguous:,} recipients are in flight in batches "
+            f"{escape(', '.join(summary.ambiguous_batches[:5]))}: another process is sending them, or "
+            "a run died before their answer came. They are never resent silently: once no other send "
+            "is running, check the provider's activity log, then run `newsletter send ISSUE "
+            "--settle-ambiguous sent` or `--settle-ambiguous resend`.", soft_wrap=True)
     if summary.complete:
         console.print("every recipient is settled: the issue is marked sent")
 
