@@ -175,7 +175,8 @@ class _Run:
                 log.warning("batch %s: %s; retry %d/%d in %.1f s", batch_id, exc, attempt, self.max_retries, delay)
                 self.sleep(delay)
                 continue
-            ledger.mark_sent(self.engine, result.sent, result.message_id)
+            whole = len(result.sent) == len(waiting) and attempt == 0
+            ledger.mark_sent(self.engine, result.sent, result.message_id, batch_id=batch_id if whole else None)
             ledger.mark_rejected(self.engine, result.rejected)
             self._advance(len(result.sent) + len(result.rejected), len(result.sent))
             waiting = {k: waiting[k] for k in result.retry if k in waiting}

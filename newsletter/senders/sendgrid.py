@@ -74,8 +74,11 @@ class SendgridSender:
                 f"sendgrid: a batch of {len(batch.deliveries)} recipients is over the "
                 f"{MAX_PERSONALIZATIONS} SendGrid accepts in one request")
         mail = batch.email
+        if any(c in mail.subject + mail.from_name for c in "\r\n"):
+            raise PermanentDeliveryError("sendgrid: the subject or sender name contains a line break")
         custom_args = {ISSUE_ARG: batch.issue, BATCH_ARG: batch.batch_id}
         substitutions, list_unsubscribe = render.substitutions, render.list_unsubscribe
+        refused = self.refused(batch)
         personalizations = [
             {
                 "to": [{"email": r.email, "name": r.name} if r.name else {"email": r.email}],
@@ -86,7 +89,7 @@ class SendgridSender:
                 },
                 "custom_args": custom_args,
             }
-            for r in (d.recipient for d in batch.deliveries)
+            for r in (d.recipient for d in batch.deliveries if d.key not in refused)
         ]
         sender: dict[str, str] = {"email": mail.from_address}
         if mail.from_name:
@@ -113,9 +116,20 @@ class SendgridSender:
             body["mail_settings"] = {"sandbox_mode": {"enable": True}}
         return body
 
+    @staticmethod
+    def refused(batch: Batch) -> dict[int, str]:
+        """Recipients whose values would inject a header: left out of the request."""
+        return {
+            d.key: f"a line break in the address, name or unsubscribe URL of {d.recipient.email!r}"
+            for d in batch.deliveries
+            if "\n" in (text := d.recipient.email + d.recipient.name + d.recipient.unsubscribe_url)
+            or "\r" in text
+        }
+
     def send(self, batch: Batch) -> BatchResult:
-        if not batch.deliveries:
-            return BatchResult()
+        refused = self.refused(batch)
+        if len(refused) == len(batch.deliveries):
+            return BatchResult(rejected=refused)
         body = self.payload(batch)
         try:
             response = self._client.client.mail.send.post(request_body=body, timeout=self.timeout)
@@ -132,7 +146,8 @@ class SendgridSender:
         if not 200 <= status < 300:
             raise self._http_error(status, response.body, response.headers)
         return BatchResult(
-            sent=[d.key for d in batch.deliveries],
+            sent=[d.key for d in batch.deliveries if d.key not in refused],
+            rejected=refused,
             message_id=response.headers.get("X-Message-Id"),
         )
 

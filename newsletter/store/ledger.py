@@ -15,6 +15,7 @@ import datetime as dt
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, and_, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
@@ -41,8 +42,7 @@ class Send:
     finished_at: dt.datetime | None
 
 
-@dataclass(frozen=True)
-class Claimed:
+class Claimed(NamedTuple):
     """A ledger row claimed for a batch, with what the message needs."""
 
     key: int  # the delivery row's id
@@ -131,37 +131,38 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, now: dt.
     """Atomically take up to ``size`` pending rows, mark them in flight under ``batch_id``
     (durably, before any request), and return them with the subscriber's current data.
     Rows whose subscriber is no longer active (or was erased) become ``skipped``.
-    Returns (claimed, skipped)."""
+    Returns (claimed, skipped).
+
+    One UPDATE with a sub-select claims the rows (``FOR UPDATE SKIP LOCKED`` on
+    PostgreSQL, so concurrent claimers take different rows; SQLite serialises writers);
+    the batch is then read back by its id.
+    """
     now = now or utcnow()
+    pick = (
+        select(deliveries.c.id)
+        .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending")
+        .order_by(deliveries.c.id)
+        .limit(size)
+    )
     with write_transaction(engine) as conn:
-        pick = (
-            select(deliveries.c.id)
-            .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending")
-            .order_by(deliveries.c.id)
-            .limit(size)
-        )
         if conn.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
-        ids = list(conn.execute(pick).scalars())
-        if not ids:
+        taken = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(pick.scalar_subquery()))
+            .values(state="in_flight", batch_id=batch_id, claimed_at=now, attempts=deliveries.c.attempts + 1)
+        ).rowcount
+        if not taken:
             return [], 0
         rows = conn.execute(
             select(deliveries.c.id, deliveries.c.subscriber_id, subscribers.c.email,
                    subscribers.c.name, subscribers.c.token, subscribers.c.status)
             .select_from(deliveries.outerjoin(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
-            .where(deliveries.c.id.in_(ids))
+            .where(deliveries.c.batch_id == batch_id)
             .order_by(deliveries.c.id)
         ).all()
-        claimed = [Claimed(r.id, r.subscriber_id, r.email, r.name, r.token) for r in rows
-                   if r.status == "active"]
-        gone = [r.id for r in rows if r.status != "active"]
-        if claimed:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_([c.key for c in claimed]))
-                .values(state="in_flight", batch_id=batch_id, claimed_at=now,
-                        attempts=deliveries.c.attempts + 1)
-            )
+        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
+        gone = [r[0] for r in rows if r[5] != "active"]
         if gone:
             conn.execute(update(deliveries).where(deliveries.c.id.in_(gone))
                          .values(state="skipped", settled_at=now, error="no longer active"))
@@ -169,9 +170,18 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, now: dt.
 
 
 def mark_sent(engine: Engine, keys: Sequence[int], message_id: str | None = None,
-              now: dt.datetime | None = None) -> None:
-    if keys:
-        _settle(engine, keys, "sent", now=now, message_id=message_id)
+              now: dt.datetime | None = None, batch_id: str | None = None) -> None:
+    """Settle accepted rows as sent. With ``batch_id``, ``keys`` are the whole batch's
+    in-flight rows and one statement by batch settles them."""
+    if not keys:
+        return
+    if batch_id is not None:
+        with write_transaction(engine) as conn:
+            conn.execute(update(deliveries)
+                         .where(deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight")
+                         .values(state="sent", settled_at=now or utcnow(), message_id=message_id))
+        return
+    _settle(engine, keys, "sent", now=now, message_id=message_id)
 
 
 def mark_rejected(engine: Engine, reasons: dict[int, str], now: dt.datetime | None = None) -> None:

@@ -45,7 +45,7 @@ def test_the_roundup_is_the_newest_diplomacy_watch_in_the_window(settings: Setti
     assert roundup.guid == "sr-2669474413"
     assert roundup.published == dt.datetime(2024, 10, 25, 20, 30, tzinfo=dt.UTC)
     assert roundup.author == "Staff Reporter"
-    assert roundup.label == "Reporting"
+    assert roundup.label == "Diplomacy Watch"  # sources.roundup.label in config.yaml
     assert roundup.dek.startswith("Word that North Korean soldiers are in Russia")
     assert roundup.image is not None
     assert roundup.image.src == "https://assets.news.example.org/media/ukraine-war-2024-10.jpg"

@@ -1,0 +1,110 @@
+"""Benchmark: sending an issue to N active subscribers in SQLite through the SendGrid
+backend, pointed at a minimal local sink (bench/sendgrid_sink.py).
+
+    python bench/bench_send.py [--subscribers 1000000] [--also 100000] [--single 3000]
+
+Each send runs as a real `newsletter send` process (so its peak memory is its own, read
+from the kernel's ru_maxrss): wall time, recipients a second and peak memory, for N and
+for a smaller list (constant memory: the two peaks should be within 20%). `--single`
+measures sending one request per recipient (batch_size 1) to report the speed-up.
+Targets (issue 5): 1,000,000 in <= 30 s, <= 150 MB peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import resource
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.sendgrid_sink import start_sink  # noqa: E402
+
+
+def make_project(folder: Path, subscribers: int, sink_url: str, batch_size: int) -> Path:
+    """A project folder with an approved issue and a database of active subscribers."""
+    for name in ("templates", "issues", "samples"):
+        shutil.copytree(ROOT / name, folder / name)
+    config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    config["database"] = {"url": f"sqlite:///{folder / 'bench.db'}"}
+    config["delivery"].update(backend="sendgrid", concurrency=4, max_retries=2)
+    config["delivery"]["sendgrid"].update(host=sink_url, batch_size=batch_size, timeout_seconds=30)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    issue = folder / "issues" / "2024-10-25.yaml"
+    issue.write_text(issue.read_text(encoding="utf-8").replace("\nstatus: draft\n", "\nstatus: approved\n"),
+                     encoding="utf-8")
+    from newsletter.config import load_settings
+    from newsletter.store.db import upgrade_database
+
+    upgrade_database(load_settings(path))
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
+    with sqlite3.connect(folder / "bench.db") as db:
+        db.executemany(
+            "INSERT INTO subscribers (email, email_key, name, status, created_at, updated_at, source,"
+            " attributes, token) VALUES (?, ?, ?, 'active', ?, ?, 'bench', '{}', ?)",
+            ((f"reader{i}@example.net", f"reader{i}@example.net", f"Reader {i}", now, now,
+              secrets.token_urlsafe(24)) for i in range(subscribers)),
+        )
+    return path
+
+
+def timed_send(config: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of one `newsletter send` process."""
+    newsletter = str(Path(sys.executable).parent / "newsletter")
+    env = {**os.environ, "SENDGRID_API_KEY": "SG.bench-key"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    result = subprocess.run([newsletter, "--config", str(config), "send", str(config.parent / "issues/2024-10-25.yaml")],
+                            env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"send failed:\n{result.stdout}\n{result.stderr}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if peak <= before:
+        print("  (peak RSS not above an earlier child's; figure is an upper bound)")
+    return wall, peak / 1024
+
+
+def run(subscribers: int, batch_size: int = 1000) -> tuple[float, float, dict[str, int]]:
+    with tempfile.TemporaryDirectory() as tmp, start_sink() as sink:
+        config = make_project(Path(tmp), subscribers, sink.url, batch_size)
+        wall, peak = timed_send(config)
+        return wall, peak, sink.stats()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=1_000_000)
+    parser.add_argument("--also", type=int, default=100_000, help="a smaller list, for the memory ratio")
+    parser.add_argument("--single", type=int, default=3000, help="recipients sent one request each")
+    args = parser.parse_args()
+    # Smallest first: ru_maxrss of children is a running maximum.
+    rows = []
+    for n, batch in ((args.single, 1), (args.also, 1000), (args.subscribers, 1000)):
+        wall, peak, stats = run(n, batch)
+        assert stats["personalizations"] == n, stats
+        rows.append((n, batch, wall, peak, stats["requests"]))
+        print(f"{n:>9,} recipients, batch {batch:>4}: {wall:7.2f} s  {n / wall:>9,.0f}/s  "
+              f"peak {peak:6.1f} MB  ({stats['requests']:,} requests)", flush=True)
+    single_rate = rows[0][0] / rows[0][2]
+    big_rate = rows[2][0] / rows[2][2]
+    print(f"batched vs one request per recipient: {big_rate / single_rate:,.0f}x the recipients a second")
+    print(f"peak memory {args.subscribers:,} vs {args.also:,}: {rows[2][3] / rows[1][3]:.2f}x (target <= 1.20)")
+    print("targets: 1,000,000 in <= 30 s (>= 33,000/s), <= 150 MB peak")
+
+
+if __name__ == "__main__":
+    main()

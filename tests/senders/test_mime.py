@@ -1,0 +1,87 @@
+"""The fast per-recipient MIME bytes say exactly what ``render.personalize`` says, for
+plain recipients (the fast path) and unusual ones (the fallback)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email
+import email.policy
+from dataclasses import replace
+
+import pytest
+
+from newsletter import render
+from newsletter.errors import HeaderError
+from newsletter.models import Recipient
+from newsletter.render import RenderedEmail
+from newsletter.senders.mime import MessageTemplate
+
+NOW = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.timezone.utc)
+URL = "https://news.example.org/unsubscribe/tok"
+
+RECIPIENTS = [
+    Recipient("reader@example.net", "Reader", URL),
+    Recipient("reader@example.net", "", URL),
+    Recipient("o'neil+news@example.net", 'Ann "The" <O\'Neil>, & co', URL + "?a=1&b=2"),
+    Recipient("first.last@sub.example.net", "Dr. J. Smith (ret.)", URL),
+    Recipient("zoë@example.net", "Zoë", URL),  # non-ASCII local part: fallback
+    Recipient("reader@bücher.example", "Reader", URL),  # IDN: fallback
+    Recipient("reader@example.net", "Jürgen Müller", URL),  # non-ASCII name: fallback
+    Recipient("reader@example.net", "x" * 1200, URL),  # would fold: fallback
+    Recipient("reader@example.net", "Reader", URL + "/" + "y" * 1000),  # long line: fallback
+]
+
+
+def parsed(data: bytes) -> email.message.EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage)
+    return msg
+
+
+@pytest.mark.parametrize("linesep", ["\n", "\r\n"])
+@pytest.mark.parametrize("recipient", RECIPIENTS, ids=range(len(RECIPIENTS)))
+def test_same_message_as_personalize(recipient: Recipient, linesep: str, rendered: RenderedEmail) -> None:
+    email_ = replace(rendered, unsubscribe_mailto="unsubscribe@news.example.org")
+    template = MessageTemplate(email_, linesep=linesep)
+    fast = template.render(recipient, NOW)
+    slow = render.personalize(email_, recipient, NOW).as_bytes(
+        policy=render.email_policy.clone(linesep=linesep))
+    a, b = parsed(fast), parsed(slow)
+    assert [k for k in a.keys()] == [k for k in b.keys()]
+    for key in b.keys():
+        if key not in ("Message-ID", "Content-Type"):  # unique per message
+            assert str(a[key]) == str(b[key]), key
+    assert a.get_content_type() == "multipart/alternative"
+    parts_a, parts_b = list(a.iter_parts()), list(b.iter_parts())
+    assert [p.get_content_type() for p in parts_a] == ["text/plain", "text/html"]
+    for pa, pb in zip(parts_a, parts_b, strict=True):
+        assert pa.get_content() == pb.get_content()
+        assert pa["Content-Transfer-Encoding"] == pb["Content-Transfer-Encoding"]
+    if linesep == "\r\n":
+        assert b"\n" not in fast.replace(b"\r\n", b"")
+    # No line longer than SMTP allows, unless personalize itself writes one (an unbreakable
+    # 1200-character name).
+    longest = max(len(line) for line in fast.split(linesep.encode()))
+    assert longest <= max(998, max(len(line) for line in slow.split(linesep.encode())))
+
+
+def test_placeholders_are_replaced_with_escaping(rendered: RenderedEmail) -> None:
+    recipient = Recipient("a&b@example.net", "<Ann & Bob>", URL)
+    html = parsed(MessageTemplate(rendered).render(recipient)).get_body(("html",))
+    assert html is not None
+    content = html.get_content()
+    assert "%%" not in content
+    assert f'href="{URL}"' in content
+
+
+def test_header_injection_raises_like_personalize(rendered: RenderedEmail) -> None:
+    with pytest.raises(HeaderError):
+        MessageTemplate(rendered).render(Recipient("x@example.net", "A\nBcc: b@example.net", URL))
+    with pytest.raises(HeaderError):
+        MessageTemplate(rendered).render(Recipient("x@example.net", "A", URL + "\r\nBcc: b@x"))
+
+
+def test_each_message_has_its_own_id(rendered: RenderedEmail) -> None:
+    template = MessageTemplate(rendered)
+    ids = {parsed(template.render(Recipient(f"r{n}@example.net", "", URL)))["Message-ID"] for n in range(20)}
+    assert len(ids) == 20
