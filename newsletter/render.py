@@ -44,6 +44,7 @@ PLACEHOLDERS = {
 }
 _PLACEHOLDER = re.compile(r"%%(unsubscribe_url|email_html|email|name_html|name)%%")
 _HREF = re.compile(r'href="([^"]*)"')
+_NEEDS_ESCAPE = re.compile(r"[&<>\"']")
 _CSS_IMPORT = re.compile(r"@import\s+[^;]+;", re.IGNORECASE)
 _KEEP_STYLE = 'data-premailer="ignore"'
 _LOOPBACK = ("http://127.0.0.1", "http://localhost", "http://[::1]")
@@ -349,14 +350,20 @@ def sample_recipient(settings: Settings) -> Recipient:
     )
 
 
+def _html(value: str) -> str:
+    """HTML-escape ``value``; most addresses and names need none, and this runs per recipient."""
+    return html_lib.escape(value) if _NEEDS_ESCAPE.search(value) else value
+
+
 def substitutions(recipient: Recipient) -> dict[str, str]:
     """Placeholder -> value for one recipient (SendGrid's ``substitutions`` too)."""
+    email, name = recipient.email, recipient.name
     return {
-        PLACEHOLDERS["unsubscribe_url"]: recipient.unsubscribe_url,
-        PLACEHOLDERS["email"]: recipient.email,
-        PLACEHOLDERS["email_html"]: html_lib.escape(recipient.email),
-        PLACEHOLDERS["name"]: recipient.name,
-        PLACEHOLDERS["name_html"]: html_lib.escape(recipient.name),
+        "%%unsubscribe_url%%": recipient.unsubscribe_url,
+        "%%email%%": email,
+        "%%email_html%%": _html(email),
+        "%%name%%": name,
+        "%%name_html%%": _html(name),
     }
 
 

@@ -27,10 +27,23 @@ DRAFT_JOB = "weekly-draft"
 JOBS_TABLE = "apscheduler_jobs"
 
 
+class WallClockTrigger(CronTrigger):
+    """A cron trigger that fires once per local wall-clock time: when clocks fall back
+    and 01:30 happens twice, APScheduler's CronTrigger would fire at both."""
+
+    def get_next_fire_time(self, previous_fire_time: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:
+        fire = super().get_next_fire_time(previous_fire_time, now)
+        if fire is not None and previous_fire_time is not None:
+            local_previous = previous_fire_time.astimezone(self.timezone).replace(tzinfo=None)
+            if fire.astimezone(self.timezone).replace(tzinfo=None) == local_previous:
+                fire = super().get_next_fire_time(fire, fire + dt.timedelta(hours=1))
+        return fire
+
+
 def trigger(when: WeeklyTime, settings: Settings) -> CronTrigger:
-    """A weekly cron trigger at ``when`` in the schedule's time zone."""
-    return CronTrigger(day_of_week=when.day, hour=when.hour, minute=when.minute,
-                       timezone=settings.schedule_zone)
+    """A weekly trigger at ``when``, local wall-clock time in the schedule's time zone."""
+    return WallClockTrigger(day_of_week=when.day, hour=when.hour, minute=when.minute,
+                            timezone=settings.schedule_zone)
 
 
 def jobs(settings: Settings) -> dict[str, tuple[str, CronTrigger]]:

@@ -1,0 +1,208 @@
+"""The schedule: cron triggers at local wall-clock time across DST, the real APScheduler
+in-process with the project's database as job store, restarts, misfires, coalescing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from apscheduler.events import EVENT_JOB_EXECUTED, EVENT_JOB_MISSED
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.date import DateTrigger
+
+from newsletter import schedule
+from newsletter.cli import main
+from newsletter.config import Settings, load_settings
+from newsletter.errors import ConfigError
+
+UTC = dt.timezone.utc
+RUNS: list[str] = []  # what record_run saw, for the in-process scheduler tests
+
+
+def record_run(label: str) -> None:
+    """A job the scheduler can store by reference (module-level, importable)."""
+    RUNS.append(label)
+
+
+@pytest.fixture(autouse=True)
+def _clear_runs() -> None:
+    RUNS.clear()
+
+
+def _settings(write_config, **schedule_overrides) -> Settings:
+    return load_settings(write_config({"schedule": schedule_overrides}), env={})
+
+
+def _fires(settings: Settings, start: dt.datetime, count: int = 3) -> list[tuple[str, str]]:
+    return [(r.local.strftime("%a %Y-%m-%d %H:%M %Z"), r.utc.strftime("%Y-%m-%d %H:%M"))
+            for r in schedule.next_runs(settings, start, count)]
+
+
+def test_new_york_spring_forward(write_config) -> None:
+    settings = _settings(write_config, timezone="America/New_York", send={"day": "fri", "time": "09:00"})
+    assert _fires(settings, dt.datetime(2024, 3, 2, tzinfo=UTC)) == [
+        ("Fri 2024-03-08 09:00 EST", "2024-03-08 14:00"),
+        ("Fri 2024-03-15 09:00 EDT", "2024-03-15 13:00"),  # DST began on Sunday, March 10
+        ("Fri 2024-03-22 09:00 EDT", "2024-03-22 13:00"),
+    ]
+
+
+def test_new_york_fall_back_on_the_day_of_the_change(write_config) -> None:
+    # A Sunday 01:30 send: on Nov 3, 2024 01:30 happens twice; it must run once.
+    settings = _settings(write_config, timezone="America/New_York", send={"day": "sun", "time": "01:30"})
+    fires = _fires(settings, dt.datetime(2024, 10, 26, tzinfo=UTC), 3)
+    assert [f[0][:14] for f in fires] == ["Sun 2024-10-27", "Sun 2024-11-03", "Sun 2024-11-10"]
+    assert fires[0][1] == "2024-10-27 05:30"
+    assert fires[2][1] == "2024-11-10 06:30"
+
+
+def test_new_york_spring_forward_gap(write_config) -> None:
+    # 02:30 does not exist on Sunday, March 10, 2024 in New York: the run is not lost.
+    settings = _settings(write_config, timezone="America/New_York", send={"day": "sun", "time": "02:30"})
+    fires = _fires(settings, dt.datetime(2024, 3, 4, tzinfo=UTC), 2)
+    assert fires[0][0].startswith("Sun 2024-03-10") and fires[1][0] == "Sun 2024-03-17 02:30 EDT"
+
+
+def test_london_across_both_changes(write_config) -> None:
+    settings = _settings(write_config, timezone="Europe/London", send={"day": "fri", "time": "07:00"})
+    assert _fires(settings, dt.datetime(2024, 3, 23, tzinfo=UTC), 2) == [
+        ("Fri 2024-03-29 07:00 GMT", "2024-03-29 07:00"),
+        ("Fri 2024-04-05 07:00 BST", "2024-04-05 06:00"),
+    ]
+    assert _fires(settings, dt.datetime(2024, 10, 20, tzinfo=UTC), 2) == [
+        ("Fri 2024-10-25 07:00 BST", "2024-10-25 06:00"),
+        ("Fri 2024-11-01 07:00 GMT", "2024-11-01 07:00"),
+    ]
+
+
+def test_approve_mode_has_a_draft_job(write_config) -> None:
+    settings = _settings(write_config, mode="approve", draft={"day": "thu", "time": "15:00"})
+    jobs = [r.job for r in schedule.next_runs(settings, dt.datetime(2024, 10, 21, tzinfo=UTC), 1)]
+    assert jobs == ["weekly-draft", "weekly-send"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"send": {"day": "fry", "time": "09:00"}}, "schedule.send.day: unknown day 'fry'"),
+    ({"send": {"day": "fri", "time": "9am"}}, "schedule.send.time: invalid time '9am'"),
+    ({"send": {"day": "fri", "time": "24:00"}}, "schedule.send.time: invalid time '24:00'"),
+    ({"timezone": "America/Gotham"}, "schedule.timezone: unknown time zone 'America/Gotham'"),
+    ({"mode": "approve"}, "schedule: mode approve needs a draft time"),
+    ({"misfire_grace_minutes": 0}, "schedule.misfire_grace_minutes"),
+])
+def test_invalid_schedule_is_a_clear_error(write_config, overrides, message) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
+        _settings(write_config, **overrides)
+
+
+def test_status_command_prints_local_and_utc(write_config, capsys) -> None:
+    path = write_config({"schedule": {"timezone": "Europe/London", "send": {"day": "mon", "time": "06:15"}}})
+    assert main(["--config", str(path), "schedule", "--status"]) == 0
+    out = capsys.readouterr().out
+    assert "time zone Europe/London" in out
+    lines = [l for l in out.splitlines() if l.startswith("weekly-send")]
+    assert len(lines) == 3 and all("Mon " in l and " 06:15 " in l and "UTC" in l for l in lines)
+
+
+# --- the real scheduler -------------------------------------------------------------------
+
+
+def _scheduler(settings: Settings, db: Path) -> BackgroundScheduler:
+    scheduler = schedule.make_scheduler(settings, BackgroundScheduler, f"sqlite:///{db}")
+    assert isinstance(scheduler, BackgroundScheduler)
+    return scheduler
+
+
+def _wait(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_job_one_second_ahead_runs(settings: Settings, tmp_path: Path) -> None:
+    scheduler = _scheduler(settings, tmp_path / "jobs.db")
+    ran = threading.Event()
+    scheduler.add_listener(lambda event: ran.set(), EVENT_JOB_EXECUTED)
+    scheduler.start()
+    try:
+        scheduler.add_job("tests.test_schedule:record_run", DateTrigger(dt.datetime.now(UTC) + dt.timedelta(seconds=1)),
+                          args=["soon"], id="soon")
+        assert ran.wait(10)
+        assert RUNS == ["soon"]
+    finally:
+        scheduler.shutdown(wait=True)
+
+
+def test_jobs_survive_a_restart(settings: Settings, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    first = _scheduler(settings, db)
+    first.start(paused=True)
+    assert schedule.install_jobs(first, settings) == ["added weekly-send"]
+    stored = first.get_job(schedule.SEND_JOB).next_run_time
+    first.shutdown()
+    second = _scheduler(settings, db)
+    second.start(paused=True)
+    try:
+        assert schedule.install_jobs(second, settings) == []  # kept as it was
+        job = second.get_job(schedule.SEND_JOB)
+        assert job.next_run_time == stored
+        assert job.func_ref == "newsletter.schedule:scheduled_send"
+        assert job.args == (str(settings.config_path.resolve()),)
+        assert job.coalesce is True and job.max_instances == 1
+        assert job.misfire_grace_time == 120 * 60
+    finally:
+        second.shutdown()
+
+
+def test_a_changed_schedule_replaces_the_stored_job(settings: Settings, write_config, tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    first = _scheduler(settings, db)
+    first.start(paused=True)
+    schedule.install_jobs(first, settings)
+    first.shutdown()
+    changed = load_settings(write_config({"schedule": {"send": {"day": "sat", "time": "10:30"}}}), env={})
+    second = _scheduler(changed, db)
+    second.start(paused=True)
+    try:
+        assert schedule.install_jobs(second, changed) == ["updated weekly-send"]
+        assert second.get_job(schedule.SEND_JOB).next_run_time.strftime("%a %H:%M") == "Sat 10:30"
+    finally:
+        second.shutdown()
+
+
+def _missed(settings: Settings, tmp_path: Path, late: dt.timedelta, every: dt.timedelta) -> tuple[list[str], list[str]]:
+    """A stored job whose run time passed ``late`` ago while no scheduler was running:
+    the job store holds it when the scheduler resumes."""
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    scheduler = _scheduler(settings, tmp_path / "jobs.db")
+    events: list[str] = []
+    scheduler.add_listener(lambda e: events.append("missed" if e.code == EVENT_JOB_MISSED else "ran"),
+                           EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+    scheduler.start(paused=True)
+    try:
+        scheduler.add_job("tests.test_schedule:record_run", IntervalTrigger(seconds=every.total_seconds()), args=["weekly"],
+                          id="weekly", next_run_time=dt.datetime.now(UTC) - late)
+        scheduler.resume()
+        assert _wait(lambda: bool(events), 5)
+        time.sleep(0.3)  # time for a second (wrong) run to show up
+    finally:
+        scheduler.shutdown(wait=True)
+    return events, list(RUNS)
+
+
+def test_missed_runs_within_the_grace_window_run_once(settings: Settings, tmp_path: Path) -> None:
+    # due every 10 minutes since 45 minutes ago: five runs missed, all within the window
+    events, runs = _missed(settings, tmp_path, dt.timedelta(minutes=45), dt.timedelta(minutes=10))
+    assert runs == ["weekly"] and events == ["ran"]  # coalesced: once, not five times
+
+
+def test_a_run_missed_beyond_the_grace_window_is_dropped(settings: Settings, tmp_path: Path) -> None:
+    # the weekly run was due 3 hours ago; the grace window is 2 hours: a stale issue stays unsent
+    events, runs = _missed(settings, tmp_path, dt.timedelta(hours=3), dt.timedelta(days=7))
+    assert runs == [] and events == ["missed"]
