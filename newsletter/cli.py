@@ -24,6 +24,8 @@ from newsletter.errors import NewsletterError
 if TYPE_CHECKING:
     import datetime as dt
 
+    from sqlalchemy import Engine
+
     from newsletter.send import SendSummary
     from newsletter.weekly import WeekReport
 
@@ -263,8 +265,10 @@ def draft(
 def demo(
     folder: Annotated[Path, typer.Option("--dir", help="Folder for the demo's issues, database and outbox.")] = Path("demo"),
 ) -> None:
-    """Run the whole weekly job once on the embedded defaults: the bundled sample feeds,
-    a SQLite database with demo subscribers, and the outbox sender."""
+    """Run the whole weekly job once on the embedded defaults (sample feeds, demo subscribers, outbox).
+
+    Uses the bundled sample feeds at their as-of time, a SQLite database in DIR seeded with
+    a few demo subscribers, and the outbox sender, which writes one .eml file a recipient."""
     from newsletter import demo as demo_job
 
     result = demo_job.run_demo(settings(), folder)
@@ -326,6 +330,192 @@ def _print_report(report: WeekReport) -> None:
     console.print(f"{report.edition}: {report.outcome}: {escape(report.message)}")
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port to listen on (default: web.port).")] = None,
+) -> None:
+    """Run the web app: unsubscribe, sign-up, archive, SendGrid webhook, editors' preview."""
+    from newsletter.web import server
+
+    server.serve(settings(), host, port)
+
+
+# --- database and subscribers (newsletter/store) -------------------------------------
+
+db_app = typer.Typer(help="Create, migrate and inspect the database.", no_args_is_help=True)
+subscribers_app = typer.Typer(help="The subscriber list: add, import, export, list, remove.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(subscribers_app, name="subscribers")
+
+@contextmanager
+def _database() -> Iterator[Engine]:
+    """The configured database, checked (reachable, schema current), closed afterwards."""
+    from newsletter.store.db import open_database
+
+    engine = open_database(settings())
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+StatusOption = Annotated[
+    Optional[str],
+    typer.Option("--status", help="Only this status: pending, active, unsubscribed, bounced, complained."),
+]
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create the database or bring its schema up to date (Alembic migrations)."""
+    from newsletter.store.db import upgrade_database
+
+    done = upgrade_database(settings())
+    if done.before == done.after:
+        console.print(f"{escape(done.database)} is up to date (schema {done.after})")
+    else:
+        console.print(f"{escape(done.database)}: schema {done.before or '(empty)'} -> {done.after}")
+
+
+@db_app.command("status")
+def db_status() -> None:
+    """Show which database is configured and whether its schema is current."""
+    from newsletter.store.db import database_status
+
+    where, state = database_status(settings())
+    if state.up_to_date:
+        console.print(f"{escape(where)}: schema {state.current}, up to date")
+        return
+    console.print(f"{escape(where)}: schema {state.current or '(empty)'}, this version needs {state.head}")
+    raise typer.Exit(1)
+
+
+@subscribers_app.command("add")
+def subscribers_add(
+    email: Annotated[str, typer.Argument(help="The address to add.")],
+    name: Annotated[str, typer.Option("--name", help="The subscriber's name.")] = "",
+    status: Annotated[str, typer.Option("--status", help="active, or pending (until they confirm).")] = "active",
+    source: Annotated[str, typer.Option("--source", help="Where the subscriber came from.")] = "cli",
+    resubscribe: Annotated[bool, typer.Option("--resubscribe", help="Re-activate someone who opted out or was removed (only with their fresh consent).")] = False,
+) -> None:
+    """Add one subscriber."""
+    from newsletter.store import subscribers
+
+    with _database() as engine:
+        added = subscribers.add(engine, email, name=name, status=status, source=source, resubscribe=resubscribe)
+    console.print(f"added {escape(added.email)} ({added.status})")
+
+
+@subscribers_app.command("import")
+def subscribers_import(
+    file: Annotated[Path, typer.Argument(help="A UTF-8 CSV file whose header names the columns (email required).")],
+    resubscribe: Annotated[bool, typer.Option("--resubscribe", help="Re-activate people who opted out or were removed (only with their fresh consent).")] = False,
+    rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write the rejected rows, with line and reason, to this CSV file.")] = None,
+    source: Annotated[str, typer.Option("--source", help="Source for rows without a source column.")] = "import",
+) -> None:
+    """Import subscribers from a CSV file of any size; rerunning it is safe."""
+    from newsletter.errors import SubscriberError
+    from newsletter.store import importer
+
+    with _database() as engine, err_console.status("importing...") as status:
+        result = importer.import_csv(
+            engine, file, resubscribe=resubscribe, rejects_path=rejects, source=source,
+            progress=lambda r: status.update(f"importing {escape(str(file))}: {r.rows:,} rows read"),
+        )
+    shown = 20
+    for notice in result.notices[:shown]:
+        err_console.print(f"{escape(str(file))}: {escape(str(notice))}")
+    for reject in result.rejects[:shown]:
+        err_console.print(f"{escape(str(file))}: {escape(str(reject))}")
+    hidden = max(0, result.rejected - shown) + max(0, len(result.notices) - shown)
+    if hidden:
+        err_console.print(f"... {hidden:,} more" + (f" (all rejects are in {escape(str(rejects))})" if rejects else ""))
+    console.print(f"imported {escape(str(file))}: {result.summary()}")
+    if result.rejected:
+        raise SubscriberError(f"{file}: {result.rejected:,} of {result.rows:,} rows rejected; the others were imported")
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    status: StatusOption = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file (default: standard output).")] = None,
+) -> None:
+    """Export subscribers as CSV, safe to open in a spreadsheet."""
+    from newsletter.store import export
+
+    with _database() as engine:
+        if out is None:
+            export.export_csv(engine, sys.stdout, status=status)
+            return
+        written = export.export_file(engine, out, status=status)
+    err_console.print(f"exported {written:,} subscribers to {escape(str(out))}")
+
+
+@subscribers_app.command("list")
+def subscribers_list(
+    status: StatusOption = None,
+    search: Annotated[Optional[str], typer.Option("--search", help="Part of the address or the name.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most this many.")] = 50,
+) -> None:
+    """List subscribers (oldest first)."""
+    from newsletter.store import subscribers
+
+    with _database() as engine:
+        found = subscribers.list_subscribers(engine, status=status, search=search, limit=limit + 1)
+    for sub in found[:limit]:  # tab-separated, for scripts
+        typer.echo(f"{sub.email}\t{sub.name}\t{sub.status}\t{sub.created_at:%Y-%m-%d}")
+    if len(found) > limit:
+        err_console.print(f"(showing the first {limit}; use --limit or --search for more)")
+
+
+@subscribers_app.command("count")
+def subscribers_count(status: StatusOption = None) -> None:
+    """Print how many subscribers there are (with --status: in that status)."""
+    from newsletter.store import subscribers
+
+    with _database() as engine:
+        console.print(str(subscribers.count(engine, status)))
+
+
+@subscribers_app.command("stats")
+def subscribers_stats() -> None:
+    """Show how many subscribers are in each status, and how many are suppressed."""
+    from newsletter.store import subscribers
+
+    with _database() as engine:
+        found = subscribers.stats(engine)
+    for name, n in found.by_status.items():
+        console.print(f"{name:<13}{n:>10,}")
+    console.print(f"{'total':<13}{found.total:>10,}")
+    console.print(f"{'suppressed':<13}{found.suppressed:>10,}  (removed, never to be re-added)")
+
+
+@subscribers_app.command("unsubscribe")
+def subscribers_unsubscribe(email: Annotated[str, typer.Argument(help="The address to unsubscribe.")]) -> None:
+    """Stop sending to EMAIL (the record stays, as unsubscribed)."""
+    from newsletter.store import subscribers
+
+    with _database() as engine:
+        found = subscribers.unsubscribe(engine, email)
+    console.print(f"{escape(found.email)} is {found.status}")
+
+
+@subscribers_app.command("remove")
+def subscribers_remove(
+    email: Annotated[str, typer.Argument(help="The address to erase.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase EMAIL's personal data; a hashed entry keeps it from being re-added."""
+    from newsletter.store import subscribers
+
+    if not yes:
+        typer.confirm(f"Erase {email} for good?", abort=True)
+    with _database() as engine:
+        erased = subscribers.remove(engine, email)
+    console.print(f"{'erased' if erased else 'not on the list; suppressed'} {escape(email)}")
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -41,6 +41,9 @@ def _keep_key_out_of_logs() -> None:
     logging.getLogger("python_http_client.client").setLevel(logging.INFO)
 
 
+_JSON = {"Content-Type": "application/json; charset=utf-8"}
+
+
 class SendgridSender:
     """Delivers batches through SendGrid's v3 mail send API (or a local stand-in)."""
 
@@ -130,9 +133,13 @@ class SendgridSender:
         refused = self.refused(batch)
         if len(refused) == len(batch.deliveries):
             return BatchResult(rejected=refused)
-        body = self.payload(batch)
+        # Serialized here, compactly and without escaping non-ASCII: the library would
+        # json.dumps it again otherwise (a JSON content type other than its exact
+        # "application/json" makes it send the string as it is).
+        body = json.dumps(self.payload(batch), ensure_ascii=False, separators=(",", ":"))
         try:
-            response = self._client.client.mail.send.post(request_body=body, timeout=self.timeout)
+            response = self._client.client.mail.send.post(
+                request_body=body, request_headers=_JSON, timeout=self.timeout)
         except python_http_client.exceptions.HTTPError as exc:
             raise self._http_error(exc.status_code, exc.body, exc.headers) from None
         except TimeoutError:  # socket.timeout is TimeoutError

@@ -42,7 +42,7 @@ def test_request_payload(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -
     [request] = sendgrid_stub.requests
     assert request.path == "/v3/mail/send"
     assert request.headers["Authorization"] == f"Bearer {API_KEY}"
-    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Content-Type"] == "application/json; charset=utf-8"  # compact UTF-8 JSON
     body = request.body
     assert body["personalizations"][0] == {
         "to": [{"email": "reader1@example.net", "name": "Reader 1"}],
