@@ -295,20 +295,7 @@ def schedule_command(
         for run_ in scheduling.next_runs(cfg):
             console.print(f"{run_.job:13} {run_.local:%a %Y-%m-%d %H:%M %Z}   {run_.utc:%Y-%m-%d %H:%M} UTC")
         return
-    scheduler = scheduling.make_scheduler(cfg)
-    scheduler.start(paused=True)
-    for change in scheduling.install_jobs(scheduler, cfg):
-        logging.getLogger("newsletter.schedule").info("%s", change)
-    for job in scheduler.get_jobs():
-        logging.getLogger("newsletter.schedule").info("%s next runs at %s", job.id, job.next_run_time)
-    try:
-        scheduler.resume()  # a BlockingScheduler blocks here until stopped
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if scheduler.running:
-            scheduler.shutdown(wait=True)
-        logging.getLogger("newsletter.schedule").info("scheduler stopped")
+    scheduling.run_scheduler(cfg)
 
 
 def _as_of(text: Optional[str], cfg: Settings) -> Optional["dt.datetime"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +82,12 @@ def make_scheduler(settings: Settings, scheduler_class: type[BaseScheduler] | No
                    jobstore_url: str | None = None) -> BaseScheduler:
     """A scheduler whose job store is the project's database."""
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.schedulers.background import BackgroundScheduler
 
     from newsletter.store.db import create_store_engine, database_url
 
     engine = create_store_engine(jobstore_url or database_url(settings))
-    cls = scheduler_class or BlockingScheduler
+    cls = scheduler_class or BackgroundScheduler
     return cls(
         jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE)},
         job_defaults={
@@ -117,6 +118,29 @@ def install_jobs(scheduler: BaseScheduler, settings: Settings) -> list[str]:
         scheduler.add_job(func, trig, id=job_id, name=job_id, args=args, replace_existing=True)
         changes.append(f"{'updated' if stored else 'added'} {job_id}")
     return changes
+
+
+def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run the weekly jobs in the foreground until ``stop`` is set or the process is
+    interrupted (Ctrl-C; the CLI turns SIGTERM into the same). Jobs are installed while
+    the scheduler is paused, so a stored run that is due is judged against the grace
+    window with the job as configured."""
+    stop = stop or threading.Event()
+    scheduler = make_scheduler(settings)
+    scheduler.start(paused=True)
+    try:
+        for change in install_jobs(scheduler, settings):
+            log.info("%s", change)
+        for job in scheduler.get_jobs():
+            log.info("%s next runs at %s", job.id, job.next_run_time)
+        scheduler.resume()
+        while not stop.wait(1):
+            pass
+    except KeyboardInterrupt:
+        log.info("stopping: waiting for a running job to finish")
+    finally:
+        scheduler.shutdown(wait=True)
+        log.info("scheduler stopped")
 
 
 def scheduled_send(config_path: str) -> None:

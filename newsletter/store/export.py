@@ -8,11 +8,15 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy import Engine, select
 
+from newsletter.errors import SubscriberError
 from newsletter.store.addresses import defuse_cell
 from newsletter.store.subscribers import check_status
 from newsletter.store.tables import subscribers
@@ -62,4 +66,21 @@ def export_csv(engine: Engine, out: TextIO, *, status: str | None = None, page_s
     for row in export_rows(engine, status=status, page_size=page_size):
         writer.writerow(row)
         written += 1
+    return written
+
+
+def export_file(engine: Engine, path: Path, *, status: str | None = None) -> int:
+    """``export_csv`` into ``path``, atomically: an interrupted export leaves no
+    half-written file behind (and no old one replaced)."""
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise SubscriberError(f"{path}: cannot write: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            written = export_csv(engine, out, status=status)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
     return written

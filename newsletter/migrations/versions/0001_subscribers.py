@@ -49,11 +49,19 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_subscribers"),
         sa.UniqueConstraint("email_key", name="uq_subscribers_email_key"),
         sa.UniqueConstraint("token", name="uq_subscribers_token"),
-        sa.UniqueConstraint("confirmation_hash", name="uq_subscribers_confirmation_hash"),
     )
     op.create_index("ix_subscribers_status_id", "subscribers", ["status", "id"])
+    op.create_index(
+        "ix_subscribers_confirmation_hash",
+        "subscribers",
+        ["confirmation_hash"],
+        unique=True,
+        sqlite_where=sa.text("confirmation_hash IS NOT NULL"),
+        postgresql_where=sa.text("confirmation_hash IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_subscribers_confirmation_hash", table_name="subscribers")
     op.drop_index("ix_subscribers_status_id", table_name="subscribers")
     op.drop_table("subscribers")

@@ -1,0 +1,134 @@
+"""The editors' preview: the list of issues, and one issue in a desktop and a 375 px
+mobile frame, its plain text, its size against Gmail's clipping limit and the build's
+checks, with "send test" and "approve". The page polls a fingerprint of the issue file
+and the templates and reloads itself when either changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from newsletter import issuefile, send
+from newsletter.errors import NewsletterError, StoreError
+from newsletter.models import Issue
+from newsletter.store import events
+from newsletter.web.context import WebContext, context
+from newsletter.web.issues import find_issue, fingerprint, issue_path, sample_parts
+from newsletter.web.public import EMAIL_POLICY, check_csrf, csrf_pair, with_csrf_cookie
+from newsletter.web.security import CSRF_FIELD
+
+log = logging.getLogger("newsletter.web")
+
+View = Literal["both", "desktop", "mobile", "text"]
+NOTICES = {"test-sent": "Test sent to {recipients}.", "approved": "Approved: the send job will send it."}
+MOBILE_WIDTH = 375
+POLL_MS = 500
+
+
+def require_editor(request: Request) -> None:
+    context(request).editors.check(request.headers.get("host", ""), request.headers.get("authorization"))
+
+
+router = APIRouter(prefix="/preview", dependencies=[Depends(require_editor)])
+
+
+@router.get("", response_class=HTMLResponse, summary="Issues to preview")
+def issue_list(request: Request) -> Response:
+    ctx = context(request)
+    rows = []
+    for path, loaded in issuefile.list_issues(ctx.settings.issues_dir):
+        if isinstance(loaded, Issue):
+            rows.append({"slug": loaded.slug, "date": loaded.date, "subject": loaded.subject,
+                         "status": loaded.status, "error": None, "file": path.name})
+        else:
+            rows.append({"slug": None, "date": None, "subject": None, "status": "invalid",
+                         "error": str(loaded), "file": path.name})
+    return ctx.page(request, "preview_list.html", rows=rows)
+
+
+def _stats(ctx: WebContext, issue: Issue) -> events.IssueStats | None:
+    if issue.status != "sent":
+        return None
+    try:
+        return events.issue_stats(ctx.engine, issue.slug)
+    except StoreError:
+        return None
+
+
+@router.get("/{slug}", response_class=HTMLResponse, summary="Preview one issue")
+def issue_page(
+    slug: str,
+    request: Request,
+    view: Annotated[View, Query()] = "both",
+    notice: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    ctx = context(request)
+    path = issue_path(ctx.settings, slug)
+    cookie, token = csrf_pair(request, ctx)
+    recipients = ctx.settings.delivery.test_recipients
+    values: dict[str, Any] = dict(slug=slug, file=path.name, view=view, mobile_width=MOBILE_WIDTH, poll_ms=POLL_MS,
+                  version=fingerprint(ctx.settings, path), csrf_field=CSRF_FIELD, csrf_token=token,
+                  limits=ctx.settings.limits, test_recipients=recipients,
+                  notice=NOTICES.get(notice or "", "").format(recipients=", ".join(recipients)) or None)
+    try:
+        issue = issuefile.load(path)
+        built = request.app.state.builds.build(path, issue)
+    except NewsletterError as exc:  # the file or a template is broken: show it, keep reloading
+        page = ctx.page(request, "preview_issue.html", status=exc.status, issue=None, built=None, text="",
+                        build_error=str(exc), stats=None, **values)
+        return with_csrf_cookie(page, ctx, cookie)
+    _html, text = sample_parts(ctx.settings, built)
+    page = ctx.page(request, "preview_issue.html", issue=issue, built=built, text=text, build_error=None,
+                    stats=_stats(ctx, issue), **values)
+    return with_csrf_cookie(page, ctx, cookie)
+
+
+@router.get("/{slug}/email.html", response_class=HTMLResponse, summary="The rendered HTML part")
+def issue_html(slug: str, request: Request) -> Response:
+    ctx = context(request)
+    path, issue = find_issue(ctx.settings, slug)
+    html, _text = sample_parts(ctx.settings, request.app.state.builds.build(path, issue))
+    return HTMLResponse(html, headers={"Content-Security-Policy": EMAIL_POLICY, "X-Frame-Options": "SAMEORIGIN"})
+
+
+@router.get("/{slug}/email.txt", response_class=PlainTextResponse, summary="The plain-text part")
+def issue_text(slug: str, request: Request) -> Response:
+    ctx = context(request)
+    path, issue = find_issue(ctx.settings, slug)
+    _html, text = sample_parts(ctx.settings, request.app.state.builds.build(path, issue))
+    return PlainTextResponse(text)
+
+
+@router.get("/{slug}/version", summary="Changes when the issue file or a template changes")
+def issue_version(slug: str, request: Request) -> JSONResponse:
+    """What the preview page polls; it does not read the issue, so a half-saved file
+    still reloads the page (which then shows the error)."""
+    ctx = context(request)
+    return JSONResponse({"version": fingerprint(ctx.settings, issue_path(ctx.settings, slug))})
+
+
+@router.post("/{slug}/send-test", summary="Send a test to delivery.test_recipients")
+def issue_send_test(slug: str, request: Request,
+                    csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+    ctx = context(request)
+    check_csrf(request, ctx, csrf_token)
+    path, _issue = find_issue(ctx.settings, slug)
+    with ctx.sender() as sender:
+        sent = send.send_test(ctx.settings, path, None, sender=sender)
+    log.info("event=test_sent issue=%s recipients=%d", slug, len(sent))
+    return RedirectResponse(f"/preview/{slug}?notice=test-sent", status_code=303)
+
+
+@router.post("/{slug}/approve", summary="Approve the issue for sending")
+def issue_approve(slug: str, request: Request,
+                  csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+    ctx = context(request)
+    check_csrf(request, ctx, csrf_token)
+    path, _issue = find_issue(ctx.settings, slug)
+    send.approve(path, now=ctx.clock())
+    log.info("event=approved issue=%s", slug)
+    return RedirectResponse(f"/preview/{slug}?notice=approved", status_code=303)
