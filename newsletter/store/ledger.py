@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, func, insert, literal, select, update
+from sqlalchemy import Engine, and_, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.store.db import write_transaction
