@@ -108,7 +108,7 @@ def main() -> None:
     from newsletter.gather.extract import extract_entries
     from newsletter.gather.fetch import FeedFetcher
     from newsletter.gather.parse import parse_feed
-    from newsletter.gather.sanitize import sanitize_html
+    from newsletter.sanitize import sanitize_html
 
     rng = random.Random(3)
     with tempfile.TemporaryDirectory() as tmp:

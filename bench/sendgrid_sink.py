@@ -27,7 +27,7 @@ from typing import Any
 
 # Every personalization has a "to" key; json.dumps writes it like this, and a quote
 # inside a JSON string is escaped, so the count is exact.
-_TO_KEY = b'"to": ['
+_TO_KEYS = (b'"to": [', b'"to":[')  # pretty or compact JSON
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -43,7 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
         with sink.lock:
             sink.requests += 1
             sink.bytes += len(body)
-            sink.personalizations += body.count(_TO_KEY)
+            sink.personalizations += sum(body.count(key) for key in _TO_KEYS)
         self.send_response(202)
         self.send_header("X-Message-Id", f"sink-{next(sink.ids)}")
         self.send_header("Content-Length", "0")

@@ -26,8 +26,7 @@ import jinja2
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from newsletter import issuefile, links, plaintext
-from newsletter.gather import sanitize
+from newsletter import issuefile, links, plaintext, sanitize
 from newsletter.config import Settings
 from newsletter.errors import BuildError, HeaderError, TemplateError
 from newsletter.models import Issue, Recipient

@@ -2,8 +2,8 @@
 
 ``gather_issue`` fetches the round-up and teaser feeds, picks the week's content at an
 as-of time and returns the draft with any warnings; ``write_draft`` saves it safely.
-Modules: fetch (HTTP and files), parse (feedparser), extract (entries), sanitize (nh3),
-select (the rules), draft (the Issue and its file).
+Modules: fetch (HTTP and files), parse (feedparser), extract (entries), select (the
+rules), draft (the Issue and its file); feed HTML is cleaned by ``newsletter.sanitize``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from newsletter import issuefile
 from newsletter.config import Settings
 from newsletter.errors import IssueFileError
 from newsletter.gather.extract import FeedEntry, FeedImage, first_real_image
-from newsletter.gather.sanitize import cut_words, html_to_text, sanitize_html
+from newsletter.sanitize import cut_words, html_to_text, sanitize_html
 from newsletter.models import Image, Issue, Roundup, Teaser
 
 DEK_WORDS = 60  # a dek is a sentence or two; longer summaries are cut

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from newsletter.gather.parse import ParsedFeed, RawItem
-from newsletter.gather.sanitize import html_to_text
+from newsletter.sanitize import html_to_text
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif")
 _IMG_SRC = re.compile(r'<img\b(?:[^>"]|"[^"]*")*>')

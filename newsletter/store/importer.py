@@ -29,7 +29,7 @@ from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Ta
 from newsletter.errors import SubscriberError
 from newsletter.store.addresses import check_address, cell_problem, defuse_cell, shorten, suppression_hash
 from newsletter.store.db import insert_ignoring_conflicts, writing
-from newsletter.store.subscribers import NAME_MAX, new_token, utcnow
+from newsletter.store.subscribers import NAME_MAX, token_stream, utcnow
 from newsletter.store.tables import OPTED_OUT, STATUSES, subscribers, suppressions
 
 CHUNK_SIZE = 5000
@@ -398,6 +398,7 @@ class _Chunk:
             {name: subscribers.c[name].type for name in (*DATES, "updated_at", "attributes")},
         )
         self.remember = _BulkInsert(conn, seen.insert(), ("email_key", "line"), {})
+        self.tokens = token_stream()
 
     def reject(self, reject: Reject, rejects_out: _RejectsFile | None) -> None:
         self.result.rejected += 1
@@ -431,7 +432,9 @@ class _Chunk:
             before = {r.email_key: r._asdict() for r in conn.execute(query)}
         # earlier lines of this file with the same address: only existing subscribers
         first_lines: dict[str, int] = dict(self._existing(self.seen.name, "email_key", found, ", line")) if found else {}
-        hashes = {suppression_hash(k): k for k in keys if k not in before}
+        # Hashing every address costs; most lists have no suppressed addresses at all.
+        any_suppressed = conn.exec_driver_sql("SELECT 1 FROM suppressions LIMIT 1").first() is not None
+        hashes = {suppression_hash(k): k for k in keys if k not in before} if any_suppressed else {}
         suppressed = {hashes[h] for (h,) in self._existing("suppressions", "email_hash", list(hashes))} if hashes else set()
 
         state: dict[str, dict[str, Any]] = {}  # the subscriber as this chunk leaves it
@@ -489,7 +492,7 @@ class _Chunk:
     def _new(self, row: _Row) -> dict[str, Any]:
         """A subscriber this import adds."""
         values = row.values
-        current = {**_BLANK, **values, "email_key": row.key, "updated_at": self.now, "token": new_token()}
+        current = {**_BLANK, **values, "email_key": row.key, "updated_at": self.now, "token": next(self.tokens)}
         if "attributes" not in values:
             current["attributes"] = {}
         if "created_at" not in values:

@@ -5,11 +5,12 @@ complaints. Each function is one short transaction on the engine it is given.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,17 @@ def new_token() -> str:
     the index on every commit). The secret part is ``secrets.token_urlsafe(32)``.
     """
     return f"{time.time_ns() // 1000:013x}{secrets.token_urlsafe(32)}"
+
+
+def token_stream(batch: int = 1024) -> Iterator[str]:
+    """Tokens like ``new_token``'s for bulk imports, made ``batch`` at a time from one
+    ``secrets.token_bytes`` call: 264 random bits each (44 base64 characters) after the
+    same kind of time prefix."""
+    while True:
+        prefix = f"{time.time_ns() // 1000:013x}"
+        raw = base64.urlsafe_b64encode(secrets.token_bytes(33 * batch)).decode("ascii")
+        for start in range(0, len(raw), 44):
+            yield prefix + raw[start:start + 44]
 
 
 def confirmation_hash(token: str) -> str:

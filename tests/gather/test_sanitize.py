@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.gather.sanitize import cut_words, html_to_text, sanitize_html
+from newsletter.sanitize import cut_words, html_to_text, sanitize_html
 
 BASE = "https://news.example.org/europe/article"
 
