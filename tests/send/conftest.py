@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from newsletter.config import Settings, load_settings
 from newsletter.store import subscribers
+from tests.senders.conftest import SendgridStub
 from tests.dbfixtures import *  # noqa: F403 - database_url and engine, on SQLite and PostgreSQL
 
 @pytest.fixture
@@ -57,51 +58,10 @@ def bulk_subscribers(engine: Engine, n: int, prefix: str = "bulk") -> list[str]:
     return [r["email"] for r in rows]
 
 
-class RecordingSendgrid:
-    """A real HTTP server standing in for SendGrid that records every address it accepted
-    (202), slowly enough (``delay``) that a test can kill a sender in the middle."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        import json
-        import threading
-        import time
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.received: list[str] = []
-        self.requests = 0
-        lock = threading.Lock()
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                time.sleep(delay)
-                with lock:
-                    sink.requests += 1
-                    sink.received.extend(to["email"] for p in body["personalizations"] for to in p["to"])
-                self.send_response(202)
-                self.send_header("X-Message-Id", f"m{sink.requests}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def sendgrid_sink() -> Iterator[RecordingSendgrid]:
-    sink = RecordingSendgrid(delay=0.05)
-    yield sink
-    sink.close()
+def sendgrid_sink() -> Iterator[SendgridStub]:
+    """A real HTTP server standing in for SendGrid, slow enough to kill a sender mid-send."""
+    stub = SendgridStub(delay=0.05)
+    stub.thread.start()
+    yield stub
+    stub.close()

@@ -18,12 +18,14 @@ import pytest
 from newsletter import issuefile
 from newsletter.store import ledger
 
-from .conftest import RecordingSendgrid, bulk_subscribers
+from tests.senders.conftest import SendgridStub
+
+from .conftest import bulk_subscribers
 
 pytestmark = pytest.mark.slow
 
 
-def _config(write_config, database_url: str, sink: RecordingSendgrid) -> Path:
+def _config(write_config, database_url: str, sink: SendgridStub) -> Path:
     return write_config({
         "database": {"url": database_url},
         "delivery": {"backend": "sendgrid", "concurrency": 2, "max_retries": 2,
@@ -40,19 +42,19 @@ def _send(config: Path, issue: Path) -> subprocess.Popen[str]:
 
 
 def test_sigkill_at_random_points_then_resume(write_config, database_url, engine, issue_path,
-                                              sendgrid_sink: RecordingSendgrid) -> None:
+                                              sendgrid_sink: SendgridStub) -> None:
     emails = bulk_subscribers(engine, 3000)
     config = _config(write_config, database_url, sendgrid_sink)
     seed = random.randrange(1_000_000)
     rng = random.Random(seed)
     kills = 0
     for _ in range(4):
-        before = sendgrid_sink.requests
+        before = sendgrid_sink.count
         proc = _send(config, issue_path)
         # kill somewhere between start-up and a few batches into the send
         deadline = time.monotonic() + 20
         wait_for = rng.randint(1, 8)
-        while sendgrid_sink.requests < before + wait_for and proc.poll() is None and time.monotonic() < deadline:
+        while sendgrid_sink.count < before + wait_for and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0, 0.06))
         if proc.poll() is None:
@@ -95,7 +97,7 @@ def _in_flight_emails(engine, send_id: int) -> list[str]:
 
 
 def test_two_send_processes_for_one_issue(write_config, database_url, engine, issue_path,
-                                          sendgrid_sink: RecordingSendgrid) -> None:
+                                          sendgrid_sink: SendgridStub) -> None:
     emails = bulk_subscribers(engine, 1500)
     config = _config(write_config, database_url, sendgrid_sink)
     procs = [_send(config, issue_path), _send(config, issue_path)]

@@ -19,7 +19,9 @@ from newsletter.demo import SAMPLE_AS_OF
 from newsletter.errors import PermanentDeliveryError
 from newsletter.senders.memory import MemorySender
 
-from .conftest import RecordingSendgrid, add_subscribers, bulk_subscribers
+from tests.senders.conftest import SendgridStub
+
+from .conftest import add_subscribers, bulk_subscribers
 
 UTC = dt.timezone.utc
 
@@ -105,7 +107,7 @@ def test_editions_follow_the_send_day_in_local_time(fresh: Settings) -> None:
 
 @pytest.mark.slow
 def test_two_weekly_jobs_at_once_send_once(fresh: Settings, engine, write_config, database_url,
-                                           sendgrid_sink: RecordingSendgrid, project: Path) -> None:
+                                           sendgrid_sink: SendgridStub, project: Path) -> None:
     """Two schedulers on one database (a deployment mistake) firing at the same time."""
     emails = bulk_subscribers(engine, 800)
     config = write_config({"database": {"url": database_url},

@@ -11,6 +11,7 @@ import json
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,13 +75,15 @@ class Received:
 
 
 class SendgridStub:
-    """Records each request; answers with the queued ``replies``, then 202."""
+    """Records each request; answers with the queued ``replies``, then 202, after
+    ``delay`` seconds (slow enough, for the crash tests, to kill a sender mid-send)."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0) -> None:
         self.requests: list[Received] = []
         self.replies: list[Reply] = []
         self.release = threading.Event()
         self.count = 0
+        self.lock = threading.Lock()
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -91,11 +94,14 @@ class SendgridStub:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                stub.requests.append(Received("POST", self.path, dict(self.headers.items()),
-                                              json.loads(raw) if raw else None))
-                stub.count += 1
-                reply = stub.replies.pop(0) if stub.replies else Reply(
-                    headers={"X-Message-Id": f"msg-{stub.count}"})
+                if delay:
+                    time.sleep(delay)
+                with stub.lock:
+                    stub.requests.append(Received("POST", self.path, dict(self.headers.items()),
+                                                  json.loads(raw) if raw else None))
+                    stub.count += 1
+                    reply = stub.replies.pop(0) if stub.replies else Reply(
+                        headers={"X-Message-Id": f"msg-{stub.count}"})
                 if reply.hang:
                     stub.release.wait(10)
                 self.send_response(reply.status)
@@ -109,6 +115,12 @@ class SendgridStub:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def received(self) -> list[str]:
+        """Every address of every accepted request, in order."""
+        with self.lock:
+            return [to["email"] for r in self.requests for p in r.body["personalizations"] for to in p["to"]]
 
     def close(self) -> None:
         self.release.set()
