@@ -128,18 +128,24 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     stop = stop or threading.Event()
     scheduler = make_scheduler(settings)
     scheduler.start(paused=True)
+    resumed = False
     try:
         for change in install_jobs(scheduler, settings):
             log.info("%s", change)
         for job in scheduler.get_jobs():
             log.info("%s next runs at %s", job.id, job.next_run_time)
         scheduler.resume()
+        resumed = True
         while not stop.wait(1):
             pass
     except KeyboardInterrupt:
         log.info("stopping: waiting for a running job to finish")
     finally:
-        scheduler.shutdown(wait=True)
+        # Only a running scheduler is shut down: APScheduler 3 runs due jobs once when a
+        # *paused* one shuts down, against executors already closed, which would lose a
+        # missed run that the next start still makes within the grace window.
+        if resumed:
+            scheduler.shutdown(wait=True)
         log.info("scheduler stopped")
 
 

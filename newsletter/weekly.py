@@ -84,6 +84,14 @@ def run_week(
     progress: send.Progress | None = None,
 ) -> WeekReport:
     """Send this week's edition exactly once (see the module docstring)."""
+    from newsletter.store.db import open_database
+
+    if engine is None:
+        own = open_database(settings)  # an unreachable database fails before any work
+        try:
+            return run_week(settings, as_of, engine=own, sender=sender, transport=transport, progress=progress)
+        finally:
+            own.dispose()
     when = as_of or dt.datetime.now(dt.timezone.utc)
     edition = edition_for_send(settings, when)
     path = issuefile.path_for(settings.issues_dir, edition.isoformat())

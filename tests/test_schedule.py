@@ -262,3 +262,19 @@ def test_schedule_process_starts_and_stops_cleanly_on_sigterm(write_config, tmp_
     assert proc.returncode == 0, output
     assert "added weekly-send" in output and "scheduler stopped" in output
     assert "Traceback" not in output
+
+
+def test_run_with_an_unreachable_database_is_one_clear_line(write_config, project: Path, capsys) -> None:
+    (project / "issues/2024-10-25.yaml").unlink()
+    config = write_config({"database": {"url": "postgresql+psycopg://nobody@127.0.0.1:1/none"}})
+    code = main(["--config", str(config), "run", "--as-of", "2024-10-25T21:00:00Z"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "cannot reach database postgresql+psycopg://nobody@127.0.0.1:1/none" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (project / "issues/2024-10-25.yaml").exists()  # failed before gathering
+
+
+def test_run_with_a_bad_as_of_is_a_usage_error(settings: Settings, capsys) -> None:
+    assert main(["--config", str(settings.config_path), "run", "--as-of", "next friday"]) == 2
+    assert "not an ISO 8601 date or time" in capsys.readouterr().err
