@@ -156,15 +156,11 @@ def _excerpt_html(body_html: str, words: int) -> tuple[str, bool]:
     return f"<p>{html_lib.escape(cut)}</p>", True
 
 
-def _sanitize(fragment: str, base_url: str) -> str:
-    """Issue files are edited by hand: sanitize their HTML again before it is rendered."""
-    return sanitize.sanitize_html(fragment, base_url)
-
-
 def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
     pub = settings.publication
     tag = links.UtmTagger(settings.utm, pub, issue.slug, issue.date)
-    body_html = _sanitize(issue.roundup.body_html, issue.roundup.url) if issue.roundup else ""
+    # Issue files are edited by hand: their HTML is sanitized again before rendering.
+    body_html = sanitize.sanitize_html(issue.roundup.body_html, issue.roundup.url) if issue.roundup else ""
     excerpted = False
     if issue.roundup and settings.templates.roundup_body == "excerpt":
         body_html, excerpted = _excerpt_html(body_html, settings.templates.roundup_excerpt_words)

@@ -13,7 +13,7 @@ import html
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import Engine
 
@@ -23,6 +23,9 @@ from newsletter.errors import IssueFileError, NoRoundupError
 from newsletter.models import Issue, Recipient
 from newsletter.render import RenderedEmail
 from newsletter.senders.base import Batch, Delivery, Sender
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +67,11 @@ def edition_for_draft(settings: Settings, when: dt.datetime) -> dt.date:
 
 
 def _gather_into(settings: Settings, when: dt.datetime, edition: dt.date, path: Path,
-                 transport: object | None) -> tuple[Issue, list[str]]:
+                 transport: httpx.BaseTransport | None) -> tuple[Issue, list[str]]:
     """Gather at ``when`` and write the draft as ``edition``'s issue file."""
     from newsletter import gather
 
-    result = gather.gather_issue(settings, when, transport=transport)  # type: ignore[arg-type]
+    result = gather.gather_issue(settings, when, transport=transport)
     issue = result.issue.model_copy(update={"slug": edition.isoformat(), "date": edition})
     gather.write_draft(settings, issue, path)
     return issuefile.load(path), list(result.warnings)
@@ -80,7 +83,7 @@ def run_week(
     *,
     engine: Engine | None = None,
     sender: Sender | None = None,
-    transport: object | None = None,
+    transport: httpx.BaseTransport | None = None,
     progress: send.Progress | None = None,
 ) -> WeekReport:
     """Send this week's edition exactly once (see the module docstring)."""
@@ -131,7 +134,7 @@ def draft_week(
     as_of: dt.datetime | None = None,
     *,
     sender: Sender | None = None,
-    transport: object | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> WeekReport:
     """Approve mode, earlier in the week: gather the coming edition and send the editors a
     test. An issue an editor already approved, sent or edited is left as it is."""
