@@ -6,6 +6,7 @@ code here, in ``main``, and nowhere else; ``--debug`` shows the traceback instea
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 import sys
@@ -22,10 +23,9 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
-    import datetime as dt
-
     from sqlalchemy import Engine
 
+    from newsletter import send as send_job_types
     from newsletter.send import SendSummary
     from newsletter.weekly import WeekReport
 
@@ -168,24 +168,85 @@ def send_test(
 def send(
     issue_file: Annotated[Path, typer.Argument(help="The approved issue file to send.")],
     draft_ok: Annotated[bool, typer.Option("--draft-ok", help="Send even if the issue is still a draft.")] = False,
-    settle: Annotated[Optional[str], typer.Option("--settle-ambiguous", metavar="sent|resend", help="Decide the batches left in flight by a crashed run: count them as sent, or send them again.")] = None,
+    allow_changed: Annotated[bool, typer.Option("--allow-changed", help="Send the rest of the audience an issue that changed after its audience was frozen.")] = False,
+    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Freeze and finish an issue that has no active subscribers to go to.")] = False,
+    show_status: Annotated[bool, typer.Option("--status", help="Show the send's state: recipients per state, batches in flight (age, owner) and ambiguous ones; send nothing.")] = False,
+    reconcile: Annotated[bool, typer.Option("--reconcile", help="Settle ambiguous recipients from the provider's events and list what is still unknown; send nothing.")] = False,
+    settle: Annotated[Optional[str], typer.Option("--settle-ambiguous", metavar="sent|resend", help="Decide ambiguous recipients by hand (after checking the provider's activity log): count them as sent, or send them again.")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", metavar="ID", help="With --settle-ambiguous: only this batch (see --status).")] = None,
 ) -> None:
     """Send ISSUE_FILE to every active subscriber, exactly once. Run it again to resume."""
     from newsletter import send as send_job
 
     cfg = settings()
+    if batch is not None and settle is None:
+        raise typer.BadParameter("only with --settle-ambiguous", param_hint="--batch")
+    if show_status:
+        _print_status(send_job.status(cfg, issue_file))
+        return
+    if reconcile:
+        result = send_job.reconcile(cfg, issue_file)
+        _print_reconciliation(result, cfg.delivery.ambiguous_grace)
+        if result.remaining:
+            raise typer.Exit(1)
+        return
     if settle is not None:
         if settle not in ("sent", "resend"):
             raise typer.BadParameter("use sent or resend", param_hint="--settle-ambiguous")
-        n = send_job.settle(cfg, issue_file, "sent" if settle == "sent" else "pending")
-        console.print(f"settled {n:,} ambiguous recipients as {settle}")
+        n = send_job.settle(cfg, issue_file, "sent" if settle == "sent" else "pending", batch_id=batch)
+        where = f" of batch {batch}" if batch else ""
+        console.print(f"settled {n:,} ambiguous recipients{escape(where)} as {settle}")
         if settle == "sent":
             return
     with _progress_reporter() as progress:
-        summary = send_job.send_issue(cfg, issue_file, progress=progress, allow_draft=draft_ok)
+        summary = send_job.send_issue(cfg, issue_file, progress=progress, allow_draft=draft_ok,
+                                      allow_changed=allow_changed, allow_empty=allow_empty)
     _print_summary(summary)
     if not summary.complete:
         raise typer.Exit(1)
+
+
+def _age(since: dt.datetime, now: dt.datetime) -> str:
+    seconds = max(0, int((now - since).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def _print_status(status: send_job_types.SendStatus) -> None:
+    if status.send is None:
+        console.print(f"{status.issue}: {status.file_status}; not sent yet (no audience frozen)")
+        return
+    c, send = status.counts, status.send
+    finished = f"finished {send.finished_at:%Y-%m-%d %H:%M} UTC" if send.finished_at else "not finished"
+    console.print(f"{status.issue}: {status.file_status}; audience {send.audience:,} frozen "
+                  f"{send.created_at:%Y-%m-%d %H:%M} UTC, {finished}")
+    console.print(f"  sent {c.sent:,}, rejected {c.rejected:,}, skipped {c.skipped:,}, pending {c.pending:,}, "
+                  f"in flight {c.in_flight:,}, ambiguous {c.ambiguous:,}")
+    for b in status.in_flight:
+        lease = "live" if b.live(status.now) else "lease expired: its owner died"
+        console.print(f"  in flight: batch {b.batch_id}, {b.rows:,} recipients, for "
+                      f"{_age(b.claimed_at, status.now)}, owner {escape(b.owner)} ({lease})")
+    for b in status.ambiguous:
+        console.print(f"  ambiguous: batch {b.batch_id}, {b.rows:,} recipients, sent "
+                      f"{_age(b.claimed_at, status.now)} ago: {escape(b.reason or '')}")
+
+
+def _print_reconciliation(result: send_job_types.Reconciliation, grace_minutes: float) -> None:
+    console.print(f"{result.issue}: settled from the provider's events: {result.settled.sent:,} sent, "
+                  f"{result.settled.rejected:,} dropped (rejected); still ambiguous: {result.remaining:,}")
+    for b in result.waiting:
+        console.print(f"  waiting for events (grace {grace_minutes:g} min): batch {b.batch_id}, {b.rows:,} recipients")
+    for b in result.unknown:
+        console.print(f"  unknown after {grace_minutes:g} min: batch {b.batch_id}, {b.rows:,} recipients: "
+                      f"{escape(b.reason or '')}")
+    if result.unknown:
+        err_console.print("[yellow]no event arrived for these:[/yellow] check the provider's activity log, then "
+                          "`newsletter send ISSUE --settle-ambiguous sent|resend --batch ID`", soft_wrap=True)
+    if result.complete:
+        console.print("every recipient is settled: the issue is marked sent")
 
 
 def _print_summary(summary: SendSummary) -> None:
@@ -195,17 +256,24 @@ def _print_summary(summary: SendSummary) -> None:
     console.print(
         f"{summary.issue}: sent {summary.sent:,} of {summary.audience:,} "
         f"({summary.sent_this_run:,} in this run), skipped {summary.skipped:,}, "
-        f"rejected {summary.rejected:,}, unsent {summary.pending:,}, ambiguous {summary.ambiguous:,}"
+        f"rejected {summary.rejected:,}, unsent {summary.pending + summary.in_flight:,}, "
+        f"ambiguous {summary.ambiguous:,}"
     )
+    if summary.reconciled.total:
+        console.print(f"settled from the provider's events: {summary.reconciled.sent:,} sent, "
+                      f"{summary.reconciled.rejected:,} dropped")
     if summary.stopped:
         err_console.print(f"[red]stopped:[/red] {escape(summary.stopped)}", soft_wrap=True)
     if summary.ambiguous:
+        batches = ", ".join(b.batch_id for b in summary.ambiguous_batches[:5])
+        more = len(summary.ambiguous_batches) - 5
         err_console.print(
-            f"[yellow]ambiguous:[/yellow] {summary.ambiguous:,} recipients are in flight in batches "
-            f"{escape(', '.join(summary.ambiguous_batches[:5]))}: another process is sending them, or "
-            "a run died before their answer came. They are never resent silently: once no other send "
-            "is running, check the provider's activity log, then run `newsletter send ISSUE "
-            "--settle-ambiguous sent` or `--settle-ambiguous resend`.", soft_wrap=True)
+            f"[yellow]ambiguous:[/yellow] {summary.ambiguous:,} recipients in batches {escape(batches)}"
+            f"{f' and {more} more' if more > 0 else ''} may or may not have been accepted (the provider's "
+            "answer was lost, or a sending process died). They are never resent silently. SendGrid's event "
+            "webhook settles them on its own; `newsletter send ISSUE --reconcile` shows what is left, and "
+            "after checking the provider's activity log, `--settle-ambiguous sent|resend [--batch ID]` "
+            "decides the rest.", soft_wrap=True)
     if summary.complete:
         console.print("every recipient is settled: the issue is marked sent")
 

@@ -204,7 +204,23 @@ class SendgridBackend(Section):
     batch_size: int = Field(default=1000, gt=0, le=1000)
     timeout_seconds: float = Field(default=30.0, gt=0)
     sandbox: bool = False
-    categories: list[str] = Field(default=["newsletter"], max_length=10)
+    categories: list[str] = Field(default=["newsletter"], max_length=10)  # SendGrid's limits
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for category in value:
+            if not category.strip():
+                raise ValueError("a category must not be empty")
+            if len(category) > 255:
+                raise ValueError(f"category {category[:40]!r}... is over SendGrid's 255 characters")
+            if any(c in category for c in "\r\n"):
+                raise ValueError(f"category {category!r} must be a single line")
+            if category in seen:
+                raise ValueError(f"category {category!r} is listed twice (SendGrid wants unique categories)")
+            seen.add(category)
+        return value
 
 
 class SmtpBackend(Section):
@@ -225,6 +241,13 @@ class Delivery(Section):
     batch_size: int = Field(default=500, gt=0, le=1000)
     concurrency: int = Field(default=4, gt=0, le=64)
     max_retries: int = Field(default=6, ge=0)
+    # A claimed batch's owner renews its lease while it works; another process calls the
+    # batch ambiguous only once the lease ran out (its owner died).
+    lease_seconds: float = Field(default=60.0, ge=1)
+    ambiguous_grace: float = Field(default=60.0, ge=0)  # minutes to wait for provider events
+    # consecutive batches with unknown outcomes after which a run stops (the provider's
+    # answers are not arriving: sending more would only make more unknowns)
+    max_ambiguous_batches: int = Field(default=3, gt=0)
     test_recipients: list[str] = []  # the editors' addresses for "send test"
 
 
@@ -294,7 +317,11 @@ class Schedule(Section):
     send: WeeklyTime = WeeklyTime(day="fri", time="09:00")
     draft: WeeklyTime | None = None  # approve mode: gather and send the editors a test
     misfire_grace_minutes: int = Field(default=120, gt=0)
-    notify_editors: bool = True  # approve mode: tell the editors when a week is skipped
+    notify_editors: bool = True  # tell the editors when a week is skipped or a send gives up
+    # an unfinished send is resumed every resume_every minutes until settled or until
+    # resume_deadline hours after its audience was frozen; then the editors are told
+    resume_every: int = Field(default=15, gt=0)  # minutes
+    resume_deadline: float = Field(default=24.0, gt=0)  # hours
 
     @field_validator("timezone")
     @classmethod

@@ -10,8 +10,9 @@
     │   └── NoRoundupError          the feeds hold no new round-up this week
     ├── SubscriberError             a subscriber, an import file or its rows
     ├── StoreError                  the database: unreachable, locked, behind on migrations
-    ├── DeliveryError               a sender backend refused or failed
-    │   └── PermanentDeliveryError  retrying cannot help (400/401/403/413)
+    ├── DeliveryError               a sender backend failed; nothing was accepted, retry
+    │   ├── PermanentDeliveryError  retrying cannot help (400/401/403/413)
+    │   └── AmbiguousDeliveryError  the request may have arrived: never retried blindly
     ├── SendError                   the send job: nothing to send, issue state, leftovers
     └── ScheduleError               the weekly job's schedule
 
@@ -97,6 +98,12 @@ class DeliveryError(NewsletterError):
 
 class PermanentDeliveryError(DeliveryError):
     """A sender backend refused the request itself: retrying will not help."""
+
+
+class AmbiguousDeliveryError(DeliveryError):
+    """The request may have reached the service and been accepted: a timeout after the
+    body was sent, a connection reset before the answer, an SMTP drop after DATA. Its
+    recipients are recorded as ambiguous, never retried blindly."""
 
 
 class SendError(NewsletterError):

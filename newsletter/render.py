@@ -3,14 +3,17 @@ Jinja2 text template the plain-text part; then check the result (size, alt text,
 postal address, unsubscribe link). ``personalize`` turns the rendered email and one
 recipient into the final MIME message by placeholder substitution only.
 
-Per-recipient values are placeholders such as ``%%unsubscribe_url%%`` that pass through
-MJML and premailer untouched; SendGrid receives the same keys as ``substitutions``.
+Per-recipient values are placeholders such as ``%%unsubscribe_url-<nonce>%%`` that pass
+through MJML and premailer untouched; SendGrid receives the same keys as ``substitutions``.
+The nonce is a hash of the issue's content, so the content (feeds, issue files) cannot
+hold a placeholder: the same text there arrives literally.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import email.policy
+import hashlib
 import html as html_lib
 import re
 from dataclasses import dataclass, field
@@ -32,16 +35,11 @@ from newsletter.errors import BuildError, HeaderError, TemplateError
 from newsletter.models import Issue, Recipient
 from newsletter.yamlfile import atomic_write
 
-# Placeholder keys -> how they appear in the rendered parts. HTML and text get their own
-# keys for values that need HTML escaping, so a name like "<Ann & Bob>" cannot inject.
-PLACEHOLDERS = {
-    "unsubscribe_url": "%%unsubscribe_url%%",
-    "email": "%%email%%",
-    "email_html": "%%email_html%%",
-    "name": "%%name%%",
-    "name_html": "%%name_html%%",
-}
-_PLACEHOLDER = re.compile(r"%%(unsubscribe_url|email_html|email|name_html|name)%%")
+# The per-recipient placeholders. HTML and text get their own keys for values that need
+# HTML escaping, so a name like "<Ann & Bob>" cannot inject.
+PLACEHOLDER_KEYS = ("unsubscribe_url", "email", "email_html", "name", "name_html")
+# Hex digits of the nonce: 80 bits, so no content can be made to contain its own hash.
+_NONCE_LENGTH = 20
 _HREF = re.compile(r'href="([^"]*)"')
 _NEEDS_ESCAPE = re.compile(r"[&<>\"']")
 _CSS_IMPORT = re.compile(r"@import\s+[^;]+;", re.IGNORECASE)
@@ -59,9 +57,24 @@ class Check:
     message: str
 
 
+def placeholder_tokens(nonce: str = "") -> dict[str, str]:
+    """Placeholder key -> its token in the parts: ``%%email-<nonce>%%``. Without a nonce,
+    the plain ``%%email%%`` of emails built in code from trusted text (notices,
+    confirmations)."""
+    suffix = f"-{nonce}" if nonce else ""
+    return {key: f"%%{key}{suffix}%%" for key in PLACEHOLDER_KEYS}
+
+
+def _nonce(issue: Issue) -> str:
+    # The content only, not the status: approving an issue must not change its email.
+    digest = hashlib.sha256(b"newsletter placeholders\0" + issuefile.checksum(issue).encode("ascii"))
+    return digest.hexdigest()[:_NONCE_LENGTH]
+
+
 @dataclass(frozen=True)
 class RenderedEmail:
-    """An issue rendered once: both parts with placeholders, and the fixed headers."""
+    """An issue rendered once: both parts with placeholders, and the fixed headers.
+    ``placeholders`` maps each placeholder key to its token in ``html`` and ``text``."""
 
     slug: str
     subject: str
@@ -73,6 +86,7 @@ class RenderedEmail:
     list_id: str | None = None
     unsubscribe_mailto: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    placeholders: dict[str, str] = field(default_factory=placeholder_tokens)
 
 
 @dataclass(frozen=True)
@@ -173,7 +187,7 @@ def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
             "archive": links.archive(pub),
             "subscribe": links.subscribe(pub),
         },
-        "placeholders": PLACEHOLDERS,
+        "placeholders": placeholder_tokens(_nonce(issue)),
         "roundup_body": Markup(_tag_links(body_html, tag)),
         "roundup_text": plaintext.html_to_text(body_html, tag),
         "roundup_excerpted": excerpted,
@@ -235,11 +249,14 @@ def inline_css(html: str, css: str) -> str:
 # --- checks ---------------------------------------------------------------------------
 
 
-def check_email(html: str, text: str, size: int, settings: Settings) -> list[Check]:
-    """What a professional sender checks before an email goes out: ``html`` and ``text``
-    still hold the placeholders, ``size`` is the byte size of a personalized HTML part."""
+def check_email(email: RenderedEmail, size: int, settings: Settings) -> list[Check]:
+    """What a professional sender checks before an email goes out: ``email`` still holds
+    the placeholders, ``size`` is the byte size of a personalized HTML part."""
     import lxml.html
 
+    html, text = email.html, email.text
+    unsubscribe_url = email.placeholders["unsubscribe_url"]
+    tokens = tuple(email.placeholders.values())
     checks: list[Check] = []
     limits = settings.limits
     if size > limits.html_max_bytes:
@@ -258,19 +275,19 @@ def check_email(html: str, text: str, size: int, settings: Settings) -> list[Che
     for a in doc.iter("a"):
         href = (a.get("href") or "").strip()
         label = " ".join(a.text_content().split())[:40] or "(no text)"
-        if href == PLACEHOLDERS["unsubscribe_url"]:
+        if href == unsubscribe_url:
             unsubscribe_links += 1
         elif not href or href == "#":
             checks.append(Check("warning", f"empty link: {label!r}"))
         elif href.startswith("http://"):
             if not href.startswith(_LOOPBACK):  # a local `newsletter serve` is fine
                 checks.append(Check("warning", f"link not over https: {href}"))
-        elif not href.startswith(("https://", "mailto:", "%%")):
+        elif not href.startswith(("https://", "mailto:", *tokens)):
             checks.append(Check("warning", f"link with an unexpected scheme: {href}"))
     if not unsubscribe_links:
         checks.append(Check("error", "no unsubscribe link in the HTML part (templates must link "
                                      "placeholders.unsubscribe_url)"))
-    if PLACEHOLDERS["unsubscribe_url"] not in text:
+    if unsubscribe_url not in text:
         checks.append(Check("error", "no unsubscribe link in the text part"))
     address = " ".join(settings.publication.postal_address.split())
     if address not in " ".join(doc.text_content().split()):
@@ -315,11 +332,12 @@ def build_issue(issue: Issue, settings: Settings) -> Built:
         list_id=_list_id(settings),
         unsubscribe_mailto=sender.unsubscribe_mailto,
         headers={"X-Newsletter-Issue": issue.slug},
+        placeholders=context["placeholders"],
     )
     # Size is measured on a personalized copy, the other checks on the placeholders.
     sample_html, _ = personalize_parts(email, sample_recipient(settings))
     size = len(sample_html.encode("utf-8"))
-    checks = check_email(html, text, size, settings)
+    checks = check_email(email, size, settings)
     return Built(email=email, checks=tuple(checks), html_bytes=size)
 
 
@@ -350,26 +368,34 @@ def _html(value: str) -> str:
     return html_lib.escape(value) if _NEEDS_ESCAPE.search(value) else value
 
 
-def substitutions(recipient: Recipient) -> dict[str, str]:
-    """Placeholder -> value for one recipient (SendGrid's ``substitutions`` too)."""
-    email, name = recipient.email, recipient.name
+def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
+    """``email``'s placeholder tokens -> values for one recipient (SendGrid's
+    ``substitutions`` too)."""
+    tokens, address, name = email.placeholders, recipient.email, recipient.name
     return {
-        "%%unsubscribe_url%%": recipient.unsubscribe_url,
-        "%%email%%": email,
-        "%%email_html%%": _html(email),
-        "%%name%%": name,
-        "%%name_html%%": _html(name),
+        tokens["unsubscribe_url"]: recipient.unsubscribe_url,
+        tokens["email"]: address,
+        tokens["email_html"]: _html(address),
+        tokens["name"]: name,
+        tokens["name_html"]: _html(name),
     }
+
+
+@lru_cache(maxsize=32)
+def _token_pattern(tokens: tuple[str, ...]) -> re.Pattern[str]:
+    """One email's placeholder tokens as one pattern: compiled once per email."""
+    return re.compile("|".join(map(re.escape, tokens)))
 
 
 def personalize_parts(email: RenderedEmail, recipient: Recipient) -> tuple[str, str]:
     """The HTML and text parts for one recipient: substitution only, no rendering."""
-    values = substitutions(recipient)
+    values = substitutions(email, recipient)
+    pattern = _token_pattern(tuple(values))
 
     def sub(m: re.Match[str]) -> str:
         return values[m.group(0)]
 
-    return _PLACEHOLDER.sub(sub, email.html), _PLACEHOLDER.sub(sub, email.text)
+    return pattern.sub(sub, email.html), pattern.sub(sub, email.text)
 
 
 def _address(name: str, addr: str, what: str) -> Address:

@@ -1,20 +1,26 @@
-"""The send job: render the issue once, freeze the audience in the ledger, then claim
-batches, personalize late and hand them to the configured ``Sender`` with bounded
-concurrency, retries with backoff, and a ledger entry before and after every request.
-The issue file is marked sent only when every ledger row is settled.
+"""The send job: render the issue once, check the sender, freeze the audience in the
+ledger with the email's hash pinned, then claim batches (owned, with a renewed lease),
+personalize late and hand them to the configured ``Sender`` with bounded concurrency.
+Only failures that prove nothing was accepted are retried (with backoff); a request
+that may have arrived makes its rows ambiguous, settled later by the provider's events
+(``reconcile``) or by an operator (``settle``). The issue file is marked sent only when
+every ledger row is settled.
 
-Also the editors' test send (no ledger, ``[TEST]`` subject) and approval.
+Also the editors' test send (no ledger, ``[TEST]`` subject), approval, and the
+``--status`` report.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +28,7 @@ from sqlalchemy import Engine
 
 from newsletter import issuefile, links, render
 from newsletter.config import Settings
-from newsletter.errors import BuildError, DeliveryError, PermanentDeliveryError, SendError
+from newsletter.errors import AmbiguousDeliveryError, BuildError, DeliveryError, PermanentDeliveryError, SendError
 from newsletter.models import Issue, Recipient
 from newsletter.senders.base import Batch, Delivery, Sender
 from newsletter.store import ledger
@@ -45,18 +51,20 @@ class SendSummary:
     rejected: int = 0
     pending: int = 0
     ambiguous: int = 0
+    in_flight: int = 0  # being sent by another live process
     sent_this_run: int = 0
     already_complete: bool = False
     stopped: str | None = None  # why the run stopped early
-    ambiguous_batches: list[str] = field(default_factory=list)
+    ambiguous_batches: list[ledger.BatchInfo] = field(default_factory=list)
+    reconciled: ledger.Reconciled = field(default_factory=ledger.Reconciled)
 
     @property
     def complete(self) -> bool:
-        return self.pending == 0 and self.ambiguous == 0
+        return self.pending == 0 and self.ambiguous == 0 and self.in_flight == 0
 
     @property
     def unsent(self) -> int:
-        return self.pending + self.ambiguous
+        return self.pending + self.ambiguous + self.in_flight
 
 
 def backoff(attempt: int, retry_after: float | None, rng: random.Random) -> float:
@@ -90,7 +98,7 @@ def send_test(settings: Settings, path: Path, recipients: list[str] | None = Non
               sender: Sender | None = None) -> list[str]:
     """Send the issue to the editors (``delivery.test_recipients``) with a ``[TEST]``
     subject; no ledger, no change to the issue. Returns the addresses sent to."""
-    from newsletter.senders import make_sender
+    from newsletter.senders import sender_for
 
     addresses = recipients or settings.delivery.test_recipients
     if not addresses:
@@ -98,40 +106,62 @@ def send_test(settings: Settings, path: Path, recipients: list[str] | None = Non
     issue = issuefile.load(path)
     email = _build(issue, path, settings)
     email = replace(email, subject=f"[TEST] {email.subject}")
-    own = sender is None
-    sender = sender or make_sender(settings)
-    try:
-        deliveries = [
-            Delivery(key=n, recipient=Recipient(email=a, name="", unsubscribe_url=links.unsubscribe(
-                settings.publication, render.SAMPLE_RECIPIENT_TOKEN)))
-            for n, a in enumerate(addresses)
-        ]
-        result = sender.send(Batch(issue=f"{issue.slug}-test", batch_id=ledger.new_batch_id(), email=email,
-                                   deliveries=deliveries))
-    finally:
-        if own:
-            sender.close()
-    if result.rejected or result.retry:
-        reasons = {**result.rejected, **result.retry}
+    deliveries = [
+        Delivery(key=n, recipient=Recipient(email=a, name="", unsubscribe_url=links.unsubscribe(
+            settings.publication, render.SAMPLE_RECIPIENT_TOKEN)))
+        for n, a in enumerate(addresses)
+    ]
+    with sender_for(settings, sender) as backend:
+        result = backend.send(Batch(issue=f"{issue.slug}-test", batch_id=ledger.new_batch_id(), email=email,
+                                    deliveries=deliveries))
+    if result.rejected or result.retry or result.ambiguous:
+        reasons = {**result.rejected, **result.retry, **result.ambiguous}
         raise DeliveryError(f"test send failed for {addresses[next(iter(reasons))]}: {next(iter(reasons.values()))}")
     return [addresses[k] for k in result.sent]
 
 
+def content_hash(email: render.RenderedEmail) -> str:
+    """What must not change once an audience is frozen, apart from the subject (compared
+    on its own, so a refusal can name it): the sender and both parts, as rendered."""
+    digest = hashlib.sha256()
+    for part in (email.from_name, email.from_address, email.reply_to or "", email.html, email.text):
+        digest.update(part.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _changes(send: ledger.Send, email: render.RenderedEmail, pinned: str) -> list[str]:
+    """How the email differs from what was pinned when the audience was frozen."""
+    changed = []
+    if send.subject != email.subject:
+        changed.append(f"the subject was {send.subject!r}, now {email.subject!r}")
+    if send.content_hash is not None and send.content_hash != pinned:
+        changed.append("the body (HTML or text part) or the sender differs")
+    return changed
+
+
 class _Run:
-    """One process's pass over a send: workers claim and deliver batches until done."""
+    """One process's pass over a send: workers claim and deliver batches until none is
+    pending, while a heartbeat renews the leases of the batches this process owns; then
+    it waits for batches other live processes are sending."""
 
     def __init__(self, engine: Engine, send: ledger.Send, email: render.RenderedEmail, settings: Settings,
                  sender: Sender, progress: Progress | None, sleep: Callable[[float], object],
                  rng: random.Random) -> None:
         self.engine, self.send, self.email, self.settings = engine, send, email, settings
         self.sender, self.progress, self.sleep, self.rng = sender, progress, sleep, rng
+        delivery = settings.delivery
         self.batch_size = max(1, sender.max_batch_size)
-        self.max_retries = settings.delivery.max_retries
+        self.max_retries = delivery.max_retries
+        self.lease = delivery.lease_seconds
+        self.max_ambiguous = delivery.max_ambiguous_batches
+        self.owner = ledger.new_owner()
         self.stop = threading.Event()
         self.stopped: str | None = None
         self.lock = threading.Lock()
         self.sent_this_run = 0
-        self.settled_this_run = 0
+        self.done_this_run = 0
+        self.ambiguous_streak = 0
 
     def halt(self, reason: str) -> None:
         with self.lock:
@@ -142,14 +172,18 @@ class _Run:
     def worker(self) -> None:
         while not self.stop.is_set():
             batch_id = ledger.new_batch_id()
-            claimed, skipped = ledger.claim_batch(self.engine, self.send.id, self.batch_size, batch_id)
+            claimed, skipped = ledger.claim_batch(self.engine, self.send.id, self.batch_size, batch_id,
+                                                  owner=self.owner, lease_seconds=self.lease)
             if skipped:
                 self._advance(skipped, 0)
             if not claimed:
                 if not skipped:
                     return
                 continue
-            self._deliver(batch_id, claimed)
+            try:
+                self._deliver(batch_id, claimed)
+            finally:
+                ledger.finish_batch(self.engine, batch_id)
 
     def _deliver(self, batch_id: str, claimed: list[ledger.Claimed]) -> None:
         pub = self.settings.publication
@@ -161,14 +195,18 @@ class _Run:
                           deliveries=list(waiting.values()))
             try:
                 result = self.sender.send(batch)
+            except AmbiguousDeliveryError as exc:
+                ledger.mark_ambiguous(self.engine, batch_id, list(waiting), str(exc))
+                self._ambiguous(batch_id, len(waiting), str(exc), whole=True)
+                return
             except PermanentDeliveryError as exc:
-                ledger.release(self.engine, waiting, str(exc))  # refused: nothing was delivered
+                ledger.release(self.engine, batch_id, waiting, str(exc))  # refused: nothing was delivered
                 self.halt(str(exc))
                 return
             except DeliveryError as exc:
                 attempt += 1
                 if attempt > self.max_retries or self.stop.is_set():
-                    ledger.release(self.engine, waiting, str(exc))
+                    ledger.release(self.engine, batch_id, waiting, str(exc))
                     self.halt(f"{exc} (gave up after {attempt} attempts; run the send again to resume)")
                     return
                 delay = backoff(attempt, exc.retry_after, self.rng)
@@ -176,28 +214,88 @@ class _Run:
                 self.sleep(delay)
                 continue
             whole = len(result.sent) == len(waiting) and attempt == 0
-            ledger.mark_sent(self.engine, result.sent, result.message_id, batch_id=batch_id if whole else None)
-            ledger.mark_rejected(self.engine, result.rejected)
-            self._advance(len(result.sent) + len(result.rejected), len(result.sent))
+            ledger.mark_sent(self.engine, batch_id, None if whole else result.sent, result.message_id)
+            ledger.mark_rejected(self.engine, batch_id, result.rejected)
+            for reason, keys in _by_reason(result.ambiguous).items():
+                ledger.mark_ambiguous(self.engine, batch_id, keys, reason)
+            if result.ambiguous:
+                self._ambiguous(batch_id, len(result.ambiguous), next(iter(result.ambiguous.values())),
+                                whole=not result.sent)
+            elif result.sent:
+                with self.lock:
+                    self.ambiguous_streak = 0
+            self._advance(len(result.sent) + len(result.rejected) + len(result.ambiguous), len(result.sent))
             waiting = {k: waiting[k] for k in result.retry if k in waiting}
             if waiting:
                 attempt += 1
                 reason = next(iter(result.retry.values()))
                 if attempt > self.max_retries or self.stop.is_set():
-                    ledger.release(self.engine, waiting, reason)
+                    ledger.release(self.engine, batch_id, waiting, reason)
                     self.halt(f"{len(waiting)} recipients not accepted: {reason} (run the send again to resume)")
                     return
                 self.sleep(backoff(attempt, None, self.rng))
 
-    def _advance(self, settled: int, sent: int) -> None:
+    def _ambiguous(self, batch_id: str, rows: int, reason: str, *, whole: bool) -> None:
+        log.warning("batch %s: %d recipients ambiguous (not retried): %s", batch_id, rows, reason)
         with self.lock:
-            self.settled_this_run += settled
+            self.ambiguous_streak = self.ambiguous_streak + 1 if whole else 0
+            streak = self.ambiguous_streak
+        if whole:
+            self._advance(rows, 0)
+        if streak >= self.max_ambiguous:
+            self.halt(f"{streak} batches in a row may or may not have arrived ({reason}); stopped rather "
+                      "than risk more: see `newsletter send --status ISSUE`, then `--reconcile`")
+
+    def _advance(self, done: int, sent: int) -> None:
+        with self.lock:
+            self.done_this_run += done
             self.sent_this_run += sent
-            done = self.settled_this_run
+            so_far = self.done_this_run
         if self.progress:
-            self.progress(done, self.send.audience)
+            self.progress(so_far, self.send.audience)
+
+    @contextmanager
+    def _heartbeat(self) -> Iterator[None]:
+        """Renew this process's leases every quarter lease while the run lasts."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.lease / 4):
+                try:
+                    ledger.renew_leases(self.engine, self.owner, self.lease)
+                except Exception as exc:  # the next beat tries again; the lease is the safety net
+                    log.warning("could not renew the send's leases: %s", exc)
+
+        thread = threading.Thread(target=beat, name="send-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def run(self, concurrency: int) -> None:
+        """Work until nothing is pending, then wait while other live processes still
+        have batches in flight (rows they give back are taken up again)."""
+        with self._heartbeat():
+            try:
+                while True:
+                    self._work(concurrency)
+                    if self.stop.is_set():
+                        return
+                    ledger.expire_dead_owners(self.engine, self.send.id)
+                    counts = ledger.counts(self.engine, self.send.id)
+                    if counts.pending:
+                        continue
+                    if not counts.in_flight:
+                        return
+                    log.info("waiting for %d recipients another process is sending", counts.in_flight)
+                    if self.stop.wait(OTHERS_POLL):
+                        return
+            except KeyboardInterrupt:
+                self.halt("interrupted: batches in flight were allowed to finish")
+
+    def _work(self, concurrency: int) -> None:
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
             futures = [pool.submit(self.worker) for _ in range(concurrency)]
             try:
@@ -217,6 +315,16 @@ class _Run:
                 raise
 
 
+OTHERS_POLL = 0.5  # seconds between looks at another process's batches
+
+
+def _by_reason(outcomes: dict[int, str]) -> dict[str, list[int]]:
+    grouped: dict[str, list[int]] = {}
+    for key, reason in outcomes.items():
+        grouped.setdefault(reason, []).append(key)
+    return grouped
+
+
 def send_issue(
     settings: Settings,
     path: Path,
@@ -225,60 +333,172 @@ def send_issue(
     sender: Sender | None = None,
     progress: Progress | None = None,
     allow_draft: bool = False,
+    allow_changed: bool = False,
+    allow_empty: bool = False,
     sleep: Callable[[float], object] = time.sleep,
     rng: random.Random | None = None,
 ) -> SendSummary:
-    """Send the issue at ``path`` to every active subscriber, exactly once; resumable."""
-    from newsletter.senders import make_sender
+    """Send the issue at ``path`` to every active subscriber, exactly once; resumable.
+
+    Every run checks, before anything is frozen or sent: the issue is not a draft (unless
+    ``allow_draft``), its build passes, the email is the one pinned when the audience was
+    frozen (unless ``allow_changed``), and the sender works (``Sender.check``). The
+    audience is frozen only then, and an empty one is refused unless ``allow_empty``.
+    """
+    from newsletter.senders import sender_for
     from newsletter.store.db import open_database
 
     issue = issuefile.load(path)
     engine = engine or open_database(settings)
     existing = ledger.get_send(engine, issue.slug)
-    if issue.status == "draft" and not allow_draft and existing is None:
-        raise SendError(f"{path}: is a draft; approve it first (`newsletter approve {path}`)")
     if issue.status == "sent" and (existing is None or existing.finished_at is not None):
         summary = _summary(engine, existing, issue.slug) if existing else SendSummary(issue.slug, 0)
         summary.already_complete = True
         return summary
+    if issue.status == "draft" and not allow_draft:
+        raise SendError(f"{path}: is a draft; approve it first (`newsletter approve {path}`)")
     email = _build(issue, path, settings)
-    send, _created = ledger.start_send(engine, issue.slug, issue.subject)
-    own_sender = sender is None
-    sender = sender or make_sender(settings)
-    run = _Run(engine, send, email, settings, sender, progress, sleep, rng or random.Random())
-    try:
+    pinned = content_hash(email)
+    if existing is not None and (changed := _changes(existing, email, pinned)):
+        if not allow_changed:
+            raise SendError(f"{path}: changed since its audience was frozen at "
+                            f"{existing.created_at:%Y-%m-%d %H:%M} UTC: {'; '.join(changed)}. Restore it, "
+                            "or pass --allow-changed to send the rest the new version")
+        log.warning("%s: sending a changed issue to the rest of the audience: %s", path, "; ".join(changed))
+    with sender_for(settings, sender) as backend:
+        backend.check()  # before the audience is frozen: a sender that cannot send freezes nothing
+        if existing is None:
+            send, _created = ledger.start_send(engine, issue.slug, email.subject, pinned, allow_empty=allow_empty)
+        else:
+            send = existing
+            if send.content_hash != pinned or send.subject != email.subject:
+                ledger.pin_content(engine, send.id, email.subject, pinned)
+        reconciled = ledger.reconcile(engine, send_id=send.id)
+        ledger.expire_dead_owners(engine, send.id)
+        run = _Run(engine, send, email, settings, backend, progress, sleep, rng or random.Random())
         run.run(settings.delivery.concurrency)
-    finally:
-        if own_sender:
-            sender.close()
     summary = _summary(engine, send, issue.slug)
     summary.sent_this_run = run.sent_this_run
     summary.stopped = run.stopped
+    summary.reconciled = reconciled
+    _finish(engine, send, path, summary)
+    return summary
+
+
+def _finish(engine: Engine, send: ledger.Send, path: Path, summary: SendSummary) -> None:
+    """Mark the send finished and the issue file sent when every row is settled."""
     if summary.complete and ledger.finish_send(engine, send.id):
         current = issuefile.load(path)
         if current.status != "sent":
             issuefile.save(current.model_copy(update={
                 "status": "sent", "sent_at": dt.datetime.now(dt.timezone.utc)}), path)
-    return summary
 
 
 def _summary(engine: Engine, send: ledger.Send, slug: str) -> SendSummary:
     counts = ledger.counts(engine, send.id)
-    batches = ledger.in_flight_batches(engine, send.id)
     return SendSummary(
         issue=slug, audience=send.audience, sent=counts.sent, skipped=counts.skipped,
-        rejected=counts.rejected, pending=counts.pending, ambiguous=counts.in_flight,
-        ambiguous_batches=[b for b, _n, _at in batches],
+        rejected=counts.rejected, pending=counts.pending, ambiguous=counts.ambiguous,
+        in_flight=counts.in_flight,
+        ambiguous_batches=ledger.batches(engine, send.id, "ambiguous") if counts.ambiguous else [],
     )
 
 
-def settle(settings: Settings, path: Path, as_state: str, engine: Engine | None = None) -> int:
-    """Settle a send's ambiguous (in-flight) rows as ``sent`` or ``pending`` (resend)."""
-    from newsletter.store.db import open_database
-
+def _existing_send(settings: Settings, path: Path, engine: Engine) -> tuple[Issue, ledger.Send]:
     issue = issuefile.load(path)
-    engine = engine or open_database(settings)
     send = ledger.get_send(engine, issue.slug)
     if send is None:
-        raise SendError(f"{path}: has not been sent; nothing to settle")
-    return ledger.settle_ambiguous(engine, send.id, as_state)
+        raise SendError(f"{path}: has not been sent; its audience is not frozen yet")
+    return issue, send
+
+
+@contextmanager
+def _engine(settings: Settings, engine: Engine | None) -> Iterator[Engine]:
+    if engine is not None:
+        yield engine
+        return
+    from newsletter.store.db import open_database
+
+    own = open_database(settings)
+    try:
+        yield own
+    finally:
+        own.dispose()
+
+
+def settle(settings: Settings, path: Path, as_state: str, *, batch_id: str | None = None,
+           engine: Engine | None = None) -> int:
+    """An operator settles a send's ambiguous rows (all, or one batch's) as ``sent`` or
+    ``pending`` (send them again). Rows a live process is sending are not touched."""
+    with _engine(settings, engine) as db:
+        _issue, send = _existing_send(settings, path, db)
+        ledger.expire_dead_owners(db, send.id)
+        if batch_id is not None and not any(b.batch_id == batch_id for b in ledger.batches(db, send.id, "ambiguous")):
+            raise SendError(f"{path}: no ambiguous recipients in batch {batch_id!r} "
+                            "(see `newsletter send --status`)")
+        settled = ledger.settle_ambiguous(db, send.id, as_state, batch_id=batch_id)
+        _finish(db, send, path, _summary(db, send, send.issue))
+    return settled
+
+
+@dataclass
+class Reconciliation:
+    """What ``send --reconcile`` settled from provider events, and what is still unknown:
+    ambiguous batches within ``delivery.ambiguous_grace`` (events may still come) and
+    those past it (check the provider's activity log, then settle by hand)."""
+
+    issue: str
+    settled: ledger.Reconciled
+    waiting: list[ledger.BatchInfo]
+    unknown: list[ledger.BatchInfo]
+    complete: bool
+
+    @property
+    def remaining(self) -> int:
+        return sum(b.rows for b in self.waiting + self.unknown)
+
+
+def reconcile(settings: Settings, path: Path, *, engine: Engine | None = None,
+              now: dt.datetime | None = None) -> Reconciliation:
+    """Settle a send's ambiguous rows that the provider's events prove (see
+    ``ledger.reconcile``); report the rest, split by ``delivery.ambiguous_grace``."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    with _engine(settings, engine) as db:
+        _issue, send = _existing_send(settings, path, db)
+        ledger.expire_dead_owners(db, send.id, now)
+        settled = ledger.reconcile(db, send_id=send.id, now=now)
+        left = ledger.batches(db, send.id, "ambiguous")
+        summary = _summary(db, send, send.issue)
+        _finish(db, send, path, summary)
+    grace = dt.timedelta(minutes=settings.delivery.ambiguous_grace)
+    return Reconciliation(
+        issue=send.issue, settled=settled,
+        waiting=[b for b in left if b.claimed_at + grace > now],
+        unknown=[b for b in left if b.claimed_at + grace <= now],
+        complete=summary.complete,
+    )
+
+
+@dataclass
+class SendStatus:
+    """``newsletter send --status``: the issue file's state and the ledger's."""
+
+    issue: str
+    file_status: str
+    send: ledger.Send | None
+    counts: ledger.Counts
+    in_flight: list[ledger.BatchInfo]
+    ambiguous: list[ledger.BatchInfo]
+    now: dt.datetime
+
+
+def status(settings: Settings, path: Path, *, engine: Engine | None = None) -> SendStatus:
+    """Per-state counts, the batches in flight (age, owner, lease) and the ambiguous ones."""
+    issue = issuefile.load(path)
+    now = dt.datetime.now(dt.timezone.utc)
+    with _engine(settings, engine) as db:
+        send = ledger.get_send(db, issue.slug)
+        if send is None:
+            return SendStatus(issue.slug, issue.status, None, ledger.Counts(), [], [], now)
+        return SendStatus(issue.slug, issue.status, send, ledger.counts(db, send.id),
+                          ledger.batches(db, send.id, "in_flight"), ledger.batches(db, send.id, "ambiguous"), now)

@@ -161,7 +161,7 @@ def _notify(settings: Settings, sender: Sender | None, subject: str, message: st
     editors = settings.editors or settings.delivery.test_recipients
     if not settings.schedule.notify_editors or not editors:
         return
-    from newsletter.senders import make_sender
+    from newsletter.senders import sender_for
 
     email = RenderedEmail(
         slug="notice", subject=f"[{settings.publication.name}] {subject}",
@@ -169,17 +169,13 @@ def _notify(settings: Settings, sender: Sender | None, subject: str, message: st
         from_name=settings.sender.from_name, from_address=settings.sender.from_address,
         reply_to=settings.sender.reply_to,
     )
-    own = sender is None
-    backend = sender or make_sender(settings)
     try:
-        backend.send(Batch(issue="notice", batch_id="notice", email=email, deliveries=[
-            Delivery(key=n, recipient=Recipient(email=a, unsubscribe_url=settings.publication.public_url))
-            for n, a in enumerate(editors)]))
+        with sender_for(settings, sender) as backend:
+            backend.send(Batch(issue="notice", batch_id="notice", email=email, deliveries=[
+                Delivery(key=n, recipient=Recipient(email=a, unsubscribe_url=settings.publication.public_url))
+                for n, a in enumerate(editors)]))
     except Exception as exc:  # a notice must never hide the report it is about
         log.error("could not notify the editors: %s", exc)
-    finally:
-        if own:
-            backend.close()
 
 
 

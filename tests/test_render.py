@@ -15,7 +15,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.errors import TemplateError
 from newsletter.models import Recipient
 
-from .conftest import EXAMPLE_ISSUE
+from .conftest import EXAMPLE_ISSUE, VICTIM, assert_only_templates_personalize, forged_placeholder_issue
 
 
 @pytest.fixture
@@ -98,14 +98,49 @@ def test_head_has_lang_title_preheader_and_color_scheme(built: render.Built) -> 
 
 
 def test_placeholders_survive_mjml_and_premailer(built: render.Built) -> None:
-    html, text = built.email.html, built.email.text
+    html, text, tokens = built.email.html, built.email.text, built.email.placeholders
     doc = _doc(html)
-    unsubscribe = [a for a in doc.iter("a") if a.get("href") == "%%unsubscribe_url%%"]
+    unsubscribe = [a for a in doc.iter("a") if a.get("href") == tokens["unsubscribe_url"]]
     assert unsubscribe and unsubscribe[0].text_content() == "Unsubscribe"
-    assert "%%email_html%%" in html
-    assert "Unsubscribe: %%unsubscribe_url%%" in text
-    assert "%%email%%" in text
+    assert f"Sent to {tokens['email_html']}" in " ".join(doc.text_content().split())
+    assert f"Unsubscribe: {tokens['unsubscribe_url']}" in text
+    assert f"Sent to {tokens['email']}" in text
     assert "%25%25" not in html  # not URL-encoded by premailer
+
+
+def test_placeholder_tokens_carry_a_nonce_from_the_issue(settings: Settings, built: render.Built) -> None:
+    tokens = built.email.placeholders
+    assert set(tokens) == set(render.PLACEHOLDER_KEYS)
+    nonce = tokens["email"].removeprefix("%%email-").removesuffix("%%")
+    assert re.fullmatch(r"[0-9a-f]{20}", nonce)
+    assert tokens == render.placeholder_tokens(nonce)
+    again = render.build_issue(issuefile.load(EXAMPLE_ISSUE), settings)
+    assert (again.email.html, again.email.text, again.email.placeholders) == (
+        built.email.html, built.email.text, tokens)
+    # Approving changes the issue file, not its content: the email stays byte-identical.
+    approved = issuefile.load(EXAMPLE_ISSUE).model_copy(update={"status": "approved"})
+    assert render.build_issue(approved, settings).email.html == built.email.html
+    issue = issuefile.load(EXAMPLE_ISSUE)
+    other = render.build_issue(issue.model_copy(update={"preheader": issue.preheader + "!"}), settings)
+    assert not set(other.email.placeholders.values()) & set(tokens.values())
+
+
+def test_placeholder_lookalikes_in_content_arrive_literally(settings: Settings) -> None:
+    built = render.build_issue(forged_placeholder_issue(), settings)
+    assert not built.errors
+    msg = render.personalize(built.email, VICTIM)
+    html, text = msg.get_body(("html",)), msg.get_body(("plain",))
+    assert html is not None and text is not None
+    assert_only_templates_personalize(msg["Subject"], html.get_content(), text.get_content())
+
+
+def test_lookalike_in_content_is_no_unsubscribe_link(project: Path, settings: Settings) -> None:
+    template = project / "templates/email.txt.j2"
+    source = template.read_text(encoding="utf-8")
+    source = source.replace("Unsubscribe: {{ placeholders.unsubscribe_url }}", "")
+    template.write_text(source, encoding="utf-8")
+    built = render.build_issue(forged_placeholder_issue(), settings)
+    assert built.errors == ["no unsubscribe link in the text part"]
 
 
 def test_personalize_parts_substitutes_and_escapes(built: render.Built) -> None:

@@ -5,10 +5,26 @@ writes .eml files, ``smtp`` talks to an SMTP server, ``sendgrid`` to SendGrid's 
 
 from __future__ import annotations
 
-from newsletter.config import Settings
-from newsletter.senders.base import Batch, BatchResult, Delivery, Sender
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["Batch", "BatchResult", "Delivery", "Sender", "make_sender"]
+from newsletter.config import Settings
+from newsletter.senders.base import Batch, BatchResult, Delivery, Sender, SenderBase
+
+__all__ = ["Batch", "BatchResult", "Delivery", "Sender", "SenderBase", "make_sender", "sender_for"]
+
+
+@contextmanager
+def sender_for(settings: Settings, given: Sender | None = None) -> Iterator[Sender]:
+    """``given``, or the configured backend made now and closed afterwards."""
+    if given is not None:
+        yield given
+        return
+    made = make_sender(settings)
+    try:
+        yield made
+    finally:
+        made.close()
 
 
 def make_sender(settings: Settings) -> Sender:

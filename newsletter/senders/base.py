@@ -2,15 +2,20 @@
 
 The send job knows no backend by name: it hands a ``Batch`` (the rendered email, once,
 plus up to ``max_batch_size`` recipients) to ``Sender.send`` and records the
-``BatchResult``. A backend raises ``DeliveryError`` when the whole batch may be retried
-(429, 5xx, timeouts, refused connections; ``retry_after`` when the service says how long
-to wait) and ``PermanentDeliveryError`` when retrying cannot help (400/401/403/413).
+``BatchResult``. A backend raises ``DeliveryError`` only when the outcome proves nothing
+was accepted and the whole batch may be retried (429, 5xx, refused connections, DNS, a
+failed TLS handshake; ``retry_after`` when the service says how long to wait),
+``PermanentDeliveryError`` when retrying cannot help (400/401/403/413), and
+``AmbiguousDeliveryError`` when the request may have arrived (a timeout after the body
+was sent, a connection reset before the answer): those recipients are never retried.
+``SenderBase`` gives backends a default ``check``, ``close`` and the ``with`` protocol.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Protocol
 
 from newsletter.models import Recipient
@@ -41,12 +46,15 @@ class BatchResult:
 
     ``sent``: accepted by the service; ``rejected``: refused for good for that recipient
     (e.g. SMTP 550 user unknown), with the reason; ``retry``: not sent, may be retried
-    (e.g. an SMTP connection dropped before this recipient), with the reason.
+    (e.g. an SMTP connection dropped before this recipient), with the reason;
+    ``ambiguous``: may have been accepted (e.g. the connection dropped after DATA), with
+    the reason: never retried blindly.
     """
 
     sent: list[int] = field(default_factory=list)
     rejected: dict[int, str] = field(default_factory=dict)
     retry: dict[int, str] = field(default_factory=dict)
+    ambiguous: dict[int, str] = field(default_factory=dict)
     message_id: str | None = None  # SendGrid's X-Message-Id for the batch
 
 
@@ -56,10 +64,32 @@ class Sender(Protocol):
     name: str
     max_batch_size: int
 
+    def check(self) -> None:
+        """Before an audience is frozen: raise DeliveryError if this backend cannot send
+        (credentials refused, host unreachable), using the cheapest request it has."""
+        ...
+
     def send(self, batch: Batch) -> BatchResult:
-        """Deliver ``batch``; raise DeliveryError / PermanentDeliveryError as above."""
+        """Deliver ``batch``; raise DeliveryError and its subclasses as above."""
         ...
 
     def close(self) -> None:
         """Release connections; the sender is not used again."""
         ...
+
+
+class SenderBase:
+    """Defaults for backends: nothing to check, nothing to close, usable in ``with``."""
+
+    def check(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> SenderBase:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -16,8 +16,9 @@ from dataclasses import replace
 from email.utils import format_datetime, formataddr, make_msgid
 
 from newsletter import render
+from newsletter.errors import HeaderError
 from newsletter.models import Recipient
-from newsletter.render import PLACEHOLDERS, RenderedEmail
+from newsletter.render import RenderedEmail
 
 # The email package folds header lines at 998 characters and switches a text part to
 # quoted-printable when one of its lines would be longer: stay well inside both.
@@ -42,7 +43,7 @@ class MessageTemplate:
         # Replace each placeholder by a token that no text contains and that no
         # transfer encoding or line wrapping can alter, then assemble once.
         nonce = secrets.token_hex(8)
-        self._tokens = {f"x{nonce}{key}x": placeholder for key, placeholder in PLACEHOLDERS.items()}
+        self._tokens = {f"x{nonce}{key}x": placeholder for key, placeholder in email.placeholders.items()}
         html, text = email.html, email.text
         for token, placeholder in self._tokens.items():
             html, text = html.replace(placeholder, token), text.replace(placeholder, token)
@@ -103,7 +104,7 @@ class MessageTemplate:
         if not (_SIMPLE_ADDRESS.match(recipient.email) and _PRINTABLE_ASCII.match(recipient.name)
                 and _PRINTABLE_ASCII.match(recipient.unsubscribe_url)):
             return None
-        values = render.substitutions(recipient)
+        values = render.substitutions(self.email, recipient)
         to = formataddr((recipient.name, recipient.email))
         unsubscribe = render.list_unsubscribe(self.email, recipient)
         if not (len(to) < _MAX_HEADER and len(unsubscribe) < _MAX_HEADER
@@ -128,3 +129,14 @@ class MessageTemplate:
             part if isinstance(part, bytes) else values[part].encode("ascii") for part in self._body
         )
         return head + self._eol * 2 + body
+
+
+def envelope_address(address: str) -> str:
+    """``address`` for MAIL FROM / RCPT TO: an internationalized domain in IDNA form."""
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise HeaderError(f"not an email address: {address!r}")
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        raise HeaderError(f"invalid domain in {address!r}") from None

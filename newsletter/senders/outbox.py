@@ -6,11 +6,12 @@ get. Files are written atomically; a rerun overwrites the same files.
 from __future__ import annotations
 
 import errno
+import os
 import re
 from pathlib import Path
 
 from newsletter.errors import DeliveryError, HeaderError, PermanentDeliveryError
-from newsletter.senders.base import Batch, BatchResult
+from newsletter.senders.base import Batch, BatchResult, SenderBase
 from newsletter.senders.mime import MessageTemplate
 from newsletter.yamlfile import atomic_write
 
@@ -24,7 +25,7 @@ def safe_name(value: str, limit: int = 100) -> str:
     return _UNSAFE.sub("_", value).lstrip(".")[:limit] or "_"
 
 
-class OutboxSender:
+class OutboxSender(SenderBase):
     """Writes .eml files instead of sending; nothing leaves the machine."""
 
     name = "outbox"
@@ -32,6 +33,17 @@ class OutboxSender:
     def __init__(self, directory: Path, max_batch_size: int = 500) -> None:
         self.directory = directory
         self.max_batch_size = max_batch_size
+
+    def check(self) -> None:
+        """The outbox folder exists (or can be made) and is writable."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            probe = self.directory / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise PermanentDeliveryError(
+                f"outbox: cannot write in {self.directory}: {exc.strerror or exc}") from None
 
     def path_for(self, issue: str, key: int, address: str) -> Path:
         """Where the message for ledger row ``key`` of ``issue`` is written."""
@@ -61,6 +73,3 @@ class OutboxSender:
                 return result
             result.sent.append(delivery.key)
         return result
-
-    def close(self) -> None:
-        pass

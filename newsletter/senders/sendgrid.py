@@ -12,7 +12,10 @@ import email.utils
 import http.client
 import json
 import logging
+import re
 import time
+import urllib.error
+from dataclasses import replace
 from typing import Any
 
 import python_http_client.exceptions
@@ -20,14 +23,16 @@ from sendgrid import SendGridAPIClient
 
 from newsletter import render
 from newsletter.config import SendgridBackend, Settings
-from newsletter.errors import DeliveryError, PermanentDeliveryError
-from newsletter.senders.base import Batch, BatchResult
+from newsletter.errors import AmbiguousDeliveryError, DeliveryError, HeaderError, PermanentDeliveryError
+from newsletter.senders.base import Batch, BatchResult, SenderBase
+from newsletter.senders.mime import envelope_address
 
 MAX_PERSONALIZATIONS = 1000  # SendGrid's limit per request (and 1000 recipients)
 MAX_CATEGORIES = 10
 # custom_args keys in every personalization, so webhook events can be matched.
 ISSUE_ARG = "newsletter_issue"
 BATCH_ARG = "newsletter_batch"
+DELIVERY_ARG = "newsletter_delivery"
 
 _PERMANENT = {400, 401, 403, 404, 405, 413, 415}
 _UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
@@ -44,14 +49,12 @@ def _keep_key_out_of_logs() -> None:
 _JSON = {"Content-Type": "application/json; charset=utf-8"}
 
 
-class SendgridSender:
+class SendgridSender(SenderBase):
     """Delivers batches through SendGrid's v3 mail send API (or a local stand-in)."""
 
     name = "sendgrid"
 
     def __init__(self, api_key: str, config: SendgridBackend = SendgridBackend()) -> None:
-        if len(config.categories) > MAX_CATEGORIES:
-            raise PermanentDeliveryError(f"sendgrid: at most {MAX_CATEGORIES} categories")
         _keep_key_out_of_logs()
         self._api_key = api_key
         self.host = config.host.rstrip("/")
@@ -79,20 +82,23 @@ class SendgridSender:
         mail = batch.email
         if any(c in mail.subject + mail.from_name for c in "\r\n"):
             raise PermanentDeliveryError("sendgrid: the subject or sender name contains a line break")
-        custom_args = {ISSUE_ARG: batch.issue, BATCH_ARG: batch.batch_id}
         substitutions, list_unsubscribe = render.substitutions, render.list_unsubscribe
         refused = self.refused(batch)
+        issue, batch_id = batch.issue, batch.batch_id
         personalizations = [
             {
-                "to": [{"email": r.email, "name": r.name} if r.name else {"email": r.email}],
-                "substitutions": substitutions(r),
+                "to": [{"email": api_address(r.email), "name": r.name} if r.name
+                       else {"email": api_address(r.email)}],
+                "substitutions": substitutions(mail, r),
                 "headers": {
                     "List-Unsubscribe": list_unsubscribe(mail, r),
                     "List-Unsubscribe-Post": _UNSUBSCRIBE_POST,
                 },
-                "custom_args": custom_args,
+                # The delivery id comes back in every event: reconciliation settles
+                # exactly that ledger row.
+                "custom_args": {ISSUE_ARG: issue, BATCH_ARG: batch_id, DELIVERY_ARG: str(key)},
             }
-            for r in (d.recipient for d in batch.deliveries if d.key not in refused)
+            for key, r in ((d.key, d.recipient) for d in batch.deliveries if d.key not in refused)
         ]
         sender: dict[str, str] = {"email": mail.from_address}
         if mail.from_name:
@@ -121,18 +127,64 @@ class SendgridSender:
 
     @staticmethod
     def refused(batch: Batch) -> dict[int, str]:
-        """Recipients whose values would inject a header: left out of the request."""
-        return {
-            d.key: f"a line break in the address, name or unsubscribe URL of {d.recipient.email!r}"
-            for d in batch.deliveries
-            if "\n" in (text := d.recipient.email + d.recipient.name + d.recipient.unsubscribe_url)
-            or "\r" in text
-        }
+        """Recipients the API cannot take, left out of the request and rejected with the
+        reason: values that would inject a header, and addresses its schema refuses."""
+        refused: dict[int, str] = {}
+        for d in batch.deliveries:
+            r = d.recipient
+            if any(c in r.email + r.name + r.unsubscribe_url for c in "\r\n"):
+                refused[d.key] = f"a line break in the address, name or unsubscribe URL of {r.email!r}"
+                continue
+            problem = address_problem(r.email)
+            if problem:
+                refused[d.key] = f"sendgrid cannot send to {r.email!r}: {problem}"
+        return refused
+
+    def check(self) -> None:
+        """A cheap authenticated request (``GET /v3/scopes``): the host answers, the API key
+        is accepted and may send mail. Nothing is sent."""
+        try:
+            response = self._client.client.scopes.get(timeout=self.timeout)
+        except python_http_client.exceptions.HTTPError as exc:
+            if exc.status_code in (401, 403):
+                raise self._http_error(exc.status_code, exc.body, exc.headers, permanent=True) from None
+            return  # the host answers; mail send will say more
+        except urllib.error.URLError as exc:
+            raise DeliveryError(self._redact(f"sendgrid: cannot reach {self.host}: {exc.reason}")) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise DeliveryError(f"sendgrid: no answer from {self.host}: {type(exc).__name__}") from None
+        try:
+            scopes = json.loads(response.body or b"{}").get("scopes")
+        except (ValueError, AttributeError):
+            return
+        if isinstance(scopes, list) and "mail.send" not in scopes:
+            raise PermanentDeliveryError(f"sendgrid: the API key may not send mail (it lacks the mail.send "
+                                         f"scope on {self.host})")
 
     def send(self, batch: Batch) -> BatchResult:
-        refused = self.refused(batch)
-        if len(refused) == len(batch.deliveries):
-            return BatchResult(rejected=refused)
+        rejected = self.refused(batch)
+        remaining = [d for d in batch.deliveries if d.key not in rejected]
+        # A 400 that names personalizations refuses the request, so nothing was sent:
+        # those recipients are rejected and the rest go again at once.
+        for _round in range(_REFUSAL_ROUNDS):
+            if not remaining:
+                return BatchResult(rejected=rejected)
+            try:
+                message_id = self._post(replace(batch, deliveries=remaining))
+            except _Refused as refusal:
+                for index, reason in refusal.reasons.items():
+                    rejected[remaining[index].key] = reason
+                remaining = [d for i, d in enumerate(remaining) if i not in refusal.reasons]
+                continue
+            return BatchResult(sent=[d.key for d in remaining], rejected=rejected, message_id=message_id)
+        raise PermanentDeliveryError(f"sendgrid: {self.host} kept refusing recipients of batch {batch.batch_id}")
+
+    def _post(self, batch: Batch) -> str | None:
+        """One ``POST /v3/mail/send``; the provider's message id. What an exception means:
+        URLError is raised while connecting or sending (the request never arrived
+        whole: retry); an HTTP status is an answer (retry or not by its code); anything
+        after the request left (a timeout waiting for the answer, a reset, a broken
+        answer) may follow an accepted request: ambiguous."""
         # Serialized here, compactly and without escaping non-ASCII: the library would
         # json.dumps it again otherwise (a JSON content type other than its exact
         # "application/json" makes it send the string as it is).
@@ -141,26 +193,31 @@ class SendgridSender:
             response = self._client.client.mail.send.post(
                 request_body=body, request_headers=_JSON, timeout=self.timeout)
         except python_http_client.exceptions.HTTPError as exc:
+            if exc.status_code == 400 and (reasons := _refused_personalizations(exc.body, len(batch.deliveries))):
+                raise _Refused(reasons) from None
             raise self._http_error(exc.status_code, exc.body, exc.headers) from None
+        except urllib.error.URLError as exc:  # refused, DNS, TLS handshake, connect timeout
+            raise DeliveryError(self._redact(f"sendgrid: cannot reach {self.host}: {exc.reason}")) from None
         except TimeoutError:  # socket.timeout is TimeoutError
-            raise DeliveryError(f"sendgrid: no answer from {self.host} within {self.timeout:g} s") from None
-        except OSError as exc:  # urllib.error.URLError, refused, reset, DNS
-            reason = getattr(exc, "reason", None) or exc
-            raise DeliveryError(self._redact(f"sendgrid: cannot reach {self.host}: {reason}")) from None
-        except http.client.HTTPException as exc:  # the connection was cut mid-answer
-            raise DeliveryError(f"sendgrid: broken answer from {self.host}: {type(exc).__name__}") from None
+            raise AmbiguousDeliveryError(
+                f"sendgrid: the request was sent but no answer came from {self.host} within "
+                f"{self.timeout:g} s") from None
+        except (OSError, http.client.HTTPException) as exc:  # reset, closed, cut mid-answer
+            raise AmbiguousDeliveryError(
+                f"sendgrid: the request was sent but the connection to {self.host} broke before "
+                f"the answer ({type(exc).__name__})") from None
         status = response.status_code
         if not 200 <= status < 300:
             raise self._http_error(status, response.body, response.headers)
-        return BatchResult(
-            sent=[d.key for d in batch.deliveries if d.key not in refused],
-            rejected=refused,
-            message_id=response.headers.get("X-Message-Id"),
-        )
+        message_id: str | None = response.headers.get("X-Message-Id")
+        return message_id
 
-    def _http_error(self, status: int, body: bytes | str | None, headers: Any) -> DeliveryError:
+    def _http_error(self, status: int, body: bytes | str | None, headers: Any,
+                    permanent: bool = False) -> DeliveryError:
         detail = self._redact(_error_messages(body))
         message = f"sendgrid: {self.host} answered {status}" + (f": {detail}" if detail else "")
+        if permanent:
+            return PermanentDeliveryError(message)
         if status == 429 or status >= 500 or status == 408:
             return DeliveryError(message, retry_after=_retry_after(headers))
         if status in _PERMANENT or 400 <= status < 500:
@@ -170,8 +227,60 @@ class SendgridSender:
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "[API key]") if self._api_key else text
 
-    def close(self) -> None:
-        pass  # urllib opens a connection per request: nothing is held
+
+
+class _Refused(Exception):
+    """A 400 naming personalizations: index in the request -> SendGrid's reason."""
+
+    def __init__(self, reasons: dict[int, str]) -> None:
+        super().__init__(reasons)
+        self.reasons = reasons
+
+
+_PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)\.")
+_REFUSAL_ROUNDS = 5
+
+
+def _refused_personalizations(body: bytes | str | None, count: int) -> dict[int, str]:
+    """Index -> reason when every error of a 400 names a personalization of the request
+    (``personalizations.3.to.0.email``); empty when any error concerns the whole request."""
+    if not body:
+        return {}
+    try:
+        errors = json.loads(body).get("errors") or []
+    except (ValueError, AttributeError):
+        return {}
+    reasons: dict[int, str] = {}
+    for error in errors:
+        field = error.get("field") if isinstance(error, dict) else None
+        found = _PERSONALIZATION_FIELD.match(field) if isinstance(field, str) else None
+        if not found or int(found.group(1)) >= count:
+            return {}
+        reasons[int(found.group(1))] = f"sendgrid refused it: {field}: {error.get('message') or 'invalid'}"[:500]
+    return reasons
+
+
+def api_address(address: str) -> str:
+    """``address`` as SendGrid's API takes it: an internationalized domain in IDNA form
+    (its schema's ``format: email`` is ASCII-only), like the MIME layer writes it."""
+    if address.isascii():
+        return address
+    return envelope_address(address)
+
+
+def address_problem(address: str) -> str | None:
+    """Why SendGrid's API cannot take ``address`` (None when it can): its schema has no
+    room for a non-ASCII local part (SMTPUTF8), and the domain must encode to IDNA."""
+    if address.isascii():
+        return None
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        return "a non-ASCII local part (SMTPUTF8) is not accepted by the SendGrid API"
+    try:
+        envelope_address(address)
+    except HeaderError as exc:
+        return str(exc)
+    return None
 
 
 def _error_messages(body: bytes | str | None) -> str:

@@ -1,7 +1,9 @@
 """The SMTP backend: one message per recipient over ``connections`` parallel SMTP
 connections (STARTTLS, implicit TLS or plain), each kept open across messages and
 batches and reopened when the server drops it. Per-recipient outcomes: 5xx -> rejected,
-4xx and lost connections -> retry; a login or TLS failure stops the send.
+4xx and connections lost before the message was handed over -> retry; a connection
+lost after the message went out (after DATA, before the server's answer) -> ambiguous,
+never retried blindly; a login or TLS failure stops the send.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 
 from newsletter.config import Settings, SmtpBackend
 from newsletter.errors import DeliveryError, HeaderError, PermanentDeliveryError
-from newsletter.senders.base import Batch, BatchResult, Delivery
-from newsletter.senders.mime import MessageTemplate
+from newsletter.senders.base import Batch, BatchResult, Delivery, SenderBase
+from newsletter.senders.mime import MessageTemplate, envelope_address
 
 
 class _Lost(Exception):
@@ -33,6 +35,7 @@ class _Outcome:
     sent: list[int]
     rejected: dict[int, str]
     retry: dict[int, str]
+    ambiguous: dict[int, str]
     error: DeliveryError | None = None  # why the rest of the chunk was not attempted
 
 
@@ -52,18 +55,7 @@ def _dot_stuffed(data: bytes) -> bytes:
     return data + b".\r\n"
 
 
-def envelope_address(address: str) -> str:
-    """``address`` for MAIL FROM / RCPT TO: an internationalized domain in IDNA form."""
-    local, _, domain = address.rpartition("@")
-    if not local or not domain:
-        raise HeaderError(f"not an email address: {address!r}")
-    try:
-        return f"{local}@{domain.encode('idna').decode('ascii')}"
-    except UnicodeError:
-        raise HeaderError(f"invalid domain in {address!r}") from None
-
-
-class SmtpSender:
+class SmtpSender(SenderBase):
     """Sends through an SMTP server; thread-safe, connections live in the pool's threads."""
 
     name = "smtp"
@@ -157,6 +149,11 @@ class SmtpSender:
             self._open.add(conn)
         return conn
 
+    def check(self) -> None:
+        """Connect, greet, start TLS and log in once, as a send would, then quit."""
+        conn = self._connect()
+        self._discard(conn)
+
     def _discard(self, conn: smtplib.SMTP | None) -> None:
         if conn is None:
             return
@@ -223,7 +220,7 @@ class SmtpSender:
 
     def _send_chunk(self, template: MessageTemplate, sender: str,
                     deliveries: Sequence[Delivery]) -> _Outcome:
-        out = _Outcome([], {}, {})
+        out = _Outcome([], {}, {}, {})
         for index, delivery in enumerate(deliveries):
             try:
                 data = template.render(delivery.recipient)
@@ -244,7 +241,12 @@ class SmtpSender:
                     # server closed): nothing was delivered, reconnect and go again once.
                     if attempt == 1 and not lost.delivered_maybe:
                         continue
-                    out.retry[delivery.key] = lost.reason
+                    if lost.delivered_maybe:
+                        # The message went out; the server may have queued it before the
+                        # connection broke. Another copy could be a duplicate.
+                        out.ambiguous[delivery.key] = f"{lost.reason} (after the message was sent)"
+                    else:
+                        out.retry[delivery.key] = lost.reason
                     break
                 except DeliveryError as exc:  # cannot (re)connect: leave the rest
                     out.error = exc
@@ -293,9 +295,10 @@ class SmtpSender:
             result.sent.extend(out.sent)
             result.rejected.update(out.rejected)
             result.retry.update(out.retry)
+            result.ambiguous.update(out.ambiguous)
             if out.error is not None:
                 errors.append(out.error)
-        if errors and not result.sent and not result.rejected:
+        if errors and not result.sent and not result.rejected and not result.ambiguous:
             # Nothing reached the server: the batch as a whole failed.
             permanent = [e for e in errors if isinstance(e, PermanentDeliveryError)]
             raise (permanent or errors)[0]

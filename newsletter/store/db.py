@@ -177,6 +177,24 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
+@contextmanager
+def durable_transaction(engine: Engine) -> Iterator[Connection]:
+    """A ``write_transaction`` that is on disk when it commits, power loss included: the
+    send ledger's "in flight" mark must never turn back into "pending". PostgreSQL
+    commits durably already; SQLite in WAL mode with ``synchronous=NORMAL`` may lose the
+    last commits on power loss, so this transaction runs with ``synchronous=FULL``."""
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection if conn.dialect.name == "sqlite" else None
+        if raw is not None:
+            raw.execute("PRAGMA synchronous=FULL")
+        try:
+            with writing(conn).begin():
+                yield conn
+        finally:
+            if raw is not None:
+                raw.execute("PRAGMA synchronous=NORMAL")
+
+
 def writing(conn: Connection) -> Connection:
     """Mark ``conn`` (before ``begin``) as a writer: see ``write_transaction``."""
     return conn.execution_options(newsletter_write=True)

@@ -1,7 +1,8 @@
 """SendGrid event webhook events, applied once each: the ``webhook_events`` table keeps
 every event by its ``sg_event_id`` (a replayed event changes nothing), bounces, drops,
-spam reports and unsubscribes change the subscriber's status, and delivered, open and
-click events are kept for the per-issue statistics.
+spam reports and unsubscribes change the subscriber's status, delivered, open and click
+events are kept for the per-issue statistics, and events for the rows of an ambiguous
+batch settle them in the ledger (``ledger.reconcile``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from newsletter.store.tables import subscribers, webhook_events
 # SendGrid hands them back as top-level event fields. The short names are accepted too.
 ISSUE_FIELDS: Final = ("newsletter_issue", "issue")
 BATCH_FIELDS: Final = ("newsletter_batch", "batch_id")
+DELIVERY_FIELDS: Final = ("newsletter_delivery",)
 
 # Statuses only ever move up this ladder: a complaint is not undone by a later bounce,
 # and nothing here re-activates anyone (that takes a fresh double opt-in).
@@ -49,6 +51,7 @@ class Event:
     email: str | None
     issue: str | None
     batch_id: str | None
+    delivery_id: int | None  # the ledger row, from custom_args
     reason: str | None
     occurred_at: dt.datetime | None
     status: str | None  # the subscriber status it implies, if any
@@ -63,6 +66,7 @@ class Applied:
     duplicates: int = 0
     ignored: int = 0  # no sg_event_id, or an event type we do not know
     status_changes: dict[str, int] = field(default_factory=dict)
+    reconciled: int = 0  # ambiguous ledger rows these events settled
 
 
 def _text(value: Any, limit: int) -> str | None:
@@ -109,12 +113,14 @@ def parse_event(raw: Mapping[str, Any]) -> Event | None:
         except (OverflowError, OSError, ValueError):
             occurred_at = None
     reason = _first(raw, ("reason", "response", "url") if name != "click" else ("url",), 500)
+    delivery = _first(raw, DELIVERY_FIELDS, 20)
     return Event(
         sg_event_id=sg_event_id,
         event=name,
         email=_text(raw.get("email"), 320),
         issue=_first(raw, ISSUE_FIELDS, 80),
         batch_id=_first(raw, BATCH_FIELDS, 32),
+        delivery_id=int(delivery) if delivery and delivery.isdigit() and len(delivery) < 19 else None,
         reason=reason,
         occurred_at=occurred_at,
         status=implied_status(name, raw),
@@ -148,9 +154,13 @@ def _set_status(conn: Connection, subscriber_id: int, current: str, status: str,
 def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]],
                  *, now: dt.datetime | None = None) -> Applied:
     """Record and apply a webhook request's events in one transaction; an event whose
-    ``sg_event_id`` was seen before is skipped, so SendGrid's retries change nothing."""
+    ``sg_event_id`` was seen before is skipped, so SendGrid's retries change nothing.
+    Then the ambiguous ledger rows of the batches these events name are reconciled."""
+    from newsletter.store import ledger
+
     now = now or dt.datetime.now(dt.timezone.utc)
     applied = Applied()
+    batches: set[str] = set()
     with write_transaction(engine) as conn:
         for raw in raw_events:
             applied.received += 1
@@ -164,15 +174,19 @@ def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]],
                 insert_ignoring_conflicts(conn, webhook_events, "sg_event_id").values(
                     sg_event_id=event.sg_event_id, event=event.event, issue=event.issue,
                     batch_id=event.batch_id, subscriber_id=found[0] if found else None,
-                    reason=event.reason, occurred_at=event.occurred_at, received_at=now,
+                    delivery_id=event.delivery_id, reason=event.reason, occurred_at=event.occurred_at, received_at=now,
                 ).returning(webhook_events.c.sg_event_id)
             ).first()
             if inserted is None:
                 applied.duplicates += 1
                 continue
             applied.recorded += 1
+            if event.batch_id:
+                batches.add(event.batch_id)
             if event.status and found and _set_status(conn, found[0], found[1], event.status, now):
                 applied.status_changes[event.status] = applied.status_changes.get(event.status, 0) + 1
+    if batches:
+        applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total
     return applied
 
 

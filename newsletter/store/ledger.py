@@ -1,29 +1,45 @@
 """The send ledger: one ``sends`` row per issue and one ``deliveries`` row per (issue,
-subscriber), frozen when the send starts. Batches are claimed atomically (``FOR UPDATE
-SKIP LOCKED`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), marked in flight before the
-request and sent after it, so that two processes never send to the same subscriber and
-a crash leaves only the batch that was in flight as *ambiguous*.
+subscriber), frozen when the send starts, and one ``send_batches`` row per claimed batch.
 
-Delivery states: pending -> in_flight -> sent | rejected; pending -> skipped (no longer
-active when its batch came up); in_flight rows left by a dead process are ambiguous
-until an operator settles them (as sent, or back to pending).
+Batches are claimed atomically (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN
+IMMEDIATE`` on SQLite) and durably marked in flight before their request; the claiming
+process owns the batch and renews its lease while it works, so two processes never send
+to the same subscriber, and only a dead owner's batch is ever called ambiguous.
+
+Delivery states::
+
+    pending -> in_flight -> sent | rejected          the provider answered
+                         -> ambiguous                the request may have arrived (timeout
+                                                     after the body left, reset before the
+                                                     answer, SMTP drop after DATA), or the
+                                                     owner died (its lease expired)
+                         -> pending                  the failure proves nothing was accepted
+    ambiguous -> sent | rejected                     a provider event proves it (reconcile)
+              -> sent | pending                      an operator decides (settle_ambiguous)
+    pending -> skipped                               no longer active when its batch came up
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import secrets
-from collections.abc import Iterable, Sequence
+import socket
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import Engine, and_, func, insert, literal, select, update
+from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from newsletter.store.db import write_transaction
-from newsletter.store.tables import deliveries, sends, subscribers
+from newsletter.errors import SendError
+from newsletter.store.db import durable_transaction, write_transaction
+from newsletter.store.tables import deliveries, send_batches, sends, subscribers, webhook_events
 
-DELIVERY_STATES = ("pending", "in_flight", "sent", "rejected", "skipped")
+DELIVERY_STATES = ("pending", "in_flight", "ambiguous", "sent", "rejected", "skipped")
+# Provider events that prove a message was accepted, and the one that proves it was not.
+ACCEPTED_EVENTS = ("processed", "delivered", "deferred", "bounce", "open", "click")
+DROPPED_EVENT = "dropped"
 
 
 def utcnow() -> dt.datetime:
@@ -32,7 +48,7 @@ def utcnow() -> dt.datetime:
 
 @dataclass(frozen=True)
 class Send:
-    """One issue's send: when its audience was frozen and whether it is finished."""
+    """One issue's send: when its audience was frozen, what was pinned, whether it is done."""
 
     id: int
     issue: str
@@ -40,6 +56,8 @@ class Send:
     audience: int
     created_at: dt.datetime
     finished_at: dt.datetime | None
+    content_hash: str | None
+    gave_up_at: dt.datetime | None
 
 
 class Claimed(NamedTuple):
@@ -58,23 +76,66 @@ class Counts:
 
     pending: int = 0
     in_flight: int = 0
+    ambiguous: int = 0
     sent: int = 0
     rejected: int = 0
     skipped: int = 0
 
     @property
     def total(self) -> int:
-        return self.pending + self.in_flight + self.sent + self.rejected + self.skipped
+        return self.pending + self.in_flight + self.ambiguous + self.sent + self.rejected + self.skipped
 
     @property
     def settled(self) -> bool:
-        return self.pending == 0 and self.in_flight == 0
+        return self.pending == 0 and self.in_flight == 0 and self.ambiguous == 0
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch with rows still in flight or ambiguous: who owns it and since when."""
+
+    batch_id: str
+    owner: str
+    state: str  # in_flight (owner working), done, expired (owner died)
+    rows: int  # rows of the batch in the asked-for delivery state
+    claimed_at: dt.datetime
+    lease_until: dt.datetime
+    reason: str | None
+
+    def live(self, now: dt.datetime) -> bool:
+        return self.state == "in_flight" and self.lease_until >= now
+
+
+def new_owner() -> str:
+    """This process's owner name for the batches it claims: host, pid and a random part
+    (a pid can be reused; the random part tells two lives of one pid apart)."""
+    return f"{socket.gethostname()[:120]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when ``owner`` ran on this host and its process is gone; an owner on
+    another host is judged by its lease alone."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname()[:120] or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _send_from_row(row: object) -> Send:
     return Send(
         id=row.id, issue=row.issue, subject=row.subject, audience=row.audience,  # type: ignore[attr-defined]
         created_at=row.created_at, finished_at=row.finished_at,  # type: ignore[attr-defined]
+        content_hash=row.content_hash, gave_up_at=row.gave_up_at,  # type: ignore[attr-defined]
     )
 
 
@@ -84,9 +145,12 @@ def get_send(engine: Engine, issue: str) -> Send | None:
     return _send_from_row(row) if row else None
 
 
-def start_send(engine: Engine, issue: str, subject: str, now: dt.datetime | None = None) -> tuple[Send, bool]:
+def start_send(engine: Engine, issue: str, subject: str, content_hash: str | None = None, *,
+               allow_empty: bool = False, now: dt.datetime | None = None) -> tuple[Send, bool]:
     """The issue's send, creating it and freezing the audience (every active subscriber)
-    in one transaction if it does not exist yet. Returns (send, created)."""
+    in one transaction if it does not exist yet, with the rendered email's hash pinned.
+    An empty audience is refused (SendError, nothing frozen) unless ``allow_empty``.
+    Returns (send, created)."""
     now = now or utcnow()
     existing = get_send(engine, issue)
     if existing:
@@ -98,7 +162,8 @@ def start_send(engine: Engine, issue: str, subject: str, now: dt.datetime | None
             if row:
                 return _send_from_row(row), False
             send_id = conn.execute(
-                insert(sends).values(issue=issue, subject=subject, audience=0, created_at=now)
+                insert(sends).values(issue=issue, subject=subject, audience=0, created_at=now,
+                                     content_hash=content_hash)
                 .returning(sends.c.id)
             ).scalar_one()
             conn.execute(
@@ -112,7 +177,12 @@ def start_send(engine: Engine, issue: str, subject: str, now: dt.datetime | None
             frozen = conn.execute(  # rowcount of INSERT ... SELECT is -1 on some drivers
                 select(func.count()).select_from(deliveries).where(deliveries.c.send_id == send_id)
             ).scalar_one()
+            if not frozen and not allow_empty:
+                raise _EmptyAudience()
             conn.execute(update(sends).where(sends.c.id == send_id).values(audience=frozen))
+    except _EmptyAudience:
+        raise SendError(f"issue {issue}: there are no active subscribers; nothing was frozen and "
+                        "the issue stays unsent (add subscribers, or pass --allow-empty)") from None
     except IntegrityError:  # PostgreSQL: the other process's insert committed first
         found = get_send(engine, issue)
         assert found is not None
@@ -122,16 +192,27 @@ def start_send(engine: Engine, issue: str, subject: str, now: dt.datetime | None
     return send, True
 
 
+class _EmptyAudience(Exception):
+    """Rolls the freeze back."""
+
+
+def pin_content(engine: Engine, send_id: int, subject: str, content_hash: str) -> None:
+    """Pin a changed email to a send already under way (``send --allow-changed``)."""
+    with write_transaction(engine) as conn:
+        conn.execute(update(sends).where(sends.c.id == send_id)
+                     .values(subject=subject, content_hash=content_hash))
+
+
 def new_batch_id() -> str:
     return secrets.token_hex(8)
 
 
-def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, now: dt.datetime | None = None
-                ) -> tuple[list[Claimed], int]:
+def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, *, owner: str,
+                lease_seconds: float, now: dt.datetime | None = None) -> tuple[list[Claimed], int]:
     """Atomically take up to ``size`` pending rows, mark them in flight under ``batch_id``
-    (durably, before any request), and return them with the subscriber's current data.
-    Rows whose subscriber is no longer active (or was erased) become ``skipped``.
-    Returns (claimed, skipped).
+    owned by ``owner`` with a lease of ``lease_seconds`` (durably, before any request),
+    and return them with the subscriber's current data. Rows whose subscriber is no
+    longer active (or was erased) become ``skipped``. Returns (claimed, skipped).
 
     One UPDATE with a sub-select claims the rows (``FOR UPDATE SKIP LOCKED`` on
     PostgreSQL, so concurrent claimers take different rows; SQLite serialises writers);
@@ -144,7 +225,7 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, now: dt.
         .order_by(deliveries.c.id)
         .limit(size)
     )
-    with write_transaction(engine) as conn:
+    with durable_transaction(engine) as conn:
         if conn.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         taken = conn.execute(
@@ -154,6 +235,9 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, now: dt.
         ).rowcount
         if not taken:
             return [], 0
+        conn.execute(insert(send_batches).values(
+            batch_id=batch_id, send_id=send_id, owner=owner, state="in_flight", claimed_at=now,
+            lease_until=now + dt.timedelta(seconds=lease_seconds)))
         rows = conn.execute(
             select(deliveries.c.id, deliveries.c.subscriber_id, subscribers.c.email,
                    subscribers.c.name, subscribers.c.token, subscribers.c.status)
@@ -166,52 +250,82 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, now: dt.
         if gone:
             conn.execute(update(deliveries).where(deliveries.c.id.in_(gone))
                          .values(state="skipped", settled_at=now, error="no longer active"))
+        if not claimed:
+            _close_batch(conn, batch_id, now)
     return claimed, len(gone)
 
 
-def mark_sent(engine: Engine, keys: Sequence[int], message_id: str | None = None,
-              now: dt.datetime | None = None, batch_id: str | None = None) -> None:
-    """Settle accepted rows as sent. With ``batch_id``, ``keys`` are the whole batch's
-    in-flight rows and one statement by batch settles them."""
-    if not keys:
-        return
-    if batch_id is not None:
-        with write_transaction(engine) as conn:
-            conn.execute(update(deliveries)
-                         .where(deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight")
-                         .values(state="sent", settled_at=now or utcnow(), message_id=message_id))
-        return
-    _settle(engine, keys, "sent", now=now, message_id=message_id)
+def renew_leases(engine: Engine, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
+    """Extend the lease of every batch ``owner`` is working on; the number renewed."""
+    now = now or utcnow()
+    with write_transaction(engine) as conn:
+        return int(conn.execute(
+            update(send_batches).where(send_batches.c.owner == owner, send_batches.c.state == "in_flight")
+            .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
+        ).rowcount)
 
 
-def mark_rejected(engine: Engine, reasons: dict[int, str], now: dt.datetime | None = None) -> None:
-    """Recipients the service refused for good (e.g. SMTP 550): not retried."""
+def _open_rows(batch_id: str) -> list[object]:
+    """Conditions for rows of ``batch_id`` its owner may still settle: in flight, or made
+    ambiguous by another process that thought the owner dead (its answer settles them)."""
+    return [deliveries.c.batch_id == batch_id, deliveries.c.state.in_(("in_flight", "ambiguous"))]
+
+
+def mark_sent(engine: Engine, batch_id: str, keys: Sequence[int] | None, message_id: str | None = None,
+              now: dt.datetime | None = None) -> None:
+    """Settle accepted rows of ``batch_id`` as sent; ``keys=None``: all of its open rows."""
+    values = {"state": "sent", "settled_at": now or utcnow(), "message_id": message_id, "error": None}
+    _update_rows(engine, batch_id, keys, values)
+
+
+def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: dt.datetime | None = None) -> None:
+    """Recipients the service refused for good (e.g. SMTP 550, an address SendGrid cannot
+    take): not retried."""
+    if not reasons:
+        return
+    now = now or utcnow()
     with write_transaction(engine) as conn:
         for key, reason in reasons.items():
-            conn.execute(update(deliveries).where(deliveries.c.id == key, deliveries.c.state == "in_flight")
-                         .values(state="rejected", error=reason[:500], settled_at=now or utcnow()))
+            conn.execute(update(deliveries).where(deliveries.c.id == key, *_open_rows(batch_id))
+                         .values(state="rejected", error=reason[:500], settled_at=now))
 
 
-def release(engine: Engine, keys: Iterable[int], error: str | None = None) -> None:
-    """Put in-flight rows back to pending: the request certainly did not deliver them."""
-    keys = list(keys)
-    if not keys:
+def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, reason: str) -> None:
+    """Rows whose request may have reached the provider: never retried blindly; provider
+    events or an operator settle them. ``keys=None``: all of the batch's in-flight rows."""
+    _update_rows(engine, batch_id, keys, {"state": "ambiguous", "error": reason[:500]}, only="in_flight")
+
+
+def release(engine: Engine, batch_id: str, keys: Iterable[int], error: str | None = None) -> None:
+    """Put in-flight rows back to pending: the failure proves the request delivered nothing."""
+    _update_rows(engine, batch_id, list(keys),
+                 {"state": "pending", "batch_id": None, "claimed_at": None, "error": error[:500] if error else None},
+                 only="in_flight")
+
+
+def _update_rows(engine: Engine, batch_id: str, keys: Sequence[int] | None, values: dict[str, object],
+                 only: str | None = None) -> None:
+    if keys is not None and not keys:
         return
+    where = ([deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id))
     with write_transaction(engine) as conn:
-        for chunk in _chunks(keys, 900):
-            conn.execute(update(deliveries)
-                         .where(deliveries.c.id.in_(chunk), deliveries.c.state == "in_flight")
-                         .values(state="pending", batch_id=None, claimed_at=None,
-                                 error=error[:500] if error else None))
-
-
-def _settle(engine: Engine, keys: Sequence[int], state: str, *, now: dt.datetime | None,
-            message_id: str | None = None) -> None:
-    with write_transaction(engine) as conn:
+        if keys is None:
+            conn.execute(update(deliveries).where(*where).values(**values))
+            return
         for chunk in _chunks(list(keys), 900):
-            conn.execute(update(deliveries)
-                         .where(deliveries.c.id.in_(chunk), deliveries.c.state == "in_flight")
-                         .values(state=state, settled_at=now or utcnow(), message_id=message_id))
+            conn.execute(update(deliveries).where(deliveries.c.id.in_(chunk), *where).values(**values))
+
+
+def finish_batch(engine: Engine, batch_id: str, now: dt.datetime | None = None) -> None:
+    """The owner is done with ``batch_id``: its lease no longer matters."""
+    with write_transaction(engine) as conn:
+        _close_batch(conn, batch_id, now or utcnow())
+
+
+def _close_batch(conn: Connection, batch_id: str, now: dt.datetime) -> None:
+    conn.execute(update(send_batches)
+                 .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight")
+                 .values(state="done", lease_until=now))
 
 
 def _chunks(keys: list[int], size: int) -> Iterable[list[int]]:
@@ -229,29 +343,116 @@ def counts(engine: Engine, send_id: int) -> Counts:
     return Counts(**{state: n for state, n in rows})
 
 
-def in_flight_batches(engine: Engine, send_id: int) -> list[tuple[str, int, dt.datetime]]:
-    """(batch id, rows, claimed at) of the batches still in flight: ambiguous unless the
-    process that claimed them is still running."""
+def batches(engine: Engine, send_id: int, state: str) -> list[BatchInfo]:
+    """The batches of a send holding rows in delivery ``state`` (``in_flight`` or
+    ``ambiguous``), oldest first, with their owner, lease and the rows' reason."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(deliveries.c.batch_id, func.count(), func.min(deliveries.c.claimed_at))
-            .where(deliveries.c.send_id == send_id, deliveries.c.state == "in_flight")
-            .group_by(deliveries.c.batch_id)
+            select(deliveries.c.batch_id, send_batches.c.owner, send_batches.c.state,
+                   func.count(), send_batches.c.claimed_at, send_batches.c.lease_until,
+                   func.max(deliveries.c.error))
+            .select_from(deliveries.join(send_batches, send_batches.c.batch_id == deliveries.c.batch_id))
+            .where(deliveries.c.send_id == send_id, deliveries.c.state == state)
+            .group_by(deliveries.c.batch_id, send_batches.c.owner, send_batches.c.state,
+                      send_batches.c.claimed_at, send_batches.c.lease_until)
+            .order_by(send_batches.c.claimed_at)
         ).all()
-    return [(r[0], r[1], r[2]) for r in rows]
+    return [BatchInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]) for r in rows]
 
 
-def settle_ambiguous(engine: Engine, send_id: int, as_state: str, older_than: dt.datetime | None = None) -> int:
-    """An operator's decision on the in-flight rows of a send: ``sent`` (they were
-    delivered; check the service's activity log) or ``pending`` (send them again)."""
+def expire_dead_owners(engine: Engine, send_id: int, now: dt.datetime | None = None,
+                       dead: Callable[[str], bool] = owner_is_dead) -> int:
+    """Batches whose owner died (lease expired, or its process is gone from this host):
+    their in-flight rows become ambiguous, since the request may have left. Returns the
+    number of rows made ambiguous. A live owner's batch is never touched."""
+    now = now or utcnow()
+    with engine.connect() as conn:
+        candidates = conn.execute(
+            select(send_batches.c.batch_id, send_batches.c.owner, send_batches.c.lease_until)
+            .where(send_batches.c.send_id == send_id, send_batches.c.state == "in_flight")
+        ).all()
+    expired = [(b, o, lease) for b, o, lease in candidates if lease < now or dead(o)]
+    made = 0
+    for batch_id, owner, lease in expired:
+        reason = (f"the sending process {owner} stopped before the provider's answer came "
+                  f"(lease {'expired ' + lease.isoformat(timespec='seconds') if lease < now else 'of a dead process'})")
+        with durable_transaction(engine) as conn:
+            won = conn.execute(
+                update(send_batches)
+                .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight",
+                       send_batches.c.owner == owner)
+                .values(state="expired", reason=reason[:500])
+            ).rowcount
+            if won:
+                made += int(conn.execute(
+                    update(deliveries).where(deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight")
+                    .values(state="ambiguous", error=reason[:500])
+                ).rowcount)
+    return made
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What provider events settled."""
+
+    sent: int = 0
+    rejected: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.sent + self.rejected
+
+
+def _event_for(row_event: Iterable[str]) -> object:
+    """EXISTS: a webhook event of these types names this delivery row (by the delivery id
+    in custom_args, or by batch and subscriber for events that carry no delivery id)."""
+    e = webhook_events
+    return exists().where(
+        e.c.event.in_(list(row_event)),
+        or_(e.c.delivery_id == deliveries.c.id,
+            and_(e.c.delivery_id.is_(None), e.c.batch_id == deliveries.c.batch_id,
+                 e.c.subscriber_id == deliveries.c.subscriber_id)),
+    )
+
+
+def reconcile(engine: Engine, *, send_id: int | None = None, batch_ids: Sequence[str] | None = None,
+              now: dt.datetime | None = None) -> Reconciled:
+    """Settle ambiguous rows that the provider's own events prove: ``dropped`` ->
+    rejected (SendGrid received it and will not deliver it), ``processed``,
+    ``delivered``, ``deferred``, ``bounce``, ``open``, ``click`` -> sent. Limited to one
+    send or to some batches; both None: every send."""
+    now = now or utcnow()
+    scope = [deliveries.c.state == "ambiguous"]
+    if send_id is not None:
+        scope.append(deliveries.c.send_id == send_id)
+    if batch_ids is not None:
+        if not batch_ids:
+            return Reconciled()
+        scope.append(deliveries.c.batch_id.in_(list(batch_ids)))
+    with write_transaction(engine) as conn:
+        rejected = conn.execute(
+            update(deliveries).where(*scope, _event_for([DROPPED_EVENT]))  # type: ignore[arg-type]
+            .values(state="rejected", settled_at=now, error="dropped by the provider (its event webhook said so)")
+        ).rowcount
+        sent = conn.execute(
+            update(deliveries).where(*scope, _event_for(ACCEPTED_EVENTS))  # type: ignore[arg-type]
+            .values(state="sent", settled_at=now, error=None)
+        ).rowcount
+    return Reconciled(sent=int(sent), rejected=int(rejected))
+
+
+def settle_ambiguous(engine: Engine, send_id: int, as_state: str, *, batch_id: str | None = None) -> int:
+    """An operator's decision on the ambiguous rows of a send (or of one batch): ``sent``
+    (they arrived; the provider's activity log shows it) or ``pending`` (send them
+    again). Rows a live process is still sending are never touched."""
     if as_state not in ("sent", "pending"):
         raise ValueError(as_state)
-    conditions = [deliveries.c.send_id == send_id, deliveries.c.state == "in_flight"]
-    if older_than is not None:
-        conditions.append(deliveries.c.claimed_at < older_than)
+    conditions = [deliveries.c.send_id == send_id, deliveries.c.state == "ambiguous"]
+    if batch_id is not None:
+        conditions.append(deliveries.c.batch_id == batch_id)
     values: dict[str, object] = {"state": as_state}
     if as_state == "pending":
-        values.update(batch_id=None, claimed_at=None)
+        values.update(batch_id=None, claimed_at=None, error=None)
     else:
         values.update(settled_at=utcnow(), error="settled as sent by an operator")
     with write_transaction(engine) as conn:
@@ -263,10 +464,27 @@ def finish_send(engine: Engine, send_id: int, now: dt.datetime | None = None) ->
     with write_transaction(engine) as conn:
         open_rows = conn.execute(
             select(func.count()).select_from(deliveries)
-            .where(deliveries.c.send_id == send_id, deliveries.c.state.in_(("pending", "in_flight")))
+            .where(deliveries.c.send_id == send_id,
+                   deliveries.c.state.in_(("pending", "in_flight", "ambiguous")))
         ).scalar_one()
         if open_rows:
             return False
         conn.execute(update(sends).where(sends.c.id == send_id, sends.c.finished_at.is_(None))
                      .values(finished_at=now or utcnow()))
     return True
+
+
+def unfinished_sends(engine: Engine) -> list[Send]:
+    """Sends with rows still unsettled that nobody has given up on, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(sends).where(sends.c.finished_at.is_(None), sends.c.gave_up_at.is_(None))
+                            .order_by(sends.c.created_at)).all()
+    return [_send_from_row(r) for r in rows]
+
+
+def give_up(engine: Engine, send_id: int, now: dt.datetime | None = None) -> bool:
+    """Record that the scheduler stopped resuming a send; True for the one caller that
+    recorded it (two schedulers on one database notify the editors once)."""
+    with write_transaction(engine) as conn:
+        return bool(conn.execute(update(sends).where(sends.c.id == send_id, sends.c.gave_up_at.is_(None))
+                                 .values(gave_up_at=now or utcnow())).rowcount)

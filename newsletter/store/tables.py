@@ -1,4 +1,5 @@
-"""The database tables (SQLAlchemy Core): ``subscribers`` and ``suppressions``.
+"""The database tables (SQLAlchemy Core): subscribers and suppressions, the send ledger
+(sends, deliveries, send_batches) and the SendGrid webhook's events.
 
 The Alembic migrations in ``newsletter/migrations`` create exactly these; a test compares
 the two. Timestamps are stored in UTC and always come back timezone-aware.
@@ -123,6 +124,10 @@ sends = Table(
     Column("audience", Integer, nullable=False),  # rows frozen into deliveries
     Column("created_at", UtcDateTime(), nullable=False),
     Column("finished_at", UtcDateTime()),
+    # SHA-256 of the rendered email when the audience was frozen: a later send of a
+    # changed issue is refused (see send.content_hash)
+    Column("content_hash", String(64)),
+    Column("gave_up_at", UtcDateTime()),  # the scheduler stopped resuming it and said so
 )
 
 deliveries = Table(
@@ -140,11 +145,28 @@ deliveries = Table(
     Column("message_id", String(200)),
     Column("error", String(500)),
     CheckConstraint(
-        "state IN ('pending', 'in_flight', 'sent', 'rejected', 'skipped')", name="state"
+        "state IN ('pending', 'in_flight', 'ambiguous', 'sent', 'rejected', 'skipped')", name="state"
     ),
     Index("ix_deliveries_send_id_subscriber_id", "send_id", "subscriber_id", unique=True),
     Index("ix_deliveries_send_id_state_id", "send_id", "state", "id"),  # claiming
     Index("ix_deliveries_batch_id", "batch_id"),
+)
+
+# A claimed batch: its owner (one sending process) renews the lease while it works; a
+# batch whose lease ran out belonged to a process that died, and its rows are ambiguous.
+send_batches = Table(
+    "send_batches",
+    metadata,
+    Column("batch_id", String(32), primary_key=True),
+    Column("send_id", Id, nullable=False),
+    Column("owner", String(200), nullable=False),  # host:pid:random, see ledger.new_owner
+    Column("state", String(16), nullable=False),
+    Column("claimed_at", UtcDateTime(), nullable=False),
+    Column("lease_until", UtcDateTime(), nullable=False),
+    Column("reason", String(500)),
+    CheckConstraint("state IN ('in_flight', 'done', 'expired')", name="state"),
+    Index("ix_send_batches_send_id_state", "send_id", "state"),
+    Index("ix_send_batches_owner_state", "owner", "state"),
 )
 
 # --- SendGrid event webhook: applied once per sg_event_id ------------------------------
@@ -157,8 +179,11 @@ webhook_events = Table(
     Column("issue", String(80)),  # from custom_args
     Column("batch_id", String(32)),
     Column("subscriber_id", Id),  # when the address is a known subscriber
+    Column("delivery_id", Id),  # the ledger row, from custom_args (reconciliation)
     Column("reason", String(500)),
     Column("occurred_at", UtcDateTime()),
     Column("received_at", UtcDateTime(), nullable=False),
     Index("ix_webhook_events_issue_event", "issue", "event"),
+    Index("ix_webhook_events_delivery_id", "delivery_id"),
+    Index("ix_webhook_events_batch_id", "batch_id"),
 )

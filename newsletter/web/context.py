@@ -73,16 +73,10 @@ class WebContext:
     @contextmanager
     def sender(self) -> Iterator[Sender]:
         """The sender given to ``create_app``, or the configured one for this call."""
-        if self.sender_given is not None:
-            yield self.sender_given
-            return
-        from newsletter.senders import make_sender
+        from newsletter.senders import sender_for
 
-        own = make_sender(self.settings)
-        try:
-            yield own
-        finally:
-            own.close()
+        with sender_for(self.settings, self.sender_given) as sender:
+            yield sender
 
     def page(self, request: Request, template: str, /, status: int = 200, **values: Any) -> HTMLResponse:
         """Render the page ``template``; every page gets the publication and the request."""

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from newsletter.config import Settings, load_settings
-from newsletter.store import subscribers
+from newsletter.store import ledger, subscribers
 from tests.senders.conftest import SendgridStub
 from tests.dbfixtures import *  # noqa: F403 - database_url and engine, on SQLite and PostgreSQL
 
@@ -56,6 +56,16 @@ def bulk_subscribers(engine: Engine, n: int, prefix: str = "bulk") -> list[str]:
     with engine.begin() as conn:
         conn.execute(table.insert(), rows)
     return [r["email"] for r in rows]
+
+
+def claim_as_dead(engine: Engine, send_id: int, n: int, batch_id: str) -> list[ledger.Claimed]:
+    """Claim ``n`` rows the way a process on another host would that died right after:
+    its lease ran out ten seconds ago."""
+    import datetime as dt
+
+    claimed, _ = ledger.claim_batch(engine, send_id, n, batch_id, owner="elsewhere:4242:dead", lease_seconds=1,
+                                    now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10))
+    return claimed
 
 
 @pytest.fixture

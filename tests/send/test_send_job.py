@@ -15,7 +15,7 @@ from newsletter.errors import BuildError, DeliveryError, PermanentDeliveryError,
 from newsletter.senders.memory import MemorySender
 from newsletter.store import ledger, subscribers
 
-from .conftest import add_subscribers
+from .conftest import add_subscribers, claim_as_dead
 
 
 def _run(settings: Settings, path: Path, engine: Engine, sender: MemorySender, **kw) -> send.SendSummary:
@@ -130,11 +130,13 @@ def test_per_recipient_rejection_and_retry(db_settings, issue_path, engine) -> N
 def test_batch_in_flight_when_a_process_died_is_ambiguous(db_settings, issue_path, engine) -> None:
     emails = add_subscribers(engine, 5)
     # A process that froze the audience, claimed a batch and died before the answer:
-    sent, _ = ledger.start_send(engine, "2024-10-25", "subject")
-    claimed, _ = ledger.claim_batch(engine, sent.id, 2, "dead-batch")
+    sent, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
+    claimed = claim_as_dead(engine, sent.id, 2, "dead-batch")
     sender = MemorySender()
     summary = _run(db_settings, issue_path, engine, sender)
-    assert summary.sent == 3 and summary.ambiguous == 2 and summary.ambiguous_batches == ["dead-batch"]
+    assert summary.sent == 3 and summary.ambiguous == 2
+    assert [b.batch_id for b in summary.ambiguous_batches] == ["dead-batch"]
+    assert "stopped before the provider's answer came" in (summary.ambiguous_batches[0].reason or "")
     assert not summary.complete
     assert {c.email for c in claimed}.isdisjoint(a for _i, a in sender.delivered)  # never resent silently
     assert issuefile.load(issue_path).status == "approved"  # not every row settled
@@ -149,8 +151,8 @@ def test_batch_in_flight_when_a_process_died_is_ambiguous(db_settings, issue_pat
 
 def test_settling_ambiguous_as_sent_finishes_the_issue(db_settings, issue_path, engine) -> None:
     add_subscribers(engine, 3)
-    sent, _ = ledger.start_send(engine, "2024-10-25", "subject")
-    ledger.claim_batch(engine, sent.id, 3, "dead-batch")
+    sent, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
+    claim_as_dead(engine, sent.id, 3, "dead-batch")
     assert not _run(db_settings, issue_path, engine, MemorySender()).complete
     assert send.settle(db_settings, issue_path, "sent", engine=engine) == 3
     summary = _run(db_settings, issue_path, engine, MemorySender())
@@ -191,8 +193,20 @@ def test_send_test_goes_to_the_editors_only(db_settings, issue_path) -> None:
     assert issuefile.load(issue_path).status == "approved"
 
 
-def test_empty_audience_finishes_at_once(db_settings, issue_path, engine) -> None:
-    summary = _run(db_settings, issue_path, engine, MemorySender())
+def test_empty_audience_is_refused_and_the_issue_stays_unsent(db_settings, issue_path, engine) -> None:
+    with pytest.raises(SendError, match="no active subscribers"):
+        _run(db_settings, issue_path, engine, MemorySender())
+    assert ledger.get_send(engine, "2024-10-25") is None  # nothing frozen
+    assert issuefile.load(issue_path).status == "approved"
+    # subscribers who join later get the issue
+    emails = add_subscribers(engine, 2)
+    sender = MemorySender()
+    assert _run(db_settings, issue_path, engine, sender).complete
+    assert sorted(a for _i, a in sender.delivered) == sorted(emails)
+
+
+def test_empty_audience_is_finished_when_allowed(db_settings, issue_path, engine) -> None:
+    summary = _run(db_settings, issue_path, engine, MemorySender(), allow_empty=True)
     assert summary.complete and summary.audience == 0
     assert issuefile.load(issue_path).status == "sent"
 

@@ -11,10 +11,12 @@ from dataclasses import replace
 import pytest
 
 from newsletter import render
+from newsletter.config import Settings
 from newsletter.errors import HeaderError
 from newsletter.models import Recipient
 from newsletter.render import RenderedEmail
 from newsletter.senders.mime import MessageTemplate
+from tests.conftest import VICTIM, assert_only_templates_personalize, forged_placeholder_issue
 
 NOW = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.timezone.utc)
 URL = "https://news.example.org/unsubscribe/tok"
@@ -72,6 +74,15 @@ def test_placeholders_are_replaced_with_escaping(rendered: RenderedEmail) -> Non
     content = html.get_content()
     assert "%%" not in content
     assert f'href="{URL}"' in content
+
+
+@pytest.mark.parametrize("linesep", ["\n", "\r\n"])
+def test_placeholder_lookalikes_in_content_arrive_literally(settings: Settings, linesep: str) -> None:
+    email_ = render.build_issue(forged_placeholder_issue(), settings).email
+    msg = parsed(MessageTemplate(email_, linesep=linesep).render(VICTIM))
+    html, text = msg.get_body(("html",)), msg.get_body(("plain",))
+    assert html is not None and text is not None
+    assert_only_templates_personalize(msg["Subject"], html.get_content(), text.get_content())
 
 
 def test_header_injection_raises_like_personalize(rendered: RenderedEmail) -> None:

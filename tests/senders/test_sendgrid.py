@@ -9,13 +9,15 @@ import time
 
 import pytest
 
-from newsletter.config import SendgridBackend, load_settings
+from newsletter import render
+from newsletter.config import SendgridBackend, Settings, load_settings
 from newsletter.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from newsletter.models import Recipient
 from newsletter.render import RenderedEmail
 from newsletter.senders import make_sender
 from newsletter.senders.base import Delivery
 from newsletter.senders.sendgrid import SendgridSender
+from tests.conftest import VICTIM, assert_only_templates_personalize, forged_placeholder_issue
 from tests.senders.conftest import Reply, SendgridStub, deliveries, free_port, make_batch
 
 API_KEY = "SG.test-key-that-must-never-leak"
@@ -44,25 +46,27 @@ def test_request_payload(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -
     assert request.headers["Authorization"] == f"Bearer {API_KEY}"
     assert request.headers["Content-Type"] == "application/json; charset=utf-8"  # compact UTF-8 JSON
     body = request.body
+    tokens = rendered.placeholders
     assert body["personalizations"][0] == {
         "to": [{"email": "reader1@example.net", "name": "Reader 1"}],
         "substitutions": {
-            "%%unsubscribe_url%%": "https://news.example.org/unsubscribe/token-1",
-            "%%email%%": "reader1@example.net",
-            "%%email_html%%": "reader1@example.net",
-            "%%name%%": "Reader 1",
-            "%%name_html%%": "Reader 1",
+            tokens["unsubscribe_url"]: "https://news.example.org/unsubscribe/token-1",
+            tokens["email"]: "reader1@example.net",
+            tokens["email_html"]: "reader1@example.net",
+            tokens["name"]: "Reader 1",
+            tokens["name_html"]: "Reader 1",
         },
         "headers": {
             "List-Unsubscribe": "<https://news.example.org/unsubscribe/token-1>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         },
-        "custom_args": {"newsletter_issue": "2024-10-25", "newsletter_batch": "batch-42"},
+        "custom_args": {"newsletter_issue": "2024-10-25", "newsletter_batch": "batch-42",
+                        "newsletter_delivery": "1"},
     }
     ann = body["personalizations"][2]
     assert ann["to"] == [{"email": "ann@example.org", "name": "Ann <& Bob>"}]
-    assert ann["substitutions"]["%%name%%"] == "Ann <& Bob>"
-    assert ann["substitutions"]["%%name_html%%"] == "Ann &lt;&amp; Bob&gt;"
+    assert ann["substitutions"][tokens["name"]] == "Ann <& Bob>"
+    assert ann["substitutions"][tokens["name_html"]] == "Ann &lt;&amp; Bob&gt;"
     assert body["personalizations"][3]["to"] == [{"email": "noname@example.org"}]
     assert body["from"] == {"email": "newsletter@news.example.org", "name": "Statecraft Review"}
     assert body["reply_to"] == {"email": "editors@news.example.org"}
@@ -70,11 +74,24 @@ def test_request_payload(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -
     assert [c["type"] for c in body["content"]] == ["text/plain", "text/html"]
     assert body["content"][0]["value"] == rendered.text
     assert body["content"][1]["value"] == rendered.html
-    assert "%%unsubscribe_url%%" in body["content"][1]["value"]  # SendGrid substitutes
+    assert tokens["unsubscribe_url"] in body["content"][1]["value"]  # SendGrid substitutes
     assert body["categories"] == ["newsletter", "weekly"]
     assert body["headers"] == {"X-Newsletter-Issue": "2024-10-25",
                                "List-Id": '"Statecraft Review" <diplomacy-watch.news.example.org>'}
     assert "mail_settings" not in body
+
+
+def test_placeholder_lookalikes_in_content_arrive_literally(sendgrid_stub: SendgridStub,
+                                                            settings: Settings) -> None:
+    email = render.build_issue(forged_placeholder_issue(), settings).email
+    sender_for(sendgrid_stub.url).send(make_batch(email, [Delivery(key=1, recipient=VICTIM)]))
+    body = sendgrid_stub.requests[0].body
+    [personalization] = body["personalizations"]
+    # What SendGrid does with the request: each key replaced by its value, everywhere.
+    subject, text, html = body["subject"], body["content"][0]["value"], body["content"][1]["value"]
+    for key, value in personalization["substitutions"].items():
+        subject, text, html = (part.replace(key, value) for part in (subject, text, html))
+    assert_only_templates_personalize(subject, html, text)
 
 
 def test_unsubscribe_mailto_is_a_second_entry(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import lxml.html
 from fastapi.testclient import TestClient
 
 from newsletter import issuefile
 from newsletter.config import Settings
 from newsletter.render import SAMPLE_RECIPIENT_TOKEN
+from tests.conftest import FORGED_IMAGE, forged_placeholder_issue
 
 
 def mark_sent(settings: Settings, slug: str = "2024-10-25") -> Path:
@@ -42,6 +44,17 @@ def test_the_web_version_has_no_working_personal_links(client: TestClient, web_s
     assert re.search(r'<a href="http://127.0.0.1:8000/subscribe"[^>]*>Unsubscribe</a>', html)
     assert web_settings.publication.postal_address in html
     assert "default-src 'none'" in response.headers["content-security-policy"]
+
+
+def test_placeholder_lookalikes_in_content_stay_in_the_web_version(client: TestClient,
+                                                                  web_settings: Settings) -> None:
+    path = issuefile.path_for(web_settings.issues_dir, "2024-10-25")
+    issuefile.save(forged_placeholder_issue().model_copy(update={"status": "sent"}), path)
+    html = client.get("/archive/2024-10-25").text
+    shown = " ".join(lxml.html.document_fromstring(html).text_content().split())
+    assert "Write to %%email%% or %%unsubscribe_url%%." in shown and "Reply to %%email%% (%%name%%)." in shown
+    assert f'src="{FORGED_IMAGE.replace("&", "&amp;")}"' in html
+    assert not re.search(r"%%\w+-[0-9a-f]+%%", html) and "/unsubscribe/" not in html
 
 
 def test_unknown_draft_and_malformed_slugs_are_404(client: TestClient, web_settings: Settings) -> None:

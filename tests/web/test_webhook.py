@@ -70,7 +70,7 @@ def test_events_change_statuses_and_count_for_the_issue(client: TestClient, engi
     )
     response = post(client, webhook_key, clock, body)
     assert response.status_code == 200, response.text
-    assert response.json() == {"received": 11, "recorded": 11, "duplicates": 0, "ignored": 0}
+    assert response.json() == {"received": 11, "recorded": 11, "duplicates": 0, "ignored": 0, "reconciled": 0}
     assert [status(engine, a) for a in ("hard@x.net", "soft@x.net", "dropped@x.net", "spam@x.net",
                                         "unsub@x.net", "group@x.net", "reader@example.net", "quota@x.net")] == [
         "bounced", "active", "bounced", "complained", "unsubscribed", "unsubscribed", "active", "active"]
