@@ -1,7 +1,9 @@
-"""Benchmark: sending an issue to N active subscribers in SQLite through the SendGrid
-backend, pointed at a minimal local sink (bench/sendgrid_sink.py).
+"""Benchmark: sending an issue to N active subscribers through the SendGrid backend,
+pointed at a minimal local sink (bench/sendgrid_sink.py), with the ledger on SQLite or
+(``--postgres URL``) PostgreSQL.
 
     python bench/bench_send.py [--subscribers 1000000] [--also 100000] [--single 3000]
+    python bench/bench_send.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
 
 Each send runs as a real `newsletter send` process (so its peak memory is its own, read
 from the kernel's ru_maxrss): wall time, recipients a second and peak memory, for N and
@@ -33,12 +35,15 @@ sys.path.insert(0, str(ROOT))
 from bench.sendgrid_sink import start_sink  # noqa: E402
 
 
-def make_project(folder: Path, subscribers: int, sink_url: str, batch_size: int) -> Path:
-    """A project folder with an approved issue and a database of active subscribers."""
+def make_project(folder: Path, subscribers: int, sink_url: str, batch_size: int,
+                 postgres: str | None = None) -> Path:
+    """A project folder with an approved issue and a database of active subscribers
+    (a SQLite file in the folder, or a fresh schema on the ``postgres`` server)."""
     for name in ("templates", "issues", "samples"):
         shutil.copytree(ROOT / name, folder / name)
     config = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-    config["database"] = {"url": f"sqlite:///{folder / 'bench.db'}"}
+    url = f"sqlite:///{folder / 'bench.db'}" if postgres is None else _fresh_schema(postgres)
+    config["database"] = {"url": url}
     config["delivery"].update(backend="sendgrid", concurrency=4, max_retries=2)
     config["delivery"]["sendgrid"].update(host=sink_url, batch_size=batch_size, timeout_seconds=30)
     path = folder / "config.yaml"
@@ -51,14 +56,57 @@ def make_project(folder: Path, subscribers: int, sink_url: str, batch_size: int)
 
     upgrade_database(load_settings(path))
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
-    with sqlite3.connect(folder / "bench.db") as db:
-        db.executemany(
-            "INSERT INTO subscribers (email, email_key, name, status, created_at, updated_at, source,"
-            " attributes, token) VALUES (?, ?, ?, 'active', ?, ?, 'bench', '{}', ?)",
-            ((f"reader{i}@example.net", f"reader{i}@example.net", f"Reader {i}", now, now,
-              secrets.token_urlsafe(24)) for i in range(subscribers)),
-        )
+    rows = ((f"reader{i}@example.net", f"reader{i}@example.net", f"Reader {i}", now, now,
+             secrets.token_urlsafe(24)) for i in range(subscribers))
+    columns = "email, email_key, name, created_at, updated_at, token"
+    if postgres is None:
+        with sqlite3.connect(folder / "bench.db") as db:
+            db.executemany(
+                f"INSERT INTO subscribers ({columns}, status, source, attributes)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'active', 'bench', '{}')", rows)
+        return path
+    import psycopg
+
+    with psycopg.connect(_libpq(url)) as conn, conn.cursor() as cur:
+        with cur.copy(f"COPY subscribers ({columns}, status, source, attributes) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((*row, "active", "bench", "{}"))
+        cur.execute("ANALYZE")
     return path
+
+
+_schemas: list[str] = []
+
+
+def _fresh_schema(server: str) -> str:
+    """A new schema on the PostgreSQL ``server`` (dropped at exit); its URL."""
+    import atexit
+
+    import psycopg
+
+    schema = f"bench_{secrets.token_hex(4)}"
+    with psycopg.connect(_libpq(server), autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    if not _schemas:
+        atexit.register(_drop_schemas, server)
+    _schemas.append(schema)
+    return f"{server}{'&' if '?' in server else '?'}options=-csearch_path%3D{schema}"
+
+
+def _drop_schemas(server: str) -> None:
+    import psycopg
+
+    with psycopg.connect(_libpq(server), autocommit=True) as conn:
+        for schema in _schemas:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _libpq(url: str) -> str:
+    """A SQLAlchemy URL as psycopg takes it."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def timed_send(config: Path) -> tuple[float, float]:
@@ -78,9 +126,9 @@ def timed_send(config: Path) -> tuple[float, float]:
     return wall, peak / 1024
 
 
-def run(subscribers: int, batch_size: int = 1000) -> tuple[float, float, dict[str, int]]:
+def run(subscribers: int, batch_size: int = 1000, postgres: str | None = None) -> tuple[float, float, dict[str, int]]:
     with tempfile.TemporaryDirectory() as tmp, start_sink() as sink:
-        config = make_project(Path(tmp), subscribers, sink.url, batch_size)
+        config = make_project(Path(tmp), subscribers, sink.url, batch_size, postgres)
         wall, peak = timed_send(config)
         return wall, peak, sink.stats()
 
@@ -90,11 +138,13 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     parser.add_argument("--also", type=int, default=100_000, help="a smaller list, for the memory ratio")
     parser.add_argument("--single", type=int, default=3000, help="recipients sent one request each")
+    parser.add_argument("--postgres", metavar="URL", help="the ledger on this PostgreSQL server (a fresh schema)")
     args = parser.parse_args()
+    print(f"ledger on {'PostgreSQL' if args.postgres else 'SQLite'}")
     # Smallest first: ru_maxrss of children is a running maximum.
     rows = []
     for n, batch in ((args.single, 1), (args.also, 1000), (args.subscribers, 1000)):
-        wall, peak, stats = run(n, batch)
+        wall, peak, stats = run(n, batch, args.postgres)
         assert stats["personalizations"] == n, stats
         rows.append((n, batch, wall, peak, stats["requests"]))
         print(f"{n:>9,} recipients, batch {batch:>4}: {wall:7.2f} s  {n / wall:>9,.0f}/s  "

@@ -180,12 +180,15 @@ class _Run:
                 if not skipped:
                     return
                 continue
+            closed = False
             try:
-                self._deliver(batch_id, claimed)
+                closed = self._deliver(batch_id, claimed)
             finally:
-                ledger.finish_batch(self.engine, batch_id)
+                if not closed:
+                    ledger.finish_batch(self.engine, batch_id)
 
-    def _deliver(self, batch_id: str, claimed: list[ledger.Claimed]) -> None:
+    def _deliver(self, batch_id: str, claimed: list[ledger.Claimed]) -> bool:
+        """Deliver one claimed batch; True when the batch was closed with its last write."""
         pub = self.settings.publication
         waiting = {c.key: Delivery(key=c.key, recipient=Recipient(
             email=c.email, name=c.name, unsubscribe_url=links.unsubscribe(pub, c.token))) for c in claimed}
@@ -198,23 +201,28 @@ class _Run:
             except AmbiguousDeliveryError as exc:
                 ledger.mark_ambiguous(self.engine, batch_id, list(waiting), str(exc))
                 self._ambiguous(batch_id, len(waiting), str(exc), whole=True)
-                return
+                return False
             except PermanentDeliveryError as exc:
                 ledger.release(self.engine, batch_id, waiting, str(exc))  # refused: nothing was delivered
                 self.halt(str(exc))
-                return
+                return False
             except DeliveryError as exc:
                 attempt += 1
                 if attempt > self.max_retries or self.stop.is_set():
                     ledger.release(self.engine, batch_id, waiting, str(exc))
                     self.halt(f"{exc} (gave up after {attempt} attempts; run the send again to resume)")
-                    return
+                    return False
                 delay = backoff(attempt, exc.retry_after, self.rng)
                 log.warning("batch %s: %s; retry %d/%d in %.1f s", batch_id, exc, attempt, self.max_retries, delay)
                 self.sleep(delay)
                 continue
             whole = len(result.sent) == len(waiting) and attempt == 0
-            ledger.mark_sent(self.engine, batch_id, None if whole else result.sent, result.message_id)
+            ledger.mark_sent(self.engine, batch_id, None if whole else result.sent, result.message_id, close=whole)
+            if whole:
+                with self.lock:
+                    self.ambiguous_streak = 0
+                self._advance(len(result.sent), len(result.sent))
+                return True
             ledger.mark_rejected(self.engine, batch_id, result.rejected)
             for reason, keys in _by_reason(result.ambiguous).items():
                 ledger.mark_ambiguous(self.engine, batch_id, keys, reason)
@@ -232,8 +240,9 @@ class _Run:
                 if attempt > self.max_retries or self.stop.is_set():
                     ledger.release(self.engine, batch_id, waiting, reason)
                     self.halt(f"{len(waiting)} recipients not accepted: {reason} (run the send again to resume)")
-                    return
+                    return False
                 self.sleep(backoff(attempt, None, self.rng))
+        return False
 
     def _ambiguous(self, batch_id: str, rows: int, reason: str, *, whole: bool) -> None:
         log.warning("batch %s: %d recipients ambiguous (not retried): %s", batch_id, rows, reason)

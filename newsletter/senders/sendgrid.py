@@ -1,6 +1,10 @@
 """The SendGrid backend: one ``POST /v3/mail/send`` per batch of up to 1000
 personalizations, the placeholders filled by SendGrid's ``substitutions``, and the
-HTTP outcome mapped onto DeliveryError / PermanentDeliveryError.
+outcome mapped onto the delivery errors by what it proves: a failure while connecting
+or sending (nothing arrived) or an HTTP error status -> DeliveryError (retry) or
+PermanentDeliveryError; anything after the request left without a status (a timeout,
+a reset, a broken answer) -> AmbiguousDeliveryError. Recipients the API cannot take are
+rejected one by one, never the whole batch.
 
 The API key is read from the environment variable named in config and goes nowhere but
 the Authorization header: not into messages, not into logs.
@@ -176,6 +180,11 @@ class SendgridSender(SenderBase):
                     rejected[remaining[index].key] = reason
                 remaining = [d for i, d in enumerate(remaining) if i not in refusal.reasons]
                 continue
+            except AmbiguousDeliveryError as exc:
+                if not rejected:
+                    raise
+                # Those refused were not in this request: only its recipients may have arrived.
+                return BatchResult(rejected=rejected, ambiguous={d.key: str(exc) for d in remaining})
             return BatchResult(sent=[d.key for d in remaining], rejected=rejected, message_id=message_id)
         raise PermanentDeliveryError(f"sendgrid: {self.host} kept refusing recipients of batch {batch.batch_id}")
 

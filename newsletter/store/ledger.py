@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, exists, func, insert, literal, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import SendError
@@ -265,17 +265,19 @@ def renew_leases(engine: Engine, owner: str, lease_seconds: float, now: dt.datet
         ).rowcount)
 
 
-def _open_rows(batch_id: str) -> list[object]:
+def _open_rows(batch_id: str) -> list[ColumnElement[bool]]:
     """Conditions for rows of ``batch_id`` its owner may still settle: in flight, or made
     ambiguous by another process that thought the owner dead (its answer settles them)."""
     return [deliveries.c.batch_id == batch_id, deliveries.c.state.in_(("in_flight", "ambiguous"))]
 
 
 def mark_sent(engine: Engine, batch_id: str, keys: Sequence[int] | None, message_id: str | None = None,
-              now: dt.datetime | None = None) -> None:
-    """Settle accepted rows of ``batch_id`` as sent; ``keys=None``: all of its open rows."""
-    values = {"state": "sent", "settled_at": now or utcnow(), "message_id": message_id, "error": None}
-    _update_rows(engine, batch_id, keys, values)
+              now: dt.datetime | None = None, *, close: bool = False) -> None:
+    """Settle accepted rows of ``batch_id`` as sent; ``keys=None``: all of its open rows.
+    ``close``: the batch is done too (one transaction instead of two: the common case)."""
+    now = now or utcnow()
+    values = {"state": "sent", "settled_at": now, "message_id": message_id, "error": None}
+    _update_rows(engine, batch_id, keys, values, close_at=now if close else None)
 
 
 def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: dt.datetime | None = None) -> None:
@@ -304,16 +306,18 @@ def release(engine: Engine, batch_id: str, keys: Iterable[int], error: str | Non
 
 
 def _update_rows(engine: Engine, batch_id: str, keys: Sequence[int] | None, values: dict[str, object],
-                 only: str | None = None) -> None:
+                 only: str | None = None, close_at: dt.datetime | None = None) -> None:
     if keys is not None and not keys:
         return
     where = ([deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id))
     with write_transaction(engine) as conn:
         if keys is None:
             conn.execute(update(deliveries).where(*where).values(**values))
-            return
-        for chunk in _chunks(list(keys), 900):
-            conn.execute(update(deliveries).where(deliveries.c.id.in_(chunk), *where).values(**values))
+        else:
+            for chunk in _chunks(list(keys), 900):
+                conn.execute(update(deliveries).where(deliveries.c.id.in_(chunk), *where).values(**values))
+        if close_at is not None:
+            _close_batch(conn, batch_id, close_at)
 
 
 def finish_batch(engine: Engine, batch_id: str, now: dt.datetime | None = None) -> None:
@@ -403,7 +407,7 @@ class Reconciled:
         return self.sent + self.rejected
 
 
-def _event_for(row_event: Iterable[str]) -> object:
+def _event_for(row_event: Iterable[str]) -> ColumnElement[bool]:
     """EXISTS: a webhook event of these types names this delivery row (by the delivery id
     in custom_args, or by batch and subscriber for events that carry no delivery id)."""
     e = webhook_events
@@ -431,11 +435,11 @@ def reconcile(engine: Engine, *, send_id: int | None = None, batch_ids: Sequence
         scope.append(deliveries.c.batch_id.in_(list(batch_ids)))
     with write_transaction(engine) as conn:
         rejected = conn.execute(
-            update(deliveries).where(*scope, _event_for([DROPPED_EVENT]))  # type: ignore[arg-type]
+            update(deliveries).where(*scope, _event_for([DROPPED_EVENT]))
             .values(state="rejected", settled_at=now, error="dropped by the provider (its event webhook said so)")
         ).rowcount
         sent = conn.execute(
-            update(deliveries).where(*scope, _event_for(ACCEPTED_EVENTS))  # type: ignore[arg-type]
+            update(deliveries).where(*scope, _event_for(ACCEPTED_EVENTS))
             .values(state="sent", settled_at=now, error=None)
         ).rowcount
     return Reconciled(sent=int(sent), rejected=int(rejected))

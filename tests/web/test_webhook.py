@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 
 from newsletter.config import Settings
 from newsletter.senders.memory import MemorySender
-from newsletter.store import events, subscribers
+from newsletter.store import events, ledger, subscribers
 from newsletter.store.subscribers import Subscriber
 from newsletter.store.tables import webhook_events
 from newsletter.web.app import create_app
@@ -180,3 +180,63 @@ def test_the_response_and_logs_hold_no_addresses(client: TestClient, engine: Eng
     assert "reader@example.net" not in response.text + caplog.text
     assert "event=webhook received=1 recorded=1" in caplog.text
     assert json.loads(response.text)["recorded"] == 1
+
+
+def _ambiguous_send(engine: Engine, addresses: list[str]) -> tuple[int, list[ledger.Claimed]]:
+    """A send whose one batch got no answer: its rows are ambiguous."""
+    for address in addresses:
+        subscribers.add(engine, address, status="active")
+    send, _ = ledger.start_send(engine, "2024-10-25", "subject", "hash")
+    claimed, _ = ledger.claim_batch(engine, send.id, len(addresses), "b-lost", owner="here:1:x", lease_seconds=60)
+    ledger.mark_ambiguous(engine, "b-lost", None, "no answer within 30 s")
+    ledger.finish_batch(engine, "b-lost")
+    return send.id, claimed
+
+
+def test_events_settle_the_ambiguous_rows_they_name(client: TestClient, engine: Engine,
+                                                    webhook_key: ec.EllipticCurvePrivateKey, clock: Clock) -> None:
+    send_id, claimed = _ambiguous_send(engine, ["a@x.net", "b@x.net", "c@x.net", "d@x.net"])
+    a, b, c, _d = claimed
+    body = event_body(
+        ev("r1", "processed", "a@x.net", newsletter_batch="b-lost", newsletter_delivery=str(a.key)),
+        ev("r2", "delivered", "a@x.net", newsletter_batch="b-lost", newsletter_delivery=str(a.key)),
+        ev("r3", "processed", "b@x.net", newsletter_batch="b-lost", newsletter_delivery=str(b.key)),
+        ev("r4", "dropped", "b@x.net", newsletter_batch="b-lost", newsletter_delivery=str(b.key),
+           reason="Bounced Address"),
+        # no delivery id (an older message): matched by batch and subscriber
+        ev("r5", "deferred", "c@x.net", newsletter_batch="b-lost"),
+        # an open for another batch proves nothing about this one
+        ev("r6", "open", "d@x.net", newsletter_batch="b-other"),
+    )
+    response = post(client, webhook_key, clock, body)
+    assert response.status_code == 200 and response.json()["reconciled"] == 3
+    states = _states(engine, send_id)
+    assert states == {"a@x.net": "sent", "b@x.net": "rejected", "c@x.net": "sent", "d@x.net": "ambiguous"}
+    # replayed events change nothing; a late event for the last row settles it
+    assert post(client, webhook_key, clock, body).json()["reconciled"] == 0
+    late = event_body(ev("r7", "delivered", "d@x.net", newsletter_batch="b-lost",
+                         newsletter_delivery=str(claimed[3].key)))
+    assert post(client, webhook_key, clock, late).json()["reconciled"] == 1
+    assert ledger.counts(engine, send_id).ambiguous == 0
+
+
+def test_events_never_touch_rows_that_are_not_ambiguous(client: TestClient, engine: Engine,
+                                                        webhook_key: ec.EllipticCurvePrivateKey,
+                                                        clock: Clock) -> None:
+    subscribers.add(engine, "live@x.net", status="active")
+    send, _ = ledger.start_send(engine, "2024-10-25", "subject", "hash")
+    [row], _ = ledger.claim_batch(engine, send.id, 1, "b-live", owner="here:1:x", lease_seconds=60)
+    body = event_body(ev("l1", "dropped", "live@x.net", newsletter_batch="b-live", newsletter_delivery=str(row.key)))
+    assert post(client, webhook_key, clock, body).json()["reconciled"] == 0
+    assert _states(engine, send.id) == {"live@x.net": "in_flight"}  # its owner settles it
+
+
+def _states(engine: Engine, send_id: int) -> dict[str, str]:
+    from newsletter.store.tables import deliveries
+    from newsletter.store.tables import subscribers as table
+
+    with engine.connect() as conn:
+        rows = conn.execute(select(table.c.email, deliveries.c.state)
+                            .select_from(deliveries.join(table, table.c.id == deliveries.c.subscriber_id))
+                            .where(deliveries.c.send_id == send_id)).all()
+    return {e: s for e, s in rows}
