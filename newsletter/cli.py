@@ -362,6 +362,18 @@ def schedule_command(
                       f"misfire grace {cfg.schedule.misfire_grace_minutes} min")
         for run_ in scheduling.next_runs(cfg):
             console.print(f"{run_.job:13} {run_.local:%a %Y-%m-%d %H:%M %Z}   {run_.utc:%Y-%m-%d %H:%M} UTC")
+        console.print(f"resume: every {cfg.schedule.resume_every} min, until {cfg.schedule.resume_deadline:g} h "
+                      "after a send's audience was frozen")
+        from newsletter import weekly
+
+        with _database() as engine:
+            unfinished = weekly.resumable(cfg, engine)
+        for u in unfinished:
+            until = f"{u.deadline.astimezone(zone):%a %Y-%m-%d %H:%M %Z}"
+            console.print(f"unfinished {escape(u.send.issue)}: {u.progress}; "
+                          + ("another process is sending it" if u.busy else f"resumed until {until}"))
+        if not unfinished:
+            console.print("no unfinished sends")
         return
     scheduling.run_scheduler(cfg)
 

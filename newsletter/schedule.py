@@ -1,7 +1,8 @@
 """APScheduler wiring for the weekly job: cron triggers at a local wall-clock time (DST
 handled by the trigger's time zone), the project's database as the job store so a
 restart keeps state, coalescing, one instance at a time, and a misfire grace window
-after which a missed run is dropped rather than sending a stale issue late.
+after which a missed run is dropped rather than sending a stale issue late. A permanent
+interval job resumes unfinished sends; the ledger is its state, so it needs no other.
 
 The jobs are module-level functions taking the config path, so the job store holds
 only a reference and a string; settings are read fresh at every run.
@@ -17,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter.config import Settings, WeeklyTime, load_settings
 
@@ -25,6 +28,12 @@ log = logging.getLogger(__name__)
 
 SEND_JOB = "weekly-send"
 DRAFT_JOB = "weekly-draft"
+RESUME_JOB = "weekly-resume"
+# The resume job fires at fixed multiples of its interval from this instant, so its run
+# times do not depend on when it was installed, and --status can tell them.
+RESUME_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+# How the resume job logs each outcome; the rest (refused, gave-up) are errors.
+RESUME_LEVELS = {"sent": logging.INFO, "busy": logging.INFO, "incomplete": logging.WARNING}
 JOBS_TABLE = "apscheduler_jobs"
 
 
@@ -47,9 +56,18 @@ def trigger(when: WeeklyTime, settings: Settings) -> CronTrigger:
                             timezone=settings.schedule_zone)
 
 
-def jobs(settings: Settings) -> dict[str, tuple[str, CronTrigger]]:
+def resume_trigger(settings: Settings) -> IntervalTrigger:
+    """Every ``schedule.resume_every`` minutes."""
+    return IntervalTrigger(minutes=settings.schedule.resume_every, start_date=RESUME_EPOCH,
+                           timezone=dt.timezone.utc)
+
+
+def jobs(settings: Settings) -> dict[str, tuple[str, BaseTrigger]]:
     """Job id -> (function reference, trigger) for the configured mode."""
-    found = {SEND_JOB: ("newsletter.schedule:scheduled_send", trigger(settings.schedule.send, settings))}
+    found: dict[str, tuple[str, BaseTrigger]] = {
+        SEND_JOB: ("newsletter.schedule:scheduled_send", trigger(settings.schedule.send, settings)),
+        RESUME_JOB: ("newsletter.schedule:scheduled_resume", resume_trigger(settings)),
+    }
     if settings.schedule.mode == "approve" and settings.schedule.draft is not None:
         found[DRAFT_JOB] = ("newsletter.schedule:scheduled_draft", trigger(settings.schedule.draft, settings))
     return found
@@ -63,17 +81,18 @@ class NextRun:
 
 
 def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3) -> list[NextRun]:
-    """The next ``count`` fire times of each job, soonest first."""
+    """The next ``count`` fire times of each weekly job and the next one of the resume
+    job, soonest first."""
     now = now or dt.datetime.now(dt.timezone.utc)
     runs: list[NextRun] = []
     for job_id, (_func, trig) in jobs(settings).items():
         previous = None
         at = now
-        for _ in range(count):
+        for _ in range(1 if job_id == RESUME_JOB else count):
             fire = trig.get_next_fire_time(previous, at)
             if fire is None:
                 break
-            runs.append(NextRun(job_id, fire, fire.astimezone(dt.timezone.utc)))
+            runs.append(NextRun(job_id, fire.astimezone(settings.schedule_zone), fire.astimezone(dt.timezone.utc)))
             previous = at = fire
     return sorted(runs, key=lambda r: r.utc)
 
@@ -161,6 +180,28 @@ def scheduled_draft(config_path: str) -> None:
     from newsletter import weekly
 
     _run_logged("draft", lambda: weekly.draft_week(load_settings(Path(config_path))))
+
+
+def scheduled_resume(config_path: str) -> None:
+    """The resume job (see ``weekly.resume_unfinished``): quiet when nothing is
+    unfinished; a failure is logged and the next run tries again."""
+    from newsletter import weekly
+    from newsletter.errors import NewsletterError
+    from newsletter.store.db import open_database
+
+    try:
+        settings = load_settings(Path(config_path))
+        engine = open_database(settings)
+        try:
+            reports = weekly.resume_unfinished(settings, engine)
+        finally:
+            engine.dispose()
+    except NewsletterError as exc:
+        log.error("weekly resume job failed: %s", exc)
+        return
+    for report in reports:
+        log.log(RESUME_LEVELS.get(report.outcome, logging.ERROR), "weekly resume job: %s: %s: %s",
+                report.issue, report.outcome, report.message)
 
 
 def _run_logged(what: str, call: Any) -> None:

@@ -203,14 +203,14 @@ class _Run:
                 self._ambiguous(batch_id, len(waiting), str(exc), whole=True)
                 return False
             except PermanentDeliveryError as exc:
+                self.halt(str(exc))  # first: no other worker of this run may take the rows back
                 ledger.release(self.engine, batch_id, waiting, str(exc))  # refused: nothing was delivered
-                self.halt(str(exc))
                 return False
             except DeliveryError as exc:
                 attempt += 1
                 if attempt > self.max_retries or self.stop.is_set():
-                    ledger.release(self.engine, batch_id, waiting, str(exc))
                     self.halt(f"{exc} (gave up after {attempt} attempts; run the send again to resume)")
+                    ledger.release(self.engine, batch_id, waiting, str(exc))
                     return False
                 delay = backoff(attempt, exc.retry_after, self.rng)
                 log.warning("batch %s: %s; retry %d/%d in %.1f s", batch_id, exc, attempt, self.max_retries, delay)
@@ -238,8 +238,8 @@ class _Run:
                 attempt += 1
                 reason = next(iter(result.retry.values()))
                 if attempt > self.max_retries or self.stop.is_set():
-                    ledger.release(self.engine, batch_id, waiting, reason)
                     self.halt(f"{len(waiting)} recipients not accepted: {reason} (run the send again to resume)")
+                    ledger.release(self.engine, batch_id, waiting, reason)
                     return False
                 self.sleep(backoff(attempt, None, self.rng))
         return False

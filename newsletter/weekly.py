@@ -4,6 +4,8 @@
 week's edition once, resumes an unfinished send instead of starting a new issue, and
 skips a week with nothing new. In ``approve`` mode ``draft_week`` gathers earlier and
 sends the editors a test; ``run_week`` then sends only an issue an editor approved.
+``resume_unfinished`` is the scheduler's resume job: it finishes sends left unsettled,
+under the same rules, until ``schedule.resume_deadline``, then tells the editors once.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from sqlalchemy import Engine
 
 from newsletter import issuefile, send
 from newsletter.config import WEEKDAYS, Settings
-from newsletter.errors import IssueFileError, NoRoundupError
+from newsletter.errors import IssueFileError, NewsletterError, NoRoundupError
 from newsletter.models import Issue, Recipient
 from newsletter.render import RenderedEmail
 from newsletter.senders.base import Batch, Delivery, Sender
+from newsletter.store import ledger
 
 if TYPE_CHECKING:
     import httpx
@@ -125,7 +128,8 @@ def run_week(
         message = f"{path}: sent to {summary.sent:,} subscribers ({summary.skipped:,} skipped, {summary.rejected:,} rejected)"
         return WeekReport(edition, "sent", message, path, summary, warnings)
     message = (f"{path}: {summary.unsent:,} recipients unsent ({summary.ambiguous:,} ambiguous)"
-               + (f": {summary.stopped}" if summary.stopped else "") + "; the next run resumes this send")
+               + (f": {summary.stopped}" if summary.stopped else "")
+               + f"; {_resume_note(settings, path, ledger.get_send(engine, summary.issue))}")
     return WeekReport(edition, "incomplete", message, path, summary, warnings)
 
 
@@ -178,5 +182,124 @@ def _notify(settings: Settings, sender: Sender | None, subject: str, message: st
         log.error("could not notify the editors: %s", exc)
 
 
+# --- resuming unfinished sends (the scheduler's resume job) --------------------------------
+
+ResumeOutcome = Literal["sent", "incomplete", "busy", "refused", "gave-up"]
 
 
+@dataclass(frozen=True)
+class Unfinished:
+    """A send with recipients still unsettled that the scheduler resumes until ``deadline``."""
+
+    send: ledger.Send
+    deadline: dt.datetime
+    counts: ledger.Counts
+    busy: bool  # a live process is sending it now
+
+    @property
+    def progress(self) -> str:
+        """E.g. "40 sent, 10 unsent (8 pending, 2 ambiguous, 0 in flight)"."""
+        return _counted(self.counts)
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    """What the resume job did with one unfinished send."""
+
+    issue: str
+    outcome: ResumeOutcome
+    message: str
+
+
+def resume_deadline(settings: Settings, send_: ledger.Send) -> dt.datetime:
+    """When the scheduler stops resuming ``send_``: ``schedule.resume_deadline`` hours after
+    its audience was frozen."""
+    return send_.created_at + dt.timedelta(hours=settings.schedule.resume_deadline)
+
+
+def resumable(settings: Settings, engine: Engine, now: dt.datetime | None = None) -> list[Unfinished]:
+    """Every unfinished send nobody gave up on, oldest first, with its deadline, its
+    ledger counts and whether a live process is sending it (``schedule --status``)."""
+    now = now or ledger.utcnow()
+    return [
+        Unfinished(send_, resume_deadline(settings, send_), ledger.counts(engine, send_.id),
+                   any(b.live(now) for b in ledger.batches(engine, send_.id, "in_flight")))
+        for send_ in ledger.unfinished_sends(engine)
+    ]
+
+
+def resume_unfinished(settings: Settings, engine: Engine, *, sender: Sender | None = None,
+                      now: dt.datetime | None = None) -> list[ResumeReport]:
+    """Resume each unfinished send (see ``resumable``) once, as the weekly run would send
+    it: pending recipients are sent (a draft only in auto mode; an issue changed since
+    the freeze is refused), ambiguous ones only settled from the provider's events. A
+    send a live process is working on is left to it. Past its deadline a send is given
+    up and the editors are told, once even with several schedulers on one database."""
+    now = now or ledger.utcnow()
+    return [_resume(settings, engine, unfinished, sender, now) for unfinished in resumable(settings, engine, now)]
+
+
+def _resume(settings: Settings, engine: Engine, unfinished: Unfinished, sender: Sender | None,
+            now: dt.datetime) -> ResumeReport:
+    issue = unfinished.send.issue
+    path = issuefile.path_for(settings.issues_dir, issue)
+    if unfinished.busy:
+        return ResumeReport(issue, "busy", f"{path}: another process is sending it")
+    overdue = now >= unfinished.deadline
+    note = _resume_note(settings, path, unfinished.send, now)
+    complete, stopped = False, None
+    try:
+        if overdue or not unfinished.counts.pending:
+            # nothing is sent: past the deadline it is too late, and ambiguous rows wait
+            # for the provider's events
+            complete = send.reconcile(settings, path, engine=engine, now=now).complete
+        else:
+            summary = send.send_issue(settings, path, engine=engine, sender=sender,
+                                      allow_draft=settings.schedule.mode == "auto")
+            complete, stopped = summary.complete, summary.stopped
+    except NewsletterError as exc:
+        if not overdue:
+            return ResumeReport(issue, "refused", f"{exc}; {note}")
+    if not complete and overdue:
+        return _give_up(settings, engine, unfinished, path, sender, now)
+    counted = _counted(ledger.counts(engine, unfinished.send.id))
+    if complete:
+        return ResumeReport(issue, "sent", f"{path}: resumed and finished: {counted}")
+    return ResumeReport(issue, "incomplete", f"{path}: {counted}" + (f": {stopped}" if stopped else "") + f"; {note}")
+
+
+def _give_up(settings: Settings, engine: Engine, unfinished: Unfinished, path: Path, sender: Sender | None,
+             now: dt.datetime) -> ResumeReport:
+    """Record the give-up; only the scheduler that recorded it tells the editors."""
+    issue = unfinished.send.issue
+    if not ledger.give_up(engine, unfinished.send.id, now):
+        return ResumeReport(issue, "busy", f"{path}: another scheduler gave up on it")
+    message = (f"{path}: the scheduler stopped resuming the send at {_local_time(settings, unfinished.deadline)}, "
+               f"{settings.schedule.resume_deadline:g} h after its audience was frozen, with "
+               f"{_counted(ledger.counts(engine, unfinished.send.id))}. See `newsletter send {path} --status`; "
+               f"`newsletter send {path} --reconcile` settles what the provider's events prove, "
+               f"`newsletter send {path}` sends the rest by hand.")
+    _notify(settings, sender, f"Not finished: {unfinished.send.subject}", message)
+    return ResumeReport(issue, "gave-up", message)
+
+
+def _counted(counts: ledger.Counts) -> str:
+    unsent = counts.pending + counts.ambiguous + counts.in_flight
+    return (f"{counts.sent:,} sent, {unsent:,} unsent ({counts.pending:,} pending, {counts.ambiguous:,} ambiguous, "
+            f"{counts.in_flight:,} in flight)")
+
+
+def _resume_note(settings: Settings, path: Path, send_: ledger.Send | None, now: dt.datetime | None = None) -> str:
+    """Who resumes an unfinished send, and until when."""
+    if send_ is None:  # stopped before its audience was frozen: the next run starts it
+        return "the next run starts it"
+    deadline = resume_deadline(settings, send_)
+    if send_.gave_up_at is not None or (now or ledger.utcnow()) >= deadline:
+        return (f"past its resume deadline ({_local_time(settings, deadline)}): "
+                f"`newsletter send {path}` resumes it by hand")
+    return (f"`newsletter schedule` resumes it every {settings.schedule.resume_every} min "
+            f"until {_local_time(settings, deadline)}")
+
+
+def _local_time(settings: Settings, when: dt.datetime) -> str:
+    return f"{when.astimezone(settings.schedule_zone):%a %Y-%m-%d %H:%M %Z}"

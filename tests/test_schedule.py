@@ -37,8 +37,9 @@ def _settings(write_config, **schedule_overrides) -> Settings:
 
 
 def _fires(settings: Settings, start: dt.datetime, count: int = 3) -> list[tuple[str, str]]:
+    """The weekly send's next fire times, local and UTC."""
     return [(r.local.strftime("%a %Y-%m-%d %H:%M %Z"), r.utc.strftime("%Y-%m-%d %H:%M"))
-            for r in schedule.next_runs(settings, start, count)]
+            for r in schedule.next_runs(settings, start, count) if r.job == schedule.SEND_JOB]
 
 
 def test_new_york_spring_forward(write_config) -> None:
@@ -80,8 +81,19 @@ def test_london_across_both_changes(write_config) -> None:
 
 def test_approve_mode_has_a_draft_job(write_config) -> None:
     settings = _settings(write_config, mode="approve", draft={"day": "thu", "time": "15:00"})
-    jobs = [r.job for r in schedule.next_runs(settings, dt.datetime(2024, 10, 21, tzinfo=UTC), 1)]
-    assert jobs == ["weekly-draft", "weekly-send"]
+    jobs = [r.job for r in schedule.next_runs(settings, dt.datetime(2024, 10, 21, 0, 1, tzinfo=UTC), 1)]
+    assert jobs == ["weekly-resume", "weekly-draft", "weekly-send"]
+
+
+def test_the_resume_job_runs_every_resume_every_minutes(write_config) -> None:
+    settings = _settings(write_config, resume_every=20)
+    runs = schedule.next_runs(settings, dt.datetime(2024, 10, 21, 9, 1, tzinfo=UTC), 3)
+    resume = [r for r in runs if r.job == schedule.RESUME_JOB]
+    assert [r.utc.strftime("%H:%M") for r in resume] == ["09:20"]  # the next one only
+    assert resume[0].local.strftime("%H:%M %Z") == "05:20 EDT"  # in the schedule's time zone
+    trigger = schedule.jobs(settings)[schedule.RESUME_JOB][1]
+    fire = trigger.get_next_fire_time(resume[0].utc, resume[0].utc)
+    assert fire is not None and fire - resume[0].utc == dt.timedelta(minutes=20)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -98,12 +110,16 @@ def test_invalid_schedule_is_a_clear_error(write_config, overrides, message) -> 
 
 
 def test_status_command_prints_local_and_utc(write_config, capsys) -> None:
-    path = write_config({"schedule": {"timezone": "Europe/London", "send": {"day": "mon", "time": "06:15"}}})
+    path = write_config({"schedule": {"timezone": "Europe/London", "send": {"day": "mon", "time": "06:15"}},
+                         "database": {"auto_upgrade": True}})
     assert main(["--config", str(path), "schedule", "--status"]) == 0
     out = capsys.readouterr().out
+    assert "resume: every 15 min, until 24 h after a send's audience was frozen" in out
+    assert "no unfinished sends" in out
     assert "time zone Europe/London" in out
     lines = [l for l in out.splitlines() if l.startswith("weekly-send")]
     assert len(lines) == 3 and all("Mon " in l and " 06:15 " in l and "UTC" in l for l in lines)
+    assert len([l for l in out.splitlines() if l.startswith("weekly-resume")]) == 1
 
 
 # --- the real scheduler -------------------------------------------------------------------
@@ -142,19 +158,24 @@ def test_jobs_survive_a_restart(settings: Settings, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     first = _scheduler(settings, db)
     first.start(paused=True)
-    assert schedule.install_jobs(first, settings) == ["added weekly-send"]
-    stored = first.get_job(schedule.SEND_JOB).next_run_time
+    assert schedule.install_jobs(first, settings) == ["added weekly-send", "added weekly-resume"]
+    stored = {job.id: job.next_run_time for job in first.get_jobs()}
     first.shutdown()
     second = _scheduler(settings, db)
     second.start(paused=True)
     try:
         assert schedule.install_jobs(second, settings) == []  # kept as it was
+        assert {job.id: job.next_run_time for job in second.get_jobs()} == stored
         job = second.get_job(schedule.SEND_JOB)
-        assert job.next_run_time == stored
         assert job.func_ref == "newsletter.schedule:scheduled_send"
         assert job.args == (str(settings.config_path.resolve()),)
         assert job.coalesce is True and job.max_instances == 1
         assert job.misfire_grace_time == 120 * 60
+        resume = second.get_job(schedule.RESUME_JOB)
+        assert resume.func_ref == "newsletter.schedule:scheduled_resume"
+        assert resume.args == job.args and resume.coalesce is True and resume.max_instances == 1
+        assert str(resume.trigger) == "interval[0:15:00]"
+        assert dt.timedelta(0) < resume.next_run_time - dt.datetime.now(UTC) <= dt.timedelta(minutes=15)
     finally:
         second.shutdown()
 
@@ -165,12 +186,14 @@ def test_a_changed_schedule_replaces_the_stored_job(settings: Settings, write_co
     first.start(paused=True)
     schedule.install_jobs(first, settings)
     first.shutdown()
-    changed = load_settings(write_config({"schedule": {"send": {"day": "sat", "time": "10:30"}}}), env={})
+    changed = load_settings(write_config({"schedule": {"send": {"day": "sat", "time": "10:30"}, "resume_every": 5}}),
+                            env={})
     second = _scheduler(changed, db)
     second.start(paused=True)
     try:
-        assert schedule.install_jobs(second, changed) == ["updated weekly-send"]
+        assert schedule.install_jobs(second, changed) == ["updated weekly-send", "updated weekly-resume"]
         assert second.get_job(schedule.SEND_JOB).next_run_time.strftime("%a %H:%M") == "Sat 10:30"
+        assert second.get_job(schedule.RESUME_JOB).next_run_time.minute % 5 == 0
     finally:
         second.shutdown()
 
@@ -260,8 +283,20 @@ def test_schedule_process_starts_and_stops_cleanly_on_sigterm(write_config, tmp_
     watchdog.cancel()
     output = "".join(lines) + rest
     assert proc.returncode == 0, output
-    assert "added weekly-send" in output and "scheduler stopped" in output
+    assert "added weekly-send" in output and "added weekly-resume" in output and "scheduler stopped" in output
     assert "Traceback" not in output
+
+
+def test_the_resume_job_logs_an_unreachable_database_and_carries_on(write_config, caplog) -> None:
+    import logging
+
+    config = write_config({"database": {"url": "postgresql+psycopg://nobody@127.0.0.1:1/none"}})
+    with caplog.at_level(logging.INFO, logger="newsletter.schedule"):
+        schedule.scheduled_resume(str(config))  # the next run, N minutes later, tries again
+    [record] = [r for r in caplog.records if r.name == "newsletter.schedule"]
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert record.getMessage().startswith(
+        "weekly resume job failed: cannot reach database postgresql+psycopg://nobody@127.0.0.1:1/none")
 
 
 def test_run_with_an_unreachable_database_is_one_clear_line(write_config, project: Path, capsys) -> None:

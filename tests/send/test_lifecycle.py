@@ -319,3 +319,13 @@ def _rejected(engine: Engine) -> dict[str, str]:
             select(subscribers.c.email, deliveries.c.error)
             .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
             .where(deliveries.c.state == "rejected"))}
+
+
+def test_a_permanent_error_stops_every_worker_of_the_run(db_settings, issue_path, engine) -> None:
+    add_subscribers(engine, 10)
+    settings = db_settings.model_copy(update={"delivery": db_settings.delivery.model_copy(update={"concurrency": 2})})
+    sender = MemorySender(max_batch_size=2, fail_on={1: PermanentDeliveryError("401 unauthorized")})
+    summary = _run(settings, issue_path, engine, sender)
+    assert summary.stopped == "401 unauthorized"
+    # the other worker may finish the batch it had already claimed, and no more
+    assert len(sender.delivered) <= 2 and summary.pending >= 8
