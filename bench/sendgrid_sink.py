@@ -1,6 +1,7 @@
 """A minimal, fast stand-in for api.sendgrid.com for benchmarks: ``POST /v3/mail/send``
 answers 202 with an ``X-Message-Id`` and counts requests, personalizations and bytes
-(``GET /stats``). It checks nothing: the test suite's server does the checking.
+(``GET /stats``); ``GET /v3/scopes`` (the sender's check before a send) grants
+``mail.send``. It checks nothing: the test suite's server does the checking.
 
     from bench.sendgrid_sink import start_sink
     with start_sink() as sink:          # its own process, on a free port
@@ -51,9 +52,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         sink = self.server
-        with sink.lock:
-            data = json.dumps({"requests": sink.requests, "personalizations": sink.personalizations,
-                               "bytes": sink.bytes}).encode()
+        if self.path == "/v3/scopes":
+            data = json.dumps({"scopes": ["mail.send"]}).encode()
+        else:
+            with sink.lock:
+                data = json.dumps({"requests": sink.requests, "personalizations": sink.personalizations,
+                                   "bytes": sink.bytes}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

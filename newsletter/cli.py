@@ -226,7 +226,12 @@ def _print_status(status: send_job_types.SendStatus) -> None:
     console.print(f"  sent {c.sent:,}, rejected {c.rejected:,}, skipped {c.skipped:,}, pending {c.pending:,}, "
                   f"in flight {c.in_flight:,}, ambiguous {c.ambiguous:,}")
     for b in status.in_flight:
-        lease = "live" if b.live(status.now) else "lease expired: its owner died"
+        from newsletter.store.ledger import owner_is_dead
+
+        if owner_is_dead(b.owner):
+            lease = "its process is gone: ambiguous at the next send or --reconcile"
+        else:
+            lease = "live" if b.live(status.now) else "lease expired: its owner died"
         console.print(f"  in flight: batch {b.batch_id}, {b.rows:,} recipients, for "
                       f"{_age(b.claimed_at, status.now)}, owner {escape(b.owner)} ({lease})")
     for b in status.ambiguous:

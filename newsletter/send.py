@@ -228,7 +228,7 @@ class _Run:
                 ledger.mark_ambiguous(self.engine, batch_id, keys, reason)
             if result.ambiguous:
                 self._ambiguous(batch_id, len(result.ambiguous), next(iter(result.ambiguous.values())),
-                                whole=not result.sent)
+                                whole=not result.sent, counted=True)
             elif result.sent:
                 with self.lock:
                     self.ambiguous_streak = 0
@@ -244,12 +244,14 @@ class _Run:
                 self.sleep(backoff(attempt, None, self.rng))
         return False
 
-    def _ambiguous(self, batch_id: str, rows: int, reason: str, *, whole: bool) -> None:
+    def _ambiguous(self, batch_id: str, rows: int, reason: str, *, whole: bool, counted: bool = False) -> None:
+        """Log ambiguous rows, count them for the progress bar unless ``counted``, and stop
+        the run after ``max_ambiguous_batches`` wholly ambiguous batches in a row."""
         log.warning("batch %s: %d recipients ambiguous (not retried): %s", batch_id, rows, reason)
         with self.lock:
             self.ambiguous_streak = self.ambiguous_streak + 1 if whole else 0
             streak = self.ambiguous_streak
-        if whole:
+        if not counted:
             self._advance(rows, 0)
         if streak >= self.max_ambiguous:
             self.halt(f"{streak} batches in a row may or may not have arrived ({reason}); stopped rather "
@@ -438,10 +440,12 @@ def _engine(settings: Settings, engine: Engine | None) -> Iterator[Engine]:
 def settle(settings: Settings, path: Path, as_state: str, *, batch_id: str | None = None,
            engine: Engine | None = None) -> int:
     """An operator settles a send's ambiguous rows (all, or one batch's) as ``sent`` or
-    ``pending`` (send them again). Rows a live process is sending are not touched."""
+    ``pending`` (send them again). Rows still in flight (a live process, or a dead one
+    whose batch was not reported yet) are not touched."""
     with _engine(settings, engine) as db:
         _issue, send = _existing_send(settings, path, db)
-        ledger.expire_dead_owners(db, send.id)
+        # Only rows already reported ambiguous: a dead process's batch that nobody has been
+        # shown yet (``--status``, ``--reconcile`` and every send report it) stays out.
         if batch_id is not None and not any(b.batch_id == batch_id for b in ledger.batches(db, send.id, "ambiguous")):
             raise SendError(f"{path}: no ambiguous recipients in batch {batch_id!r} "
                             "(see `newsletter send --status`)")

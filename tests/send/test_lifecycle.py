@@ -215,6 +215,9 @@ def test_settling_an_unknown_batch_is_a_clear_error(db_settings, issue_path, eng
     add_subscribers(engine, 2)
     sent, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
     claim_as_dead(engine, sent.id, 2, "dead-batch")
+    # not reported to anyone yet: settling touches nothing
+    assert send.settle(db_settings, issue_path, "sent", engine=engine) == 0
+    assert ledger.expire_dead_owners(engine, sent.id) == 2  # as the next send or --reconcile does
     with pytest.raises(SendError, match="no ambiguous recipients in batch 'nope'"):
         send.settle(db_settings, issue_path, "sent", batch_id="nope", engine=engine)
     assert send.settle(db_settings, issue_path, "sent", batch_id="dead-batch", engine=engine) == 2
