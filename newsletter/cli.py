@@ -225,9 +225,9 @@ def _print_status(status: send_job_types.SendStatus) -> None:
                   f"{send.created_at:%Y-%m-%d %H:%M} UTC, {finished}")
     console.print(f"  sent {c.sent:,}, rejected {c.rejected:,}, skipped {c.skipped:,}, pending {c.pending:,}, "
                   f"in flight {c.in_flight:,}, ambiguous {c.ambiguous:,}")
-    for b in status.in_flight:
-        from newsletter.store.ledger import owner_is_dead
+    from newsletter.store.ledger import owner_is_dead
 
+    for b in status.in_flight:
         if owner_is_dead(b.owner):
             lease = "its process is gone: ambiguous at the next send or --reconcile"
         else:
@@ -425,13 +425,10 @@ app.add_typer(subscribers_app, name="subscribers")
 @contextmanager
 def _database() -> Iterator[Engine]:
     """The configured database, checked (reachable, schema current), closed afterwards."""
-    from newsletter.store.db import open_database
+    from newsletter.store.db import database
 
-    engine = open_database(settings())
-    try:
+    with database(settings()) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 StatusOption = Annotated[

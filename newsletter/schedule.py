@@ -187,15 +187,12 @@ def scheduled_resume(config_path: str) -> None:
     unfinished; a failure is logged and the next run tries again."""
     from newsletter import weekly
     from newsletter.errors import NewsletterError
-    from newsletter.store.db import open_database
+    from newsletter.store.db import database
 
     try:
         settings = load_settings(Path(config_path))
-        engine = open_database(settings)
-        try:
+        with database(settings) as engine:
             reports = weekly.resume_unfinished(settings, engine)
-        finally:
-            engine.dispose()
     except NewsletterError as exc:
         log.error("weekly resume job failed: %s", exc)
         return

@@ -32,6 +32,7 @@ from newsletter.errors import AmbiguousDeliveryError, BuildError, DeliveryError,
 from newsletter.models import Issue, Recipient
 from newsletter.senders.base import Batch, Delivery, Sender
 from newsletter.store import ledger
+from newsletter.store.db import database
 
 log = logging.getLogger(__name__)
 
@@ -356,11 +357,17 @@ def send_issue(
     frozen (unless ``allow_changed``), and the sender works (``Sender.check``). The
     audience is frozen only then, and an empty one is refused unless ``allow_empty``.
     """
-    from newsletter.senders import sender_for
-    from newsletter.store.db import open_database
-
     issue = issuefile.load(path)
-    engine = engine or open_database(settings)
+    with database(settings, engine) as db:
+        return _send(settings, path, issue, db, sender, progress, allow_draft=allow_draft,
+                     allow_changed=allow_changed, allow_empty=allow_empty, sleep=sleep, rng=rng)
+
+
+def _send(settings: Settings, path: Path, issue: Issue, engine: Engine, sender: Sender | None,
+          progress: Progress | None, *, allow_draft: bool, allow_changed: bool, allow_empty: bool,
+          sleep: Callable[[float], object], rng: random.Random | None) -> SendSummary:
+    from newsletter.senders import sender_for
+
     existing = ledger.get_send(engine, issue.slug)
     if issue.status == "sent" and (existing is None or existing.finished_at is not None):
         summary = _summary(engine, existing, issue.slug) if existing else SendSummary(issue.slug, 0)
@@ -423,26 +430,12 @@ def _existing_send(settings: Settings, path: Path, engine: Engine) -> tuple[Issu
     return issue, send
 
 
-@contextmanager
-def _engine(settings: Settings, engine: Engine | None) -> Iterator[Engine]:
-    if engine is not None:
-        yield engine
-        return
-    from newsletter.store.db import open_database
-
-    own = open_database(settings)
-    try:
-        yield own
-    finally:
-        own.dispose()
-
-
 def settle(settings: Settings, path: Path, as_state: str, *, batch_id: str | None = None,
            engine: Engine | None = None) -> int:
     """An operator settles a send's ambiguous rows (all, or one batch's) as ``sent`` or
     ``pending`` (send them again). Rows still in flight (a live process, or a dead one
     whose batch was not reported yet) are not touched."""
-    with _engine(settings, engine) as db:
+    with database(settings, engine) as db:
         _issue, send = _existing_send(settings, path, db)
         # Only rows already reported ambiguous: a dead process's batch that nobody has been
         # shown yet (``--status``, ``--reconcile`` and every send report it) stays out.
@@ -476,7 +469,7 @@ def reconcile(settings: Settings, path: Path, *, engine: Engine | None = None,
     """Settle a send's ambiguous rows that the provider's events prove (see
     ``ledger.reconcile``); report the rest, split by ``delivery.ambiguous_grace``."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    with _engine(settings, engine) as db:
+    with database(settings, engine) as db:
         _issue, send = _existing_send(settings, path, db)
         ledger.expire_dead_owners(db, send.id, now)
         settled = ledger.reconcile(db, send_id=send.id, now=now)
@@ -509,7 +502,7 @@ def status(settings: Settings, path: Path, *, engine: Engine | None = None) -> S
     """Per-state counts, the batches in flight (age, owner, lease) and the ambiguous ones."""
     issue = issuefile.load(path)
     now = dt.datetime.now(dt.timezone.utc)
-    with _engine(settings, engine) as db:
+    with database(settings, engine) as db:
         send = ledger.get_send(db, issue.slug)
         if send is None:
             return SendStatus(issue.slug, issue.status, None, ledger.Counts(), [], [], now)

@@ -90,14 +90,11 @@ def run_week(
     progress: send.Progress | None = None,
 ) -> WeekReport:
     """Send this week's edition exactly once (see the module docstring)."""
-    from newsletter.store.db import open_database
+    from newsletter.store.db import database
 
-    if engine is None:
-        own = open_database(settings)  # an unreachable database fails before any work
-        try:
+    if engine is None:  # an unreachable database fails before any work
+        with database(settings) as own:
             return run_week(settings, as_of, engine=own, sender=sender, transport=transport, progress=progress)
-        finally:
-            own.dispose()
     when = as_of or dt.datetime.now(dt.timezone.utc)
     edition = edition_for_send(settings, when)
     path = issuefile.path_for(settings.issues_dir, edition.isoformat())
@@ -284,8 +281,7 @@ def _give_up(settings: Settings, engine: Engine, unfinished: Unfinished, path: P
 
 
 def _counted(counts: ledger.Counts) -> str:
-    unsent = counts.pending + counts.ambiguous + counts.in_flight
-    return (f"{counts.sent:,} sent, {unsent:,} unsent ({counts.pending:,} pending, {counts.ambiguous:,} ambiguous, "
+    return (f"{counts.sent:,} sent, {counts.unsent:,} unsent ({counts.pending:,} pending, {counts.ambiguous:,} ambiguous, "
             f"{counts.in_flight:,} in flight)")
 
 

@@ -280,6 +280,20 @@ def open_database(settings: Settings) -> Engine:
     return engine
 
 
+@contextmanager
+def database(settings: Settings, given: Engine | None = None) -> Iterator[Engine]:
+    """``given``, or the configured database opened now (``open_database``) and closed
+    afterwards: "close it if we opened it" in one place."""
+    if given is not None:
+        yield given
+        return
+    engine = open_database(settings)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 def upgrade_database(settings: Settings) -> Upgrade:
     """``newsletter db upgrade``: create or migrate the configured database."""
     url = database_url(settings)

@@ -83,11 +83,15 @@ class Counts:
 
     @property
     def total(self) -> int:
-        return self.pending + self.in_flight + self.ambiguous + self.sent + self.rejected + self.skipped
+        return self.unsent + self.sent + self.rejected + self.skipped
+
+    @property
+    def unsent(self) -> int:
+        return self.pending + self.in_flight + self.ambiguous
 
     @property
     def settled(self) -> bool:
-        return self.pending == 0 and self.in_flight == 0 and self.ambiguous == 0
+        return self.unsent == 0
 
 
 @dataclass(frozen=True)
