@@ -363,21 +363,17 @@ def sample_recipient(settings: Settings) -> Recipient:
     )
 
 
-def _html(value: str) -> str:
-    """HTML-escape ``value``; most addresses and names need none, and this runs per recipient."""
-    return html_lib.escape(value) if _NEEDS_ESCAPE.search(value) else value
-
-
 def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
     """``email``'s placeholder tokens -> values for one recipient (SendGrid's
     ``substitutions`` too)."""
     tokens, address, name = email.placeholders, recipient.email, recipient.name
+    needs_escape = _NEEDS_ESCAPE.search  # inlined: this runs for every recipient
     return {
         tokens["unsubscribe_url"]: recipient.unsubscribe_url,
         tokens["email"]: address,
-        tokens["email_html"]: _html(address),
+        tokens["email_html"]: html_lib.escape(address) if needs_escape(address) else address,
         tokens["name"]: name,
-        tokens["name_html"]: _html(name),
+        tokens["name_html"]: html_lib.escape(name) if needs_escape(name) else name,
     }
 
 

@@ -296,12 +296,11 @@ class _Run:
                     if self.stop.is_set():
                         return
                     ledger.expire_dead_owners(self.engine, self.send.id)
-                    counts = ledger.counts(self.engine, self.send.id)
-                    if counts.pending:
+                    if ledger.has_rows(self.engine, self.send.id, "pending"):
                         continue
-                    if not counts.in_flight:
+                    if not ledger.has_rows(self.engine, self.send.id, "in_flight"):
                         return
-                    log.info("waiting for %d recipients another process is sending", counts.in_flight)
+                    log.info("waiting for the batches another process is sending")
                     if self.stop.wait(OTHERS_POLL):
                         return
             except KeyboardInterrupt:

@@ -351,6 +351,15 @@ def counts(engine: Engine, send_id: int) -> Counts:
     return Counts(**{state: n for state, n in rows})
 
 
+def has_rows(engine: Engine, send_id: int, state: str) -> bool:
+    """Whether any row of the send is in ``state``: one index probe, where ``counts``
+    reads every row (a million at the end of a big send)."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(deliveries.c.id).where(deliveries.c.send_id == send_id, deliveries.c.state == state).limit(1)
+        ).first() is not None
+
+
 def batches(engine: Engine, send_id: int, state: str) -> list[BatchInfo]:
     """The batches of a send holding rows in delivery ``state`` (``in_flight`` or
     ``ambiguous``), oldest first, with their owner, lease and the rows' reason."""
