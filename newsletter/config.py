@@ -7,6 +7,7 @@ environment variables that hold them, and ``Settings.secret`` reads them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -252,8 +253,12 @@ class Delivery(Section):
 
 
 class PreviewAuth(Section):
-    """How the editors' preview is protected when it is not bound to 127.0.0.1."""
+    """Who may use the editors' preview. ``credentials`` (the default): every request
+    needs the token or the editors' password, whatever its Host or address. ``local``:
+    a server bound to loopback also lets in requests that come straight from this
+    machine with no forwarding headers (an editor's laptop; see web/security.py)."""
 
+    access: Literal["credentials", "local"] = "credentials"
     token_env: EnvName | None = "NEWSLETTER_PREVIEW_TOKEN"
     username: str | None = None
     password_env: EnvName | None = None
@@ -272,7 +277,29 @@ class Web(Section):
     preview: PreviewAuth = PreviewAuth()
     sendgrid_webhook: SendgridWebhook = SendgridWebhook()
     subscribe_rate_per_hour: int = Field(default=10, gt=0)  # sign-ups per client address
+    # confirmation emails to one address per confirmation_window_minutes
+    confirmations_per_address: int = Field(default=1, gt=0)
+    confirmation_window_minutes: int = Field(default=60, gt=0)
     max_form_bytes: int = Field(default=16_384, gt=0)
+    # reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto are believed
+    trusted_proxies: list[str] = []
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (list each proxy; no '*')") from None
+        return [entry.strip() for entry in value]
+
+    @model_validator(mode="after")
+    def _local_without_proxies(self) -> Web:
+        if self.preview.access == "local" and self.trusted_proxies:
+            raise ValueError("preview.access local is for a server no proxy forwards to; "
+                             "with trusted_proxies use access: credentials")
+        return self
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, text
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
@@ -39,10 +40,9 @@ def secret_key(settings: Settings) -> str:
 
 
 def editor_gate(settings: Settings) -> EditorGate:
-    """Open on loopback; otherwise the preview token or the editors' password."""
+    """The preview's credentials, read from the environment (never from the file); open
+    without them only in ``local`` mode on a loopback bind (see ``EditorGate``)."""
     auth = settings.web.preview
-    if is_loopback(settings.web.host):
-        return EditorGate(local=True)
 
     def optional(env: str | None, what: str) -> str | None:
         try:
@@ -50,7 +50,8 @@ def editor_gate(settings: Settings) -> EditorGate:
         except ConfigError:
             return None
 
-    return EditorGate(local=False, token=optional(auth.token_env, "the preview token"),
+    return EditorGate(open_locally=auth.access == "local" and is_loopback(settings.web.host),
+                      token=optional(auth.token_env, "the preview token"),
                       username=auth.username, password=optional(auth.password_env, "the preview password"))
 
 
@@ -105,4 +106,8 @@ def create_app(
     app.add_middleware(BodyLimit, default=settings.web.max_form_bytes,
                        limits={"/webhooks/": settings.web.sendgrid_webhook.max_body_bytes})
     app.add_middleware(RequestLog)
+    if settings.web.trusted_proxies:
+        # outermost: every layer sees the client the trusted proxy names, and a request
+        # from anywhere else keeps its own address whatever X-Forwarded-For claims
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.web.trusted_proxies))
     return app

@@ -19,7 +19,7 @@ from newsletter.store import events
 from newsletter.web.context import WebContext, context
 from newsletter.web.issues import find_issue, fingerprint, issue_path, sample_parts
 from newsletter.web.public import EMAIL_POLICY, check_csrf, csrf_pair, with_csrf_cookie
-from newsletter.web.security import CSRF_FIELD
+from newsletter.web.security import CSRF_FIELD, EditorRequest, is_forwarded
 
 log = logging.getLogger("newsletter.web")
 
@@ -30,7 +30,11 @@ POLL_MS = 500
 
 
 def require_editor(request: Request) -> None:
-    context(request).editors.check(request.headers.get("host", ""), request.headers.get("authorization"))
+    # ``local`` mode allows no trusted proxy, so when it matters this is the connection's own peer
+    peer = request.scope.get("client") or ("", 0)
+    context(request).editors.check(EditorRequest(
+        host=request.headers.get("host", ""), authorization=request.headers.get("authorization"),
+        peer=str(peer[0]), forwarded=is_forwarded(request.headers.keys())))
 
 
 router = APIRouter(prefix="/preview", dependencies=[Depends(require_editor)])

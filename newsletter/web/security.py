@@ -1,6 +1,6 @@
-"""The web app's defences: signed double-submit CSRF tokens, the per-address sign-up rate
-limiter (in memory: one process, reset on restart), and the gate in front of the editors'
-preview (open on loopback, a token or basic auth anywhere else).
+"""The web app's defences: signed double-submit CSRF tokens, the sign-up rate limiter (in
+memory: one process, reset on restart), and the gate in front of the editors' preview
+(a token or basic auth; open without them only in ``local`` mode, see ``EditorGate``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import hmac
 import ipaddress
 import secrets
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from newsletter.errors import NewsletterError
@@ -109,14 +110,43 @@ class RateLimiter:
             return None
 
 
+# Headers a proxy adds (nginx, Caddy, Apache, HAProxy, CDNs): a request carrying any of
+# them did not come straight from a browser on this machine.
+FORWARDING_HEADERS = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+                                "x-forwarded-port", "x-forwarded-server", "x-real-ip", "via",
+                                "true-client-ip", "cf-connecting-ip", "x-client-ip"})
+
+
+def is_forwarded(header_names: Iterable[str]) -> bool:
+    return any(name.lower() in FORWARDING_HEADERS for name in header_names)
+
+
+@dataclass(frozen=True)
+class EditorRequest:
+    """What the gate looks at: the Host header, the Authorization header, the address
+    the connection came from (before any proxy header is applied) and whether the
+    request carries forwarding headers."""
+
+    host: str
+    authorization: str | None
+    peer: str
+    forwarded: bool
+
+
 @dataclass(frozen=True)
 class EditorGate:
-    """Who may use the preview. ``local``: the server listens on loopback only, so the
-    preview is open to this machine (requests must name a loopback host, which stops
-    DNS-rebinding pages). Otherwise a bearer token, or basic auth with the configured
-    username and password (or any username and the token as password)."""
+    """Who may use the preview: whoever presents a bearer token, or basic auth with the
+    configured username and password (or any username and the token as password).
 
-    local: bool
+    Access is decided by those credentials, never by the Host header or the address
+    alone: a proxy on this machine makes every request look local. Only ``open_locally``
+    (``web.preview.access: local`` on a server bound to loopback, with no trusted proxy)
+    also lets in a request without credentials, and only one that comes from a loopback
+    address, names a loopback host (a DNS-rebinding page names its own) and carries no
+    forwarding header. A proxy that adds none (nginx's bare ``proxy_pass``) cannot be
+    told from a local browser: that is why ``local`` is not the default."""
+
+    open_locally: bool = False
     token: str | None = None
     username: str | None = None
     password: str | None = None
@@ -125,18 +155,20 @@ class EditorGate:
     def configured(self) -> bool:
         return bool(self.token or (self.username and self.password))
 
-    def check(self, host_header: str, authorization: str | None) -> None:
-        if self.local:
-            name = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
-            if not is_loopback(name):
-                raise Forbidden("the preview answers on localhost only")
+    def check(self, request: EditorRequest) -> None:
+        if request.authorization and self.configured and self._accepts(request.authorization):
+            return
+        if self.open_locally and self._local(request):
             return
         if not self.configured:
-            raise Forbidden("the preview is disabled: the server is reachable from other machines and "
-                            "no preview token or password is set in the environment")
-        if authorization and self._accepts(authorization):
-            return
+            raise Forbidden("the preview is disabled here: it needs the preview token or the editors' password, "
+                            "and neither is set in the server's environment")
         raise Unauthorized("the preview needs the preview token or the editors' password")
+
+    @staticmethod
+    def _local(request: EditorRequest) -> bool:
+        name = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+        return not request.forwarded and is_loopback(request.peer) and is_loopback(name)
 
     def _accepts(self, authorization: str) -> bool:
         scheme, _, value = authorization.partition(" ")
@@ -149,10 +181,11 @@ class EditorGate:
             user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return False
-        if self.token and _same(password, self.token):
-            return True
-        return bool(self.username and self.password) and _same(user, self.username or "") and _same(
+        # both comparisons always run: the time taken does not tell which one failed
+        by_token = bool(self.token) and _same(password, self.token or "")
+        by_password = bool(self.username and self.password) & _same(user, self.username or "") & _same(
             password, self.password or "")
+        return by_token or by_password
 
 
 def _same(given: str, expected: str) -> bool:

@@ -46,11 +46,15 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     settings = bound_settings(settings, host, port)
     app = create_app(settings, secret=server_secret(settings))
     web = settings.web
-    if not is_loopback(web.host) and not editor_gate(settings).configured:
-        log.warning("the editors' preview is disabled: the server is reachable from other machines and "
-                    "neither %s nor a preview password is set", web.preview.token_env or "a preview token")
+    gate = editor_gate(settings)
+    if not gate.configured:
+        log.warning("the editors' preview %s: neither %s nor a preview password is set",
+                    "is open to this machine only and needs them through a proxy" if gate.open_locally
+                    else "is disabled", web.preview.token_env or "a preview token")
     log.info("event=serving url=http://%s:%d public_url=%s", web.host if ":" not in web.host else f"[{web.host}]",
              web.port, settings.publication.public_url)
     # access_log off: uvicorn's would print full paths, tokens included; RequestLog logs instead.
+    # proxy_headers off: uvicorn would trust 127.0.0.1 (or $FORWARDED_ALLOW_IPS); the app
+    # applies web.trusted_proxies itself, the same in tests as here.
     uvicorn.run(app, host=web.host, port=web.port, access_log=False, log_config=None,
-                proxy_headers=True, server_header=False, lifespan="on")
+                proxy_headers=False, server_header=False, lifespan="on")

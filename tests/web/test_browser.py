@@ -1,5 +1,5 @@
 """End to end in Debian's Chromium (Playwright) against `newsletter serve` started as a
-subprocess on 127.0.0.1, on a temporary project with the outbox sender and a SQLite
+subprocess on 127.0.0.1 (tests/helpers/serve.py), on a temporary project with the outbox sender and a SQLite
 database made by `newsletter db upgrade`. Screenshots of the preview go to
 test-artifacts/. Skipped only when /usr/bin/chromium is missing outside CI."""
 
@@ -9,15 +9,12 @@ import email
 import email.policy
 import os
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-import httpx
 import pytest
 
 from newsletter import issuefile
@@ -30,7 +27,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SLUG = "2024-10-25"
-STARTUP_LIMIT = 30.0  # seconds; a deadline for the server to come up, not a measurement
+PREVIEW_TOKEN = "browser-preview-token-" + "p" * 20
 
 pytestmark = pytest.mark.browser
 if not CHROMIUM.exists() and not os.environ.get("CI"):
@@ -38,6 +35,7 @@ if not CHROMIUM.exists() and not os.environ.get("CI"):
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
 
+from tests.helpers.serve import clean_env, cli, serving  # noqa: E402
 from tests.senders.conftest import free_port  # noqa: E402
 
 
@@ -49,10 +47,7 @@ class Server:
     env: dict[str, str]
 
     def cli(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(self.config), *args],
-                              env=self.env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
+        return cli(self.config, self.env, *args)
 
     def status_of(self, address: str) -> str:
         engine = create_store_engine(f"sqlite:///{self.project / 'newsletter.db'}")
@@ -68,7 +63,7 @@ class Server:
         return self.project / "issues" / f"{SLUG}.yaml"
 
 
-def wait_for(condition: Callable[[], object], what: str, limit: float = STARTUP_LIMIT) -> object:
+def wait_for(condition: Callable[[], object], what: str, limit: float = 10.0) -> object:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         found = condition()
@@ -85,32 +80,14 @@ def server(project: Path, write_config: Callable[..., Path], tmp_path: Path) -> 
                            "database": {"url": "sqlite:///newsletter.db"},
                            "delivery": {"backend": "outbox", "outbox": {"dir": "outbox"},
                                         "test_recipients": ["editors@news.example.org"]}})
-    env = {k: v for k, v in os.environ.items() if k not in ("NEWSLETTER_CONFIG", "NEWSLETTER_DATABASE_URL")}
-    env["NEWSLETTER_SECRET_KEY"] = "browser-test-secret-" + "s" * 32
-    running = Server(url=f"http://127.0.0.1:{port}", config=config, project=project, env=env)
-    running.cli("db", "upgrade")
-    running.cli("subscribers", "add", "reader@example.net", "--name", "Ann Reader")
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config), "serve",
-                                "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=log)
-
-    def healthy() -> bool:
-        assert process.poll() is None, (tmp_path / "serve.log").read_text()
-        try:
-            return httpx.get(f"{running.url}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(healthy, "newsletter serve to answer /healthz")
-        yield running
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
-    served_log = (tmp_path / "serve.log").read_text()
-    assert "Traceback" not in served_log, served_log
-    assert env["NEWSLETTER_SECRET_KEY"] not in served_log
+    env = clean_env({"NEWSLETTER_SECRET_KEY": "browser-test-secret-" + "s" * 32,
+                     "NEWSLETTER_PREVIEW_TOKEN": PREVIEW_TOKEN})
+    cli(config, env, "db", "upgrade")
+    cli(config, env, "subscribers", "add", "reader@example.net", "--name", "Ann Reader")
+    with serving(config, env, tmp_path / "serve.log", port=port) as served:
+        yield Server(url=served.url, config=config, project=project, env=env)
+    served_log = served.log_text()
+    assert env["NEWSLETTER_SECRET_KEY"] not in served_log and PREVIEW_TOKEN not in served_log
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +100,18 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
+    """A visitor's browser."""
     context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    opened = context.new_page()
+    yield opened
+    context.close()
+
+
+@pytest.fixture
+def editor_page(browser: Browser) -> Iterator[Page]:
+    """An editor's browser: it answers the preview's basic-auth prompt with the token."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1000},
+                                  http_credentials={"username": "editor", "password": PREVIEW_TOKEN})
     opened = context.new_page()
     yield opened
     context.close()
@@ -140,7 +128,8 @@ def read_eml(path: Path) -> EmailMessage:
     return message
 
 
-def test_an_editor_previews_sends_a_test_and_approves(server: Server, page: Page) -> None:
+def test_an_editor_previews_sends_a_test_and_approves(server: Server, editor_page: Page) -> None:
+    page = editor_page
     page.goto(f"{server.url}/preview")
     subject = issuefile.load(server.issue_path).subject
     expect(page.locator(".status-draft")).to_have_count(1)
@@ -177,7 +166,8 @@ def test_an_editor_previews_sends_a_test_and_approves(server: Server, page: Page
     shot(page, "preview-approved.png")
 
 
-def test_the_preview_reloads_when_the_issue_file_changes(server: Server, page: Page) -> None:
+def test_the_preview_reloads_when_the_issue_file_changes(server: Server, editor_page: Page) -> None:
+    page = editor_page
     page.goto(f"{server.url}/preview/{SLUG}")
     expect(page.locator("h1")).not_to_have_text("Edited while open")
     issue = issuefile.load(server.issue_path)
