@@ -25,7 +25,7 @@ def confirmation_email(settings: Settings, confirm_url: str) -> RenderedEmail:
     days = CONFIRMATION_TTL.days
     text = (
         f"Please confirm your subscription to {pub.name}.\n\n"
-        f"Open this link to confirm:\n{confirm_url}\n\n"
+        f"Open this link and press the button on the page to confirm:\n{confirm_url}\n\n"
         f"If you did not sign up, ignore this email: you will not be subscribed, and we "
         f"forget the address in {days} days.\n\n"
         f"{pub.organisation}\n{pub.postal_address}\n"

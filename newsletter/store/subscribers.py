@@ -1,6 +1,6 @@
 """Subscriber records: add, find, unsubscribe, remove (erase and suppress), list, count,
-the double opt-in core (sign up, confirm, expire) and status changes from bounces and
-complaints. Each function is one short transaction on the engine it is given.
+the double opt-in core (sign up with its consent history and per-address limit, confirm,
+expire) and status changes from bounces and complaints. Each function is one short transaction on the engine it is given.
 """
 
 from __future__ import annotations
@@ -20,10 +20,15 @@ from sqlalchemy.exc import IntegrityError
 from newsletter.errors import SubscriberError
 from newsletter.store.addresses import check_address, key_for, suppression_hash
 from newsletter.store.db import insert_ignoring_conflicts, write_transaction
-from newsletter.store.tables import OPTED_OUT, STATUSES, subscribers, suppressions
+from newsletter.store.tables import OPTED_OUT, STATUSES, consents, subscribers, suppressions
 
 CONFIRMATION_TTL = dt.timedelta(days=3)
+# confirmation emails to one address: at most CONFIRMATIONS_PER_WINDOW per CONFIRMATION_WINDOW
+CONFIRMATIONS_PER_WINDOW = 1
+CONFIRMATION_WINDOW = dt.timedelta(hours=1)
 NAME_MAX = 200
+# Statuses a sign-up never emails: the address bounces, or its owner reported us as spam.
+NEVER_MAILED = frozenset({"bounced", "complained"})
 
 
 @dataclass(frozen=True)
@@ -54,11 +59,26 @@ class Subscriber:
 
 
 @dataclass(frozen=True)
-class SignUp:
-    """A web sign-up: ``confirmation_token`` is None when the address is already active."""
+class ConsentRecord:
+    """One web sign-up's consent, as kept in the history (``consents``)."""
 
-    subscriber: Subscriber
+    at: dt.datetime
+    ip: str | None
+    user_agent: str | None
+    form: str | None
+    name: str
+    expires_at: dt.datetime
+    confirmed_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class SignUp:
+    """A web sign-up. ``confirmation_token`` is set when a confirmation email is to be
+    sent; otherwise ``outcome`` says why not (the visitor is told the same either way)."""
+
+    subscriber: Subscriber | None
     confirmation_token: str | None = field(repr=False)
+    outcome: str = "mail"  # mail | active | never-mailed | suppressed | limited
 
 
 @dataclass(frozen=True)
@@ -364,61 +384,114 @@ def sign_up(
     name: str = "",
     source: str = "web",
     ttl: dt.timedelta = CONFIRMATION_TTL,
+    per_window: int = CONFIRMATIONS_PER_WINDOW,
+    window: dt.timedelta = CONFIRMATION_WINDOW,
     now: dt.datetime | None = None,
 ) -> SignUp:
     """A web sign-up: a pending subscriber with a confirmation token to email them.
 
-    An active address gets no token (tell the visitor the same thing either way, so the
-    form does not reveal who is subscribed). Someone who opted out or was removed may
-    sign up again: confirming is their fresh consent. Until then nothing changes for
-    them and they get no newsletter.
+    No token (so no email), and nothing changed, when the address is active, bounced or
+    complained, was erased at its owner's request (suppressed), or was sent
+    ``per_window`` confirmations in the last ``window`` (a form cannot be used to flood
+    someone's inbox). Tell the visitor the same thing in every case, so the form does
+    not reveal who is subscribed. Otherwise the sign-up is appended to the consent
+    history and gets a new link; an existing record keeps its name and first consent
+    until the link is followed. Someone who unsubscribed may sign up again: confirming
+    is their fresh consent, and until then nothing changes for them.
     """
     address = check_address(email)
     name = check_name(name)
     now = now or utcnow()
-    token = secrets.token_urlsafe(32)
-    pending = {
-        "confirmation_hash": confirmation_hash(token),
-        "confirmation_expires_at": now + ttl,
-        "updated_at": now,
-        **_consent_values(consent),
-    }
     with write_transaction(engine) as conn:
         existing = _by_key(conn, address.key)
+        if existing is None and _is_suppressed(conn, address.key):
+            return SignUp(None, None, "suppressed")
         if existing is not None and existing.status == "active":
-            return SignUp(existing, None)
+            return SignUp(existing, None, "active")
+        if existing is not None and existing.status in NEVER_MAILED:
+            return SignUp(existing, None, "never-mailed")
+        if existing is not None and _confirmations_since(conn, existing.id, now - window) >= per_window:
+            return SignUp(existing, None, "limited")
+        token = secrets.token_urlsafe(32)
+        pending = {"confirmation_hash": confirmation_hash(token), "confirmation_expires_at": now + ttl,
+                   "updated_at": now}
         if existing is not None:
-            values = dict(pending, name=name or existing.name)
-            conn.execute(update(subscribers).where(subscribers.c.id == existing.id).values(**values))
+            conn.execute(update(subscribers).where(subscribers.c.id == existing.id).values(**pending))
         else:
             conn.execute(
                 subscribers.insert().values(
                     email=address.email, email_key=address.key, name=name, status="pending",
-                    created_at=now, source=source, attributes={}, token=new_token(), **pending,
+                    created_at=now, source=source, attributes={}, token=new_token(),
+                    **pending, **_consent_values(consent),
                 )
             )
         found = _by_key(conn, address.key)
         assert found is not None
+        conn.execute(consents.insert().values(
+            subscriber_id=found.id, at=consent.at, ip=consent.ip,
+            user_agent=(consent.user_agent or "")[:500] or None, form=consent.form, name=name,
+            expires_at=now + ttl))
         return SignUp(found, token)
 
 
+def _confirmations_since(conn: Connection, subscriber_id: int, since: dt.datetime) -> int:
+    """Confirmation emails sent to this subscriber since ``since``: one per recorded sign-up."""
+    return int(conn.execute(
+        select(func.count()).select_from(consents)
+        .where(consents.c.subscriber_id == subscriber_id, consents.c.at > since)
+    ).scalar_one())
+
+
+def consent_history(engine: Engine, subscriber_id: int) -> list[ConsentRecord]:
+    """Every web sign-up's consent for this subscriber, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(consents).where(consents.c.subscriber_id == subscriber_id)
+                            .order_by(consents.c.at, consents.c.id)).all()
+    return [ConsentRecord(at=r.at, ip=r.ip, user_agent=r.user_agent, form=r.form, name=r.name,
+                          expires_at=r.expires_at, confirmed_at=r.confirmed_at) for r in rows]
+
+
+def _pending(conn: Connection, token: str, now: dt.datetime) -> Row[Any]:
+    """The subscriber a confirmation token belongs to, if it is valid now."""
+    found = conn.execute(
+        select(subscribers.c.id, subscribers.c.email, subscribers.c.email_key,
+               subscribers.c.confirmation_expires_at)
+        .where(subscribers.c.confirmation_hash == confirmation_hash(token))
+    ).first()
+    if found is None:
+        raise SubscriberError("this confirmation link is not valid, or was used already")
+    if found.confirmation_expires_at is None or found.confirmation_expires_at < now:
+        raise SubscriberError("this confirmation link has expired: please sign up again")
+    return found
+
+
+def confirmable(engine: Engine, token: str, *, now: dt.datetime | None = None) -> str:
+    """The address a valid confirmation token would confirm; changes nothing (the page a
+    link scanner may fetch)."""
+    with engine.connect() as conn:
+        return str(_pending(conn, token, now or utcnow()).email)
+
+
 def confirm(engine: Engine, token: str, *, now: dt.datetime | None = None) -> Subscriber:
-    """The confirmation link was followed: the subscriber becomes active."""
+    """The confirmation link was followed (and its button pressed): the subscriber
+    becomes active, with the name given at that sign-up if one was."""
     now = now or utcnow()
     with write_transaction(engine) as conn:
-        found = conn.execute(
-            select(subscribers.c.id, subscribers.c.email_key, subscribers.c.confirmation_expires_at)
-            .where(subscribers.c.confirmation_hash == confirmation_hash(token))
+        found = _pending(conn, token, now)
+        latest = conn.execute(
+            select(consents.c.id, consents.c.name).where(consents.c.subscriber_id == found.id)
+            .order_by(consents.c.id.desc()).limit(1)
         ).first()
-        if found is None:
-            raise SubscriberError("this confirmation link is not valid, or was used already")
-        if found.confirmation_expires_at is None or found.confirmation_expires_at < now:
-            raise SubscriberError("this confirmation link has expired: please sign up again")
+        values: dict[str, Any] = {}
+        if latest is not None:
+            conn.execute(update(consents).where(consents.c.id == latest.id).values(confirmed_at=now))
+            if latest.name:
+                values["name"] = latest.name
         conn.execute(
             update(subscribers)
             .where(subscribers.c.id == found.id)
             .values(status="active", confirmed_at=now, unsubscribed_at=None, updated_at=now,
-                    confirmation_hash=None, confirmation_expires_at=None)
+                    confirmation_hash=None, confirmation_expires_at=None, **values)
         )
         _unsuppress(conn, found.email_key)
         confirmed = _one(conn, subscribers.c.id == found.id)
@@ -426,10 +499,18 @@ def confirm(engine: Engine, token: str, *, now: dt.datetime | None = None) -> Su
         return confirmed
 
 
-def expire_pending(engine: Engine, *, now: dt.datetime | None = None) -> int:
+@dataclass(frozen=True)
+class Expired:
+    """What ``expire_pending`` forgot."""
+
+    subscribers: int  # pending sign-ups deleted, consent history and all
+    consents: int  # unconfirmed sign-ups of other subscribers (e.g. a returning one)
+
+
+def expire_pending(engine: Engine, *, now: dt.datetime | None = None) -> Expired:
     """Forget sign-ups nobody confirmed in time: pending subscribers with an expired
-    token are deleted (their data was never consented to); other expired tokens are
-    cleared. Returns how many pending subscribers were deleted."""
+    token are deleted (their data was never consented to), as are the unconfirmed
+    sign-ups recorded for anyone else; other expired tokens are cleared."""
     now = now or utcnow()
     expired = subscribers.c.confirmation_expires_at < now
     with write_transaction(engine) as conn:
@@ -439,7 +520,10 @@ def expire_pending(engine: Engine, *, now: dt.datetime | None = None) -> int:
         conn.execute(
             update(subscribers).where(expired).values(confirmation_hash=None, confirmation_expires_at=None)
         )
-    return int(deleted)
+        forgotten = conn.execute(
+            delete(consents).where(consents.c.confirmed_at.is_(None), consents.c.expires_at < now)
+        ).rowcount
+    return Expired(subscribers=int(deleted), consents=int(forgotten))
 
 
 def mark_status(

@@ -1,4 +1,4 @@
-"""The database tables (SQLAlchemy Core): subscribers and suppressions, the send ledger
+"""The database tables (SQLAlchemy Core): subscribers, their consents and suppressions, the send ledger
 (sends, deliveries, send_batches) and the SendGrid webhook's events.
 
 The Alembic migrations in ``newsletter/migrations`` create exactly these; a test compares
@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -102,6 +103,27 @@ subscribers = Table(
         sqlite_where=text("confirmation_hash IS NOT NULL"),
         postgresql_where=text("confirmation_hash IS NOT NULL"),
     ),
+)
+
+# Every web sign-up's consent, in order (GDPR art. 7(1)): the subscriber's consent_*
+# columns keep the first one and a later sign-up never overwrites them. A row is
+# confirmed when its emailed link is followed; one never confirmed is forgotten when its
+# link expires. Erasing a subscriber erases these rows with it.
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="CASCADE",
+                                           name="fk_consents_subscriber_id_subscribers"), nullable=False),
+    Column("at", UtcDateTime(), nullable=False),
+    Column("ip", String(45)),
+    Column("user_agent", String(500)),
+    Column("form", String(200)),
+    Column("name", String(200), nullable=False, server_default=""),  # as typed; applied on confirmation
+    Column("expires_at", UtcDateTime(), nullable=False),  # when its confirmation link expires
+    Column("confirmed_at", UtcDateTime()),
+    Index("ix_consents_subscriber_id_at", "subscriber_id", "at"),
+    Index("ix_consents_expires_at", "expires_at"),
 )
 
 suppressions = Table(

@@ -1,11 +1,13 @@
 """The public pages the emails link to: one-click unsubscribe (RFC 8058), the sign-up
-form with double opt-in, the confirmation link, and the archive of sent issues. Each
+form with double opt-in, the confirmation page (its button confirms, the link alone does
+not), and the archive of sent issues. Each
 route parses its input and calls the store or render; the answers reveal nothing about
 who is subscribed.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 from typing import Annotated
@@ -149,15 +151,37 @@ def subscribe(
         raise TooManyRequests("Too many sign-ups from your network. Please try again later.", wait)
     consent = subscribers.Consent(at=now, ip=_client(request)[:45],
                                   user_agent=request.headers.get("user-agent"), form=SUBSCRIBE_FORM)
-    signed = subscribers.sign_up(ctx.engine, check.email, consent=consent, name=name, now=now)
-    if signed.confirmation_token is not None:
+    web = ctx.settings.web
+    signed = subscribers.sign_up(ctx.engine, check.email, consent=consent, name=name, now=now,
+                                 per_window=web.confirmations_per_address,
+                                 window=dt.timedelta(minutes=web.confirmation_window_minutes))
+    if signed.confirmation_token is not None and signed.subscriber is not None:
         background.add_task(_send_confirmation, ctx, signed.subscriber, signed.confirmation_token)
+    else:  # the same answer: nothing tells the visitor which case this was
+        log.info("event=confirmation_not_sent reason=%s", signed.outcome)
     return ctx.page(request, "subscribe_sent.html")
 
 
-@router.get("/confirm/{token}", response_class=HTMLResponse, summary="Confirm a sign-up")
-def confirm(token: str, request: Request) -> Response:
+@router.get("/confirm/{token}", response_class=HTMLResponse, summary="The confirmation page")
+def confirm_page(token: str, request: Request) -> Response:
+    """What the emailed link opens: a button that confirms. The GET changes nothing, so a
+    mail scanner that follows every link subscribes nobody."""
     ctx = context(request)
+    try:
+        email = subscribers.confirmable(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
+    except SubscriberError as exc:
+        raise LinkNotValid(str(exc).capitalize() + ".") from None
+    cookie, csrf = csrf_pair(request, ctx)
+    page = ctx.page(request, "confirm.html", token=token, email=_masked(email), csrf_field=CSRF_FIELD,
+                    csrf_token=csrf)
+    return with_csrf_cookie(page, ctx, cookie)
+
+
+@router.post("/confirm/{token}", response_class=HTMLResponse, summary="Confirm a sign-up")
+def confirm(token: str, request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+    """The confirmation page's button (CSRF-protected, like every form of ours)."""
+    ctx = context(request)
+    check_csrf(request, ctx, csrf_token)
     try:
         subscribers.confirm(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
     except SubscriberError as exc:

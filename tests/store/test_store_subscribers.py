@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
 from newsletter.errors import SubscriberError
 from newsletter.store import subscribers
 from newsletter.store.subscribers import Consent
+from newsletter.store.tables import consents
 from newsletter.store.tables import subscribers as table
 from newsletter.store.tables import suppressions
 
@@ -179,9 +180,23 @@ def test_expired_confirmation(engine: Engine) -> None:
     with pytest.raises(SubscriberError, match="this confirmation link has expired: please sign up again"):
         subscribers.confirm(engine, signed.confirmation_token, now=later)
 
-    assert subscribers.expire_pending(engine, now=NOW) == 0  # not yet
-    assert subscribers.expire_pending(engine, now=later) == 1
+    assert subscribers.expire_pending(engine, now=NOW) == subscribers.Expired(0, 0)  # not yet
+    assert subscribers.expire_pending(engine, now=later) == subscribers.Expired(subscribers=1, consents=0)
     assert subscribers.get(engine, "late@example.org") is None  # never consented: forgotten
+    with engine.connect() as conn:  # its consent record went with it
+        assert conn.execute(select(func.count()).select_from(consents)).scalar_one() == 0
+
+
+def test_confirmable_changes_nothing(engine: Engine) -> None:
+    signed = subscribers.sign_up(engine, "Look@Example.org", consent=CONSENT, now=NOW)
+    assert signed.confirmation_token is not None
+    assert subscribers.confirmable(engine, signed.confirmation_token, now=NOW) == "Look@Example.org"
+    assert subscribers.confirmable(engine, signed.confirmation_token, now=NOW) == "Look@Example.org"
+    assert subscribers.get(engine, "look@example.org").status == "pending"  # type: ignore[union-attr]
+    with pytest.raises(SubscriberError, match="expired"):
+        subscribers.confirmable(engine, signed.confirmation_token, now=NOW + dt.timedelta(days=4))
+    with pytest.raises(SubscriberError, match="not valid"):
+        subscribers.confirmable(engine, "x" * 43, now=NOW)
 
 
 def test_sign_up_when_already_active_gives_no_token(engine: Engine) -> None:
@@ -191,34 +206,111 @@ def test_sign_up_when_already_active_gives_no_token(engine: Engine) -> None:
 
 
 def test_sign_up_again_after_unsubscribing(engine: Engine) -> None:
-    subscribers.add(engine, "ann@example.org")
+    subscribers.add(engine, "ann@example.org", name="Ann")
     subscribers.unsubscribe(engine, "ann@example.org")
-    signed = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, now=NOW)
-    assert signed.confirmation_token is not None
+    signed = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, name="Someone else", now=NOW)
+    assert signed.confirmation_token is not None and signed.subscriber is not None
     assert signed.subscriber.status == "unsubscribed"  # no mail until they confirm
+    assert signed.subscriber.name == "Ann"  # nor another name
 
     later = NOW + subscribers.CONFIRMATION_TTL * 2
-    assert subscribers.expire_pending(engine, now=later) == 0  # the old record stays
+    assert subscribers.expire_pending(engine, now=later) == subscribers.Expired(subscribers=0, consents=1)
     kept = subscribers.get(engine, "ann@example.org")
-    assert kept is not None and kept.status == "unsubscribed"
+    assert kept is not None and kept.status == "unsubscribed" and kept.name == "Ann"
+    assert subscribers.consent_history(engine, kept.id) == []  # the unconfirmed sign-up is forgotten
     with pytest.raises(SubscriberError, match="not valid"):
         subscribers.confirm(engine, signed.confirmation_token, now=later)
 
 
-def test_sign_up_of_a_removed_address_needs_confirmation(engine: Engine) -> None:
+@pytest.mark.parametrize("status", ["bounced", "complained"])
+def test_bounced_and_complained_addresses_are_never_mailed(engine: Engine, status: str) -> None:
+    added = subscribers.add(engine, "ann@example.org", name="Ann")
+    subscribers.mark_status(engine, added.id, status)
+    before = subscribers.get(engine, "ann@example.org")
+    signed = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, name="X", now=NOW)
+    assert (signed.confirmation_token, signed.outcome) == (None, "never-mailed")
+    assert subscribers.get(engine, "ann@example.org") == before
+    assert subscribers.consent_history(engine, added.id) == []
+
+
+def test_a_removed_address_is_not_mailed(engine: Engine) -> None:
+    """Erased at its owner's request: a form typed in by anyone must not mail it; the
+    owner comes back through an editor (`subscribers add --resubscribe`)."""
     subscribers.remove(engine, "ann@example.org")
     signed = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, now=NOW)
-    assert signed.confirmation_token is not None
+    assert (signed.subscriber, signed.confirmation_token, signed.outcome) == (None, None, "suppressed")
+    assert subscribers.get(engine, "ann@example.org") is None
     assert subscribers.is_suppressed(engine, "ann@example.org")
-    subscribers.confirm(engine, signed.confirmation_token, now=NOW)
-    assert not subscribers.is_suppressed(engine, "ann@example.org")
 
 
-def test_sign_up_twice_replaces_the_token(engine: Engine) -> None:
+def test_confirmations_are_limited_per_address(engine: Engine) -> None:
     first = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, now=NOW)
-    second = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, now=NOW)
-    assert first.confirmation_token and second.confirmation_token
-    with pytest.raises(SubscriberError, match="not valid"):
+    second = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, now=NOW + dt.timedelta(minutes=59))
+    assert first.confirmation_token and (second.confirmation_token, second.outcome) == (None, "limited")
+    assert subscribers.confirmable(engine, first.confirmation_token, now=NOW) == "ann@example.org"
+    third = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, now=NOW + dt.timedelta(minutes=61))
+    assert third.confirmation_token
+    with pytest.raises(SubscriberError, match="not valid"):  # a new link spends the old one
         subscribers.confirm(engine, first.confirmation_token, now=NOW)
-    assert subscribers.confirm(engine, second.confirmation_token, now=NOW).status == "active"
+    assert subscribers.confirm(engine, third.confirmation_token, now=NOW).status == "active"
     assert subscribers.count(engine) == 1
+    # a larger allowance, as web.confirmations_per_address sets it
+    for n in range(3):
+        signed = subscribers.sign_up(engine, "bob@example.org", consent=CONSENT, per_window=3,
+                                     window=dt.timedelta(minutes=10), now=NOW + dt.timedelta(minutes=n))
+        assert signed.confirmation_token
+    assert subscribers.sign_up(engine, "bob@example.org", consent=CONSENT, per_window=3,
+                               window=dt.timedelta(minutes=10), now=NOW + dt.timedelta(minutes=4)).outcome == "limited"
+
+
+def test_the_first_consent_is_kept_and_later_ones_appended(engine: Engine) -> None:
+    first = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, name="Ann", now=NOW)
+    assert first.confirmation_token
+    later = NOW + dt.timedelta(hours=2)
+    other = Consent(at=later, ip="198.51.100.9", user_agent="curl", form="web:/subscribe")
+    second = subscribers.sign_up(engine, "ann@example.org", consent=other, name="Mallory", now=later)
+    assert second.confirmation_token and second.subscriber is not None
+    assert (second.subscriber.consent, second.subscriber.name) == (CONSENT, "Ann")
+    history = subscribers.consent_history(engine, second.subscriber.id)
+    assert [(c.at, c.ip, c.name, c.confirmed_at) for c in history] == [
+        (NOW, CONSENT.ip, "Ann", None), (later, "198.51.100.9", "Mallory", None)]
+    confirmed = subscribers.confirm(engine, second.confirmation_token, now=later)
+    assert (confirmed.consent, confirmed.name) == (CONSENT, "Mallory")
+    assert [c.confirmed_at for c in subscribers.consent_history(engine, confirmed.id)] == [None, later]
+
+
+def test_erasing_a_subscriber_erases_their_consents(engine: Engine) -> None:
+    signed = subscribers.sign_up(engine, "ann@example.org", consent=CONSENT, now=NOW)
+    assert signed.confirmation_token and signed.subscriber is not None
+    subscribers.confirm(engine, signed.confirmation_token, now=NOW)
+    assert len(subscribers.consent_history(engine, signed.subscriber.id)) == 1
+    subscribers.remove(engine, "ann@example.org")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(consents)).scalar_one() == 0
+
+
+def test_migration_0005_copies_the_consents_already_recorded(blank_database_url: str) -> None:
+    from newsletter.store import db
+
+    engine = db.create_store_engine(blank_database_url)
+    try:
+        db.upgrade(engine, "0004")
+        with engine.begin() as conn:  # rows as the code before 0005 wrote them
+            conn.execute(table.insert().values(
+                email="ann@example.org", email_key="ann@example.org", name="Ann", status="active",
+                created_at=NOW, updated_at=NOW, confirmed_at=NOW, source="web", attributes={}, token="t" * 40,
+                consent_at=CONSENT.at, consent_ip=CONSENT.ip, consent_user_agent=CONSENT.user_agent,
+                consent_form=CONSENT.form))
+            conn.execute(table.insert().values(
+                email="bob@example.org", email_key="bob@example.org", name="", status="active",
+                created_at=NOW, updated_at=NOW, source="import", attributes={}, token="u" * 40))
+        db.upgrade(engine)
+        ann = subscribers.get(engine, "ann@example.org")
+        bob = subscribers.get(engine, "bob@example.org")
+        assert ann is not None and bob is not None
+        [record] = subscribers.consent_history(engine, ann.id)
+        assert (record.at, record.ip, record.user_agent, record.form, record.confirmed_at) == (
+            NOW, CONSENT.ip, CONSENT.user_agent, CONSENT.form, NOW)
+        assert subscribers.consent_history(engine, bob.id) == []
+    finally:
+        engine.dispose()

@@ -214,5 +214,8 @@ def test_a_visitor_signs_up_and_confirms(server: Server, page: Page) -> None:
     link = re.search(r"http://127\.0\.0\.1:\d+/confirm/[A-Za-z0-9_-]+", text)
     assert link
     page.goto(link.group(0))
+    expect(page.get_by_role("heading")).to_have_text("Confirm your subscription to Statecraft Review")
+    assert server.status_of("new.reader@example.org") == "pending"  # opening the link is not consent
+    page.get_by_role("button", name="Confirm my subscription").click()
     expect(page.locator("#result")).to_have_text("You are subscribed")
     assert server.status_of("new.reader@example.org") == "active"
