@@ -418,7 +418,7 @@ def serve(
 # --- database and subscribers (newsletter/store) -------------------------------------
 
 db_app = typer.Typer(help="Create, migrate and inspect the database.", no_args_is_help=True)
-subscribers_app = typer.Typer(help="The subscriber list: add, import, export, list, remove.", no_args_is_help=True)
+subscribers_app = typer.Typer(help="The subscriber list: add, import, export, list, remove, expire.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(subscribers_app, name="subscribers")
 
@@ -585,6 +585,17 @@ def subscribers_remove(
     with _database() as engine:
         erased = subscribers.remove(engine, email)
     console.print(f"{'erased' if erased else 'not on the list; suppressed'} {escape(email)}")
+
+
+@subscribers_app.command("expire")
+def subscribers_expire() -> None:
+    """Forget sign-ups nobody confirmed within three days (the scheduler does it daily)."""
+    from newsletter.store import subscribers
+
+    with _database() as engine:
+        done = subscribers.expire_pending(engine)
+    console.print(f"forgot {done.subscribers:,} unconfirmed sign-ups, and {done.consents:,} unconfirmed "
+                  "sign-ups of people already on the list")
 
 
 def _interrupt(signum: int, frame: object) -> None:

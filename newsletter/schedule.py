@@ -2,7 +2,8 @@
 handled by the trigger's time zone), the project's database as the job store so a
 restart keeps state, coalescing, one instance at a time, and a misfire grace window
 after which a missed run is dropped rather than sending a stale issue late. A permanent
-interval job resumes unfinished sends; the ledger is its state, so it needs no other.
+interval job resumes unfinished sends; the ledger is its state, so it needs no other. A
+daily job forgets sign-ups nobody confirmed in time.
 
 The jobs are module-level functions taking the config path, so the job store holds
 only a reference and a string; settings are read fresh at every run.
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 SEND_JOB = "weekly-send"
 DRAFT_JOB = "weekly-draft"
 RESUME_JOB = "weekly-resume"
+EXPIRE_JOB = "daily-expire"
+EXPIRE_AT = (3, 30)  # local time of the daily job that forgets unconfirmed sign-ups
 # The resume job fires at fixed multiples of its interval from this instant, so its run
 # times do not depend on when it was installed, and --status can tell them.
 RESUME_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
@@ -62,11 +65,17 @@ def resume_trigger(settings: Settings) -> IntervalTrigger:
                            timezone=dt.timezone.utc)
 
 
+def expire_trigger(settings: Settings) -> CronTrigger:
+    """Every day at EXPIRE_AT, local time."""
+    return WallClockTrigger(hour=EXPIRE_AT[0], minute=EXPIRE_AT[1], timezone=settings.schedule_zone)
+
+
 def jobs(settings: Settings) -> dict[str, tuple[str, BaseTrigger]]:
     """Job id -> (function reference, trigger) for the configured mode."""
     found: dict[str, tuple[str, BaseTrigger]] = {
         SEND_JOB: ("newsletter.schedule:scheduled_send", trigger(settings.schedule.send, settings)),
         RESUME_JOB: ("newsletter.schedule:scheduled_resume", resume_trigger(settings)),
+        EXPIRE_JOB: ("newsletter.schedule:scheduled_expire", expire_trigger(settings)),
     }
     if settings.schedule.mode == "approve" and settings.schedule.draft is not None:
         found[DRAFT_JOB] = ("newsletter.schedule:scheduled_draft", trigger(settings.schedule.draft, settings))
@@ -82,13 +91,13 @@ class NextRun:
 
 def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3) -> list[NextRun]:
     """The next ``count`` fire times of each weekly job and the next one of the resume
-    job, soonest first."""
+    and expire jobs, soonest first."""
     now = now or dt.datetime.now(dt.timezone.utc)
     runs: list[NextRun] = []
     for job_id, (_func, trig) in jobs(settings).items():
         previous = None
         at = now
-        for _ in range(1 if job_id == RESUME_JOB else count):
+        for _ in range(1 if job_id in (RESUME_JOB, EXPIRE_JOB) else count):
             fire = trig.get_next_fire_time(previous, at)
             if fire is None:
                 break
@@ -199,6 +208,23 @@ def scheduled_resume(config_path: str) -> None:
     for report in reports:
         log.log(RESUME_LEVELS.get(report.outcome, logging.ERROR), "weekly resume job: %s: %s: %s",
                 report.issue, report.outcome, report.message)
+
+
+def scheduled_expire(config_path: str) -> None:
+    """The daily job: ``subscribers.expire_pending``; a failure is logged and tomorrow's
+    run tries again."""
+    from newsletter.errors import NewsletterError
+    from newsletter.store import subscribers
+    from newsletter.store.db import database
+
+    try:
+        with database(load_settings(Path(config_path))) as engine:
+            done = subscribers.expire_pending(engine)
+    except NewsletterError as exc:
+        log.error("daily expire job failed: %s", exc)
+        return
+    log.info("daily expire job: forgot %d unconfirmed sign-ups and %d unconfirmed sign-ups of people "
+             "already on the list", done.subscribers, done.consents)
 
 
 def _run_logged(what: str, call: Any) -> None:

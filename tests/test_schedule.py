@@ -82,7 +82,7 @@ def test_london_across_both_changes(write_config) -> None:
 def test_approve_mode_has_a_draft_job(write_config) -> None:
     settings = _settings(write_config, mode="approve", draft={"day": "thu", "time": "15:00"})
     jobs = [r.job for r in schedule.next_runs(settings, dt.datetime(2024, 10, 21, 0, 1, tzinfo=UTC), 1)]
-    assert jobs == ["weekly-resume", "weekly-draft", "weekly-send"]
+    assert jobs == ["weekly-resume", "daily-expire", "weekly-draft", "weekly-send"]
 
 
 def test_the_resume_job_runs_every_resume_every_minutes(write_config) -> None:
@@ -94,6 +94,56 @@ def test_the_resume_job_runs_every_resume_every_minutes(write_config) -> None:
     trigger = schedule.jobs(settings)[schedule.RESUME_JOB][1]
     fire = trigger.get_next_fire_time(resume[0].utc, resume[0].utc)
     assert fire is not None and fire - resume[0].utc == dt.timedelta(minutes=20)
+
+
+def test_the_expire_job_runs_daily_at_local_time(write_config) -> None:
+    settings = _settings(write_config)  # America/New_York; clocks fall back on Sun 2024-11-03
+    trig = schedule.jobs(settings)[schedule.EXPIRE_JOB][1]
+    fires, at = [], dt.datetime(2024, 11, 1, 12, 0, tzinfo=UTC)
+    previous = None
+    for _ in range(4):
+        fire = trig.get_next_fire_time(previous, at)
+        assert fire is not None
+        fires.append(fire.astimezone(settings.schedule_zone).strftime("%a %H:%M %Z"))
+        previous = at = fire
+    assert fires == ["Sat 03:30 EDT", "Sun 03:30 EST", "Mon 03:30 EST", "Tue 03:30 EST"]
+    runs = schedule.next_runs(settings, dt.datetime(2024, 11, 1, 12, 0, tzinfo=UTC), 3)
+    assert [r.job for r in runs].count(schedule.EXPIRE_JOB) == 1  # like the resume job: the next one
+
+
+def test_the_expire_job_forgets_unconfirmed_sign_ups(write_config, tmp_path: Path, caplog) -> None:
+    import logging
+
+    from newsletter.store import subscribers
+    from newsletter.store.db import create_store_engine, upgrade_database
+
+    url = f"sqlite:///{tmp_path / 'nl.db'}"
+    config = write_config({"database": {"url": url}})
+    upgrade_database(load_settings(config, env={}))
+    engine = create_store_engine(url)
+    try:
+        long_ago = dt.datetime(2024, 10, 1, tzinfo=UTC)
+        subscribers.sign_up(engine, "stale@example.org", consent=subscribers.Consent(at=long_ago), now=long_ago)
+        subscribers.sign_up(engine, "fresh@example.org", consent=subscribers.Consent(at=subscribers.utcnow()))
+        with caplog.at_level(logging.INFO, logger="newsletter.schedule"):
+            schedule.scheduled_expire(str(config))
+        assert subscribers.get(engine, "stale@example.org") is None
+        assert subscribers.get(engine, "fresh@example.org") is not None
+    finally:
+        engine.dispose()
+    assert [r.getMessage() for r in caplog.records if r.name == "newsletter.schedule"] == [
+        "daily expire job: forgot 1 unconfirmed sign-ups and 0 unconfirmed sign-ups of people already on the list"]
+
+
+def test_the_expire_job_logs_an_unreachable_database_and_carries_on(write_config, caplog) -> None:
+    import logging
+
+    config = write_config({"database": {"url": "postgresql+psycopg://nobody@127.0.0.1:1/none"}})
+    with caplog.at_level(logging.INFO, logger="newsletter.schedule"):
+        schedule.scheduled_expire(str(config))  # tomorrow's run tries again
+    [record] = [r for r in caplog.records if r.name == "newsletter.schedule"]
+    assert record.levelno == logging.ERROR and record.exc_info is None
+    assert record.getMessage().startswith("daily expire job failed: cannot reach database")
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -158,7 +208,7 @@ def test_jobs_survive_a_restart(settings: Settings, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     first = _scheduler(settings, db)
     first.start(paused=True)
-    assert schedule.install_jobs(first, settings) == ["added weekly-send", "added weekly-resume"]
+    assert schedule.install_jobs(first, settings) == ["added weekly-send", "added weekly-resume", "added daily-expire"]
     stored = {job.id: job.next_run_time for job in first.get_jobs()}
     first.shutdown()
     second = _scheduler(settings, db)
@@ -284,6 +334,7 @@ def test_schedule_process_starts_and_stops_cleanly_on_sigterm(write_config, tmp_
     output = "".join(lines) + rest
     assert proc.returncode == 0, output
     assert "added weekly-send" in output and "added weekly-resume" in output and "scheduler stopped" in output
+    assert "added daily-expire" in output
     assert "Traceback" not in output
 
 

@@ -51,7 +51,7 @@ def test_every_command_has_help_text() -> None:
 def test_subscribers_help(run: Callable[..., tuple[int, str, str]]) -> None:
     code, out, _ = run("subscribers", "--help")
     assert code == 0
-    for command in ("add", "import", "export", "list", "count", "stats", "unsubscribe", "remove"):
+    for command in ("add", "import", "export", "list", "count", "stats", "unsubscribe", "remove", "expire"):
         assert command in out
 
 
@@ -154,3 +154,22 @@ def test_unreachable_database(write_config: WriteConfig, capsys: pytest.CaptureF
 def test_bad_status_option(run: Callable[..., tuple[int, str, str]]) -> None:
     code, _, err = run("subscribers", "count", "--status", "gone")
     assert code == 1 and err.startswith("error: unknown status 'gone'")
+
+
+def test_expire_forgets_unconfirmed_sign_ups(run: Callable[..., tuple[int, str, str]], engine: Any) -> None:
+    import datetime as dt
+
+    from newsletter.store import subscribers
+
+    long_ago = dt.datetime(2024, 10, 1, tzinfo=dt.timezone.utc)
+    subscribers.sign_up(engine, "stale@example.org", consent=subscribers.Consent(at=long_ago), now=long_ago)
+    subscribers.sign_up(engine, "fresh@example.org", consent=subscribers.Consent(at=subscribers.utcnow()))
+    subscribers.add(engine, "ann@example.org")
+    subscribers.unsubscribe(engine, "ann@example.org")
+    subscribers.sign_up(engine, "ann@example.org", consent=subscribers.Consent(at=long_ago), now=long_ago)
+    assert run("subscribers", "expire") == (
+        0, "forgot 1 unconfirmed sign-ups, and 1 unconfirmed sign-ups of people already on the list\n", "")
+    assert subscribers.get(engine, "stale@example.org") is None
+    assert subscribers.get(engine, "fresh@example.org") is not None
+    assert subscribers.get(engine, "ann@example.org") is not None
+    assert run("subscribers", "expire")[1].startswith("forgot 0 unconfirmed sign-ups, and 0")
