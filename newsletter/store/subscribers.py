@@ -451,7 +451,14 @@ def consent_history(engine: Engine, subscriber_id: int) -> list[ConsentRecord]:
                           expires_at=r.expires_at, confirmed_at=r.confirmed_at) for r in rows]
 
 
-def _pending(conn: Connection, token: str, now: dt.datetime) -> Row[Any]:
+@dataclass(frozen=True)
+class _Confirmable:
+    id: int
+    email: str
+    email_key: str
+
+
+def _pending(conn: Connection, token: str, now: dt.datetime) -> _Confirmable:
     """The subscriber a confirmation token belongs to, if it is valid now."""
     found = conn.execute(
         select(subscribers.c.id, subscribers.c.email, subscribers.c.email_key,
@@ -462,14 +469,14 @@ def _pending(conn: Connection, token: str, now: dt.datetime) -> Row[Any]:
         raise SubscriberError("this confirmation link is not valid, or was used already")
     if found.confirmation_expires_at is None or found.confirmation_expires_at < now:
         raise SubscriberError("this confirmation link has expired: please sign up again")
-    return found
+    return _Confirmable(id=found.id, email=found.email, email_key=found.email_key)
 
 
 def confirmable(engine: Engine, token: str, *, now: dt.datetime | None = None) -> str:
     """The address a valid confirmation token would confirm; changes nothing (the page a
     link scanner may fetch)."""
     with engine.connect() as conn:
-        return str(_pending(conn, token, now or utcnow()).email)
+        return _pending(conn, token, now or utcnow()).email
 
 
 def confirm(engine: Engine, token: str, *, now: dt.datetime | None = None) -> Subscriber:

@@ -26,6 +26,7 @@ def test_public_routes_never_answer_5xx(app: FastAPI, engine: Engine) -> None:
     labels = sorted(op.label for op in operations)
     assert labels == sorted([
         "GET /archive", "GET /archive/{slug}", "GET /confirm/{token}", "GET /healthz", "GET /subscribe",
+        "POST /confirm/{token}",
         "GET /unsubscribe/{token}", "POST /subscribe", "POST /unsubscribe/{token}", "POST /webhooks/sendgrid"])
     seen: dict[str, set[int]] = {}
     for operation in operations:
