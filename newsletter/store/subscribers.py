@@ -1,6 +1,7 @@
 """Subscriber records: add, find, unsubscribe, remove (erase and suppress), list, count,
 the double opt-in core (sign up with its consent history and per-address limit, confirm,
-expire) and status changes from bounces and complaints. Each function is one short transaction on the engine it is given.
+expire) and status changes from bounces and complaints. Each function is one short
+transaction on the engine it is given.
 """
 
 from __future__ import annotations
@@ -402,9 +403,19 @@ def sign_up(
     address = check_address(email)
     name = check_name(name)
     now = now or utcnow()
+    try:
+        return _sign_up(engine, address.email, address.key, consent, name, source, ttl, per_window, window, now)
+    except IntegrityError:  # PostgreSQL: the same address signed up at the same moment; that one mails
+        return SignUp(None, None, "limited")
+
+
+def _sign_up(engine: Engine, email: str, key: str, consent: Consent, name: str, source: str,
+             ttl: dt.timedelta, per_window: int, window: dt.timedelta, now: dt.datetime) -> SignUp:
     with write_transaction(engine) as conn:
-        existing = _by_key(conn, address.key)
-        if existing is None and _is_suppressed(conn, address.key):
+        # locked: two sign-ups for one address at once count each other's emails
+        row = conn.execute(select(subscribers).where(subscribers.c.email_key == key).with_for_update()).first()
+        existing = None if row is None else from_row(row)
+        if existing is None and _is_suppressed(conn, key):
             return SignUp(None, None, "suppressed")
         if existing is not None and existing.status == "active":
             return SignUp(existing, None, "active")
@@ -420,12 +431,12 @@ def sign_up(
         else:
             conn.execute(
                 subscribers.insert().values(
-                    email=address.email, email_key=address.key, name=name, status="pending",
+                    email=email, email_key=key, name=name, status="pending",
                     created_at=now, source=source, attributes={}, token=new_token(),
                     **pending, **_consent_values(consent),
                 )
             )
-        found = _by_key(conn, address.key)
+        found = _by_key(conn, key)
         assert found is not None
         conn.execute(consents.insert().values(
             subscriber_id=found.id, at=consent.at, ip=consent.ip,

@@ -314,3 +314,29 @@ def test_migration_0005_copies_the_consents_already_recorded(blank_database_url:
         assert subscribers.consent_history(engine, bob.id) == []
     finally:
         engine.dispose()
+
+
+def test_sign_ups_for_one_address_at_the_same_moment_mail_once(engine: Engine) -> None:
+    """Another request's sign-up of the address is in flight (inserted, not committed):
+    this one waits for it and sends nothing, instead of a second email or a 500."""
+    import threading
+
+    from newsletter.store.db import write_transaction
+
+    results: list[subscribers.SignUp] = []
+    with write_transaction(engine) as conn:
+        conn.execute(table.insert().values(
+            email="race@example.org", email_key="race@example.org", name="", status="pending", created_at=NOW,
+            updated_at=NOW, source="web", attributes={}, token="r" * 40, confirmation_hash="h" * 64,
+            confirmation_expires_at=NOW + subscribers.CONFIRMATION_TTL))
+        row_id = conn.execute(select(table.c.id)).scalar_one()
+        conn.execute(consents.insert().values(subscriber_id=row_id, at=NOW, name="",
+                                              expires_at=NOW + subscribers.CONFIRMATION_TTL))
+        racer = threading.Thread(target=lambda: results.append(
+            subscribers.sign_up(engine, "race@example.org", consent=CONSENT, now=NOW)))
+        racer.start()
+        racer.join(0.5)  # on SQLite it waits for the write lock; on PostgreSQL for the row
+    racer.join(15)
+    [result] = results
+    assert (result.confirmation_token, result.outcome) == (None, "limited")
+    assert subscribers.count(engine) == 1
