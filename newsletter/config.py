@@ -277,9 +277,10 @@ class Web(Section):
     preview: PreviewAuth = PreviewAuth()
     sendgrid_webhook: SendgridWebhook = SendgridWebhook()
     subscribe_rate_per_hour: int = Field(default=10, gt=0)  # sign-ups per client address
-    # confirmation emails to one address per confirmation_window_minutes
+    # confirmation emails to one address per confirmation_window_minutes; the window is
+    # at most the links' three days (unconfirmed sign-ups are forgotten after that)
     confirmations_per_address: int = Field(default=1, gt=0)
-    confirmation_window_minutes: int = Field(default=60, gt=0)
+    confirmation_window_minutes: int = Field(default=60, gt=0, le=3 * 24 * 60)
     max_form_bytes: int = Field(default=16_384, gt=0)
     # reverse proxies (addresses or networks) whose X-Forwarded-For/-Proto are believed
     trusted_proxies: list[str] = []

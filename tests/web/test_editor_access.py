@@ -146,8 +146,9 @@ def test_local_mode_opens_only_direct_loopback_requests(make_client: Callable[..
     ({"trusted_proxies": ["*"]}, "'*' is not an IP address or network"),
     ({"trusted_proxies": ["nginx"]}, "'nginx' is not an IP address or network"),
     ({"preview": {"access": "open"}}, "web.preview.access"),
+    ({"confirmation_window_minutes": 3 * 24 * 60 + 1}, "web.confirmation_window_minutes"),
 ])
-def test_bad_access_settings_are_refused(write_config: Callable[..., Path], web: dict[str, Any],
+def test_bad_web_settings_are_refused(write_config: Callable[..., Path], web: dict[str, Any],
                                          message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings(write_config({"web": web}), env={})
