@@ -143,6 +143,7 @@ def test_an_editor_previews_sends_a_test_and_approves(server: Server, editor_pag
     page.get_by_role("link", name="Mobile", exact=True).click()
     expect(page).to_have_url(re.compile(r"view=mobile$"))
     expect(page.locator("#desktop-frame")).to_have_count(0)
+    page.wait_for_load_state("load")  # the URL changes before the stylesheet applies (the frame's border)
     box = page.locator("#mobile-frame").bounding_box()
     assert box is not None and box["width"] == 375
     mobile_body = page.frame_locator("#mobile-frame").locator("body")
