@@ -10,12 +10,15 @@ from __future__ import annotations
 import codecs
 import io
 import re
+import time
+import unicodedata
 import xml.sax
 from xml.parsers import expat
 from dataclasses import dataclass, field
 from typing import Any
 
 import feedparser
+from feedparser.datetimes.rfc822 import _parse_date_rfc822, months as english_months
 from defusedxml import DefusedXmlException, EntitiesForbidden
 from defusedxml.expatreader import DefusedExpatParser
 from lxml import etree
@@ -57,6 +60,41 @@ class ParsedFeed:
     entries: list[dict[str, Any]]
     raw: list[RawItem] = field(default_factory=list)  # aligned with entries, or empty
     forgiven: list[str] = field(default_factory=list)  # what was accepted anyway, for --verbose
+
+
+# RFC 822 dates written with another language's month names ("Seg, 24 Set 2018 10:00:00
+# -0300"): Portuguese, Spanish, French, German, Italian, Dutch; accents removed.
+_LOCAL_MONTHS = {
+    "ene": 1, "gen": 1, "fev": 2, "maa": 3, "mrt": 3, "abr": 4, "avr": 4, "mag": 5,
+    "mei": 5, "giu": 6, "juin": 6, "juil": 7, "lug": 7, "ago": 8, "aou": 8, "set": 9,
+    "out": 10, "okt": 10, "ott": 10, "dez": 12, "dic": 12, "mai": 5,
+}
+
+
+def _localized_rfc822(text: str) -> time.struct_time | None:
+    """feedparser date handler: an RFC 822 date whose month is not in English, translated
+    and handed to feedparser's own RFC 822 parser; None for anything else."""
+    parts = text.split()
+    if len(parts) < 3:
+        return None
+    if not parts[0][:1].isdigit():  # a weekday name, in whatever language
+        parts = parts[1:]
+    if len(parts) < 3 or not parts[0].isdigit():
+        return None
+    if parts[1].lower()[:3] in english_months:
+        return None  # feedparser's own handlers read English
+    word = unicodedata.normalize("NFKD", parts[1].lower().rstrip("."))
+    word = "".join(c for c in word if c.isascii() and c.isalpha())
+    month = (_LOCAL_MONTHS.get(word[:4]) or _LOCAL_MONTHS.get(word[:3])
+             or english_months.get(word[:3]))
+    if month is None:
+        return None
+    english = [parts[0], list(english_months)[month - 1], *parts[2:]]
+    parsed: time.struct_time | None = _parse_date_rfc822(" ".join(english))
+    return parsed
+
+
+feedparser.registerDateHandler(_localized_rfc822)
 
 
 class _RootReached(Exception):
