@@ -163,13 +163,14 @@ def parse_feed(fetched: FetchedFeed) -> ParsedFeed:
     body, forgiven = forgive_leading_space(fetched.body)
     refuse_entities(body, source)
     document = body
-    headers = {"content-type": fetched.content_type} if fetched.content_type else {}
+    content_type = _trusted_charset(body, fetched.content_type, forgiven)
+    headers = {"content-type": content_type} if content_type else {}
     # feedparser spends most of its time copying big bodies around; lxml lifts them out
     # first when the document is well-formed and its encoding is beyond doubt.
-    slim = _lift_bodies(body, fetched.content_type)
+    slim = _lift_bodies(body, content_type)
     if slim is not None:
         document, raw = slim
-        mime = (fetched.content_type or "application/xml").split(";", 1)[0].strip()
+        mime = (content_type or "application/xml").split(";", 1)[0].strip()
         headers = {"content-type": f"{mime}; charset=utf-8"}
     try:
         # A stream, not bytes: feedparser treats a bytes/str argument as a URL or path.
@@ -212,6 +213,40 @@ def _charset(content_type: str | None) -> str | None:
         if key.strip().lower() == "charset" and value.strip():
             return value.strip().strip('"')
     return None
+
+
+_XML_ENCODING = re.compile(rb"""^<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
+
+
+def _trusted_charset(body: bytes, content_type: str | None, notes: list[str]) -> str | None:
+    """``content_type`` with its charset replaced by the document's own when the HTTP
+    header is wrong: the bytes are valid UTF-8 as the document says (or implies by saying
+    nothing), or they decode as it declares and not as served. Otherwise feedparser's
+    rules stand."""
+    served = _charset(content_type)
+    if served is None or body.isascii() or body.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return content_type  # nothing to tell apart, or a BOM that decides
+    match = _XML_ENCODING.match(body.removeprefix(_UTF8_BOM))
+    declared = match.group(1).decode("ascii") if match else "utf-8"
+    if _same_codec(served, declared):
+        return content_type
+    if not _decodes(body, declared):
+        return content_type
+    # Non-ASCII that is valid UTF-8 is UTF-8 by every odds; otherwise trust the document
+    # only when the served charset cannot read the bytes at all.
+    if not _same_codec(declared, "utf-8") and _decodes(body, served):
+        return content_type
+    notes.append(f"served as charset {served} but written in {declared}: read as {declared}")
+    mime = (content_type or "").split(";", 1)[0].strip() or "application/xml"
+    return f"{mime}; charset={declared}"
+
+
+def _decodes(body: bytes, encoding: str) -> bool:
+    try:
+        body.decode(encoding)
+    except (LookupError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _same_codec(a: str, b: str) -> bool:
