@@ -299,9 +299,10 @@ def _entry(
     xml_base = str((entry.get("title_detail") or {}).get("base") or "")
     base = xml_base if _is_http(xml_base) else feed_base
     link = _canonical_link(entry)
-    if not link and entry.get("guidislink"):
-        link = str(entry.get("id") or "")
-    link = urljoin(base, link).replace(" ", "%20") if link else ""
+    # feedparser offers a permalink guid as the link: it is used only when absolute.
+    from_guid = bool(entry.get("guidislink")) and link == str(entry.get("id") or "").strip()
+    if link and not from_guid:
+        link = urljoin(base, link).replace(" ", "%20")
     if not title:
         return SkippedItem(f"item {len(link) and link or '(untitled)'}", "it has no title", categories)
     if not _is_http(link) or any(c.isspace() for c in link):

@@ -286,6 +286,10 @@ def _lift_bodies(body: bytes, content_type: str | None) -> tuple[bytes, list[Raw
             child.text = None
             break
         items.append(RawItem(guid, media_title, media_description, content, kind))
+        # feedparser files a media:description as the item's summary, pushing the real
+        # description aside; the image's description is kept above, for its alt text.
+        for node in list(element.iter(f"{{{MEDIA_NS}}}description")):
+            node.getparent().remove(node)
     slim = etree.tostring(root.getroottree(), encoding="utf-8", xml_declaration=True)
     return slim, items
 

@@ -4,7 +4,8 @@ cached, endless redirects, 1 GB bodies with and without a length, wrong charsets
 leading newline before ``<?xml`` and an entity DOCTYPE hidden behind a comment.
 
 Each case runs the real command in a child process and checks its exit code, its one-line
-message naming the URL, its wall time (under the deadline plus 2 s), its peak memory
+message naming the URL, its wall time from its first request to its exit (under the
+deadline plus 2 s), its peak memory
 (under 300 MB, from the child's own ``ru_maxrss``) and that the issue file already there
 is byte for byte what it was.
 """
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ start = time.monotonic()
 done = subprocess.run(sys.argv[1:], preexec_fn=cap, capture_output=True, text=True, timeout=60)
 print(json.dumps({
     "code": done.returncode, "out": done.stdout, "err": done.stderr,
-    "seconds": time.monotonic() - start,
+    "seconds": time.monotonic() - start, "ended_at": time.monotonic(),
     "max_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
 }))
 """
@@ -55,6 +57,7 @@ class Run:
     out: str
     err: str
     seconds: float
+    ended_at: float  # time.monotonic(), the same clock in every process on this machine
     max_rss_mb: float
 
 
@@ -72,6 +75,7 @@ class HostileServer:
         self.listener.settimeout(0.1)
         self.routes: dict[str, Behaviour] = {}
         self.requests: list[str] = []
+        self.first_request_at: float | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -104,6 +108,8 @@ class HostileServer:
                         return
                     head += data
                 path = head.split(b" ", 2)[1].decode("ascii")
+                if self.first_request_at is None:
+                    self.first_request_at = time.monotonic()
                 self.requests.append(path)
                 prefix = next((p for p in self.routes if path.startswith(p)), None)
                 if prefix is None:
@@ -231,17 +237,22 @@ def existing_issue(project: Path) -> tuple[Path, bytes]:
     return path, path.read_bytes()
 
 
-def assert_refused(run: Run, url: str, reason: str) -> None:
+def assert_refused(run: Run, server: HostileServer, url: str, reason: str) -> None:
     assert run.code == 1, run.err
     lines = run.err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.err, run.err
     assert lines[0].startswith(f"error: {url}: "), lines[0]
     assert reason in lines[0], lines[0]
-    assert_bounded(run)
+    assert_bounded(run, server)
 
 
-def assert_bounded(run: Run) -> None:
-    assert run.seconds < DEADLINE + 2, f"took {run.seconds:.1f} s"
+def assert_bounded(run: Run, server: HostileServer) -> None:
+    # From the first request to the exit: the deadline's part. Starting Python and
+    # importing take what a busy machine gives them, hence a looser bound on the whole.
+    assert server.first_request_at is not None
+    held = run.ended_at - server.first_request_at
+    assert held < DEADLINE + 2, f"held on {held:.1f} s after its request"
+    assert run.seconds < DEADLINE + 10, f"took {run.seconds:.1f} s in all"
     assert run.max_rss_mb < MAX_RSS_MB, f"peak {run.max_rss_mb:.0f} MB"
 
 
@@ -293,7 +304,7 @@ def test_a_hostile_round_up_feed_fails_fast_small_and_clean(
     url = hostile.add("/feed", make())
     path, before = existing_issue(project)
     run = gather(config(roundup=url), "--force")
-    assert_refused(run, url, reason)
+    assert_refused(run, hostile, url, reason)
     assert path.read_bytes() == before
     assert not list((project / "issues").glob(".*.tmp"))
 
@@ -302,7 +313,7 @@ def test_endless_redirects_stop_after_five(hostile: HostileServer, config: Calla
     url = hostile.add("/loop/", endless_redirects)
     path, before = existing_issue(project)
     run = gather(config(roundup=url), "--force")
-    assert_refused(run, url, "more than 5 redirects")
+    assert_refused(run, hostile, url, "more than 5 redirects")
     assert len(hostile.requests) == 6
     assert path.read_bytes() == before
 
@@ -310,7 +321,7 @@ def test_endless_redirects_stop_after_five(hostile: HostileServer, config: Calla
 def test_a_304_with_nothing_cached_asks_once(hostile: HostileServer, config: Callable[..., Path]) -> None:
     url = hostile.add("/feed", respond(b"", status=304))
     run = gather(config(roundup=url), "--force")
-    assert_refused(run, url, "304")
+    assert_refused(run, hostile, url, "304")
     assert hostile.requests == ["/feed"]
 
 
@@ -327,7 +338,7 @@ def test_a_stacked_gzip_teaser_feed_is_skipped_with_a_warning(
         "deflate is decoded); gathered without this teaser feed",
         "warning: no new teasers this week: the issue has the round-up only",
     ]
-    assert_bounded(run)
+    assert_bounded(run, hostile)
     assert out.is_file() and path.read_bytes() == before
 
 
@@ -344,7 +355,7 @@ def test_a_newline_before_the_xml_declaration_is_forgiven(
     assert run.code == 0, run.err
     assert f"note: {url}: 1 byte of whitespace before the XML declaration ignored" in run.err
     assert run.out.startswith(f"wrote {out} (round-up,")
-    assert_bounded(run)
+    assert_bounded(run, hostile)
 
 
 @pytest.mark.parametrize("served", ["application/rss+xml; charset=iso-8859-1", "text/xml; charset=us-ascii"])
@@ -357,7 +368,7 @@ def test_a_wrong_charset_header_does_not_garble_the_text(
     out = tmp_path / "draft.yaml"
     run = gather(config(roundup=url), "--out", str(out), "--verbose")
     assert run.code == 0, run.err
-    assert_bounded(run)
+    assert_bounded(run, hostile)
     charset = served.rsplit("=", 1)[1]
     assert f"note: {url}: served as charset {charset} but written in utf-8: read as utf-8" in run.err
     assert yaml.safe_load(out.read_text(encoding="utf-8"))["roundup"]["title"] == title
