@@ -68,10 +68,10 @@ def _is_http(url: str) -> bool:
 def is_tracking_image(url: str) -> bool:
     """Whether ``url`` is a share button, counter or beacon rather than a picture."""
     parts = urlsplit(html.unescape(url).strip())
-    host = (parts.hostname or "").lower()
-    if any(host == known or host.endswith("." + known) for known in TRACKING_IMAGE_HOSTS):
+    labels = (parts.hostname or "").lower().split(".")
+    if labels[0] in TRACKING_HOST_LABELS:
         return True
-    if host.split(".", 1)[0] in TRACKING_HOST_LABELS:
+    if any(".".join(labels[i:]) in TRACKING_IMAGE_HOSTS for i in range(len(labels) - 1)):
         return True
     return any(marker in parts.path for marker in TRACKING_IMAGE_PATHS)
 
