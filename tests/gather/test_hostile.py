@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
+import os
 import subprocess
 import sys
 import threading
@@ -70,7 +72,8 @@ Behaviour = Callable[[socket.socket, str, "HostileServer"], None]
 class HostileServer:
     """A raw TCP server: each path has a behaviour that writes whatever it likes."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.listener.settimeout(0.1)
         self.routes: dict[str, Behaviour] = {}
@@ -81,7 +84,8 @@ class HostileServer:
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}{path}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}{path}"
 
     def add(self, path: str, behaviour: Behaviour) -> str:
         self.routes[path] = behaviour
@@ -97,27 +101,32 @@ class HostileServer:
                 return
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
+    def _handle(self, raw: socket.socket) -> None:
+        conn = raw
+        try:
+            raw.settimeout(5)
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(raw, server_side=True)
             head = b""
-            try:
-                while b"\r\n\r\n" not in head and len(head) < 65536:
-                    data = conn.recv(4096)
-                    if not data:
-                        return
-                    head += data
-                path = head.split(b" ", 2)[1].decode("ascii")
-                if self.first_request_at is None:
-                    self.first_request_at = time.monotonic()
-                self.requests.append(path)
-                prefix = next((p for p in self.routes if path.startswith(p)), None)
-                if prefix is None:
-                    conn.sendall(_head(404, {"Content-Length": "0"}))
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                data = conn.recv(4096)
+                if not data:
                     return
-                self.routes[prefix](conn, path, self)
-            except OSError:
-                pass  # the client gave up: that is what most of these cases want
+                head += data
+            path = head.split(b" ", 2)[1].decode("ascii")
+            if self.first_request_at is None:
+                self.first_request_at = time.monotonic()
+            self.requests.append(path)
+            prefix = next((p for p in self.routes if path.startswith(p)), None)
+            if prefix is None:
+                conn.sendall(_head(404, {"Content-Length": "0"}))
+                return
+            self.routes[prefix](conn, path, self)
+        except OSError:
+            pass  # the client gave up: that is what most of these cases want
+        finally:
+            conn.close()
+            raw.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -223,10 +232,11 @@ def config(project: Path) -> Callable[..., Path]:
     return write
 
 
-def gather(config: Path, *args: str) -> Run:
+def gather(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:
     command = [str(NEWSLETTER), "--config", str(config), "gather", "--as-of", AS_OF, *args]
     done = subprocess.run(
-        [sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, timeout=90
+        [sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, timeout=90,
+        env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stderr
     return Run(**json.loads(done.stdout))
@@ -372,3 +382,83 @@ def test_a_wrong_charset_header_does_not_garble_the_text(
     charset = served.rsplit("=", 1)[1]
     assert f"note: {url}: served as charset {charset} but written in utf-8: read as utf-8" in run.err
     assert yaml.safe_load(out.read_text(encoding="utf-8"))["roundup"]["title"] == title
+
+
+# -- over TLS: the handshake and the encrypted stream are under the same deadline ------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    return cert_path, key_path
+
+
+@pytest.fixture
+def hostile_tls(certificate: tuple[Path, Path]) -> Iterator[HostileServer]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    server = HostileServer(tls=context)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "reason"),
+    [(respond(b"\n" + rss(rss_item("Diplomacy Watch: over TLS", "https://news.example.org/tls")).encode()), None),
+     (drip_headers, "timed out after 2 s"),
+     (drip_body, "timed out after 2 s")],
+    ids=["a good feed", "headers dripped", "body dripped"],
+)
+def test_over_https_the_same_deadline_holds(
+    behaviour: Behaviour, reason: str | None, hostile_tls: HostileServer,
+    config: Callable[..., Path], certificate: tuple[Path, Path], project: Path, tmp_path: Path,
+) -> None:
+    url = hostile_tls.add("/feed", behaviour)
+    out = tmp_path / "draft.yaml"
+    run = gather(config(roundup=url), "--out", str(out), env={"SSL_CERT_FILE": str(certificate[0])})
+    if reason is None:
+        assert run.code == 0, run.err
+        assert yaml.safe_load(out.read_text(encoding="utf-8"))["roundup"]["title"] == "Diplomacy Watch: over TLS"
+        assert_bounded(run, hostile_tls)
+    else:
+        assert_refused(run, hostile_tls, url, reason)
+        assert not out.exists()
+
+
+def test_a_server_that_never_finishes_the_tls_handshake(
+    hostile: HostileServer, config: Callable[..., Path], project: Path
+) -> None:
+    # A plain-TCP server on an https:// URL: it waits for a request the client never sends.
+    url = hostile.url("/feed").replace("http://", "https://")
+    path, before = existing_issue(project)
+    started = time.monotonic()
+    run = gather(config(roundup=url), "--force")
+    assert run.code == 1 and run.err.strip().startswith(f"error: {url}: "), run.err
+    assert "timed out after 2 s" in run.err
+    assert run.ended_at - started < DEADLINE + 10 and run.max_rss_mb < MAX_RSS_MB
+    assert path.read_bytes() == before
