@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from newsletter import issuefile
+from newsletter.cli import main
 from newsletter.config import Settings
 from newsletter.gather import write_draft
 from newsletter.store import db, export
@@ -62,3 +63,16 @@ def test_a_subscriber_export_follows_the_umask(tmp_path: Path, umask_027: None) 
     finally:
         engine.dispose()
     assert mode(path) == 0o640
+
+
+def test_an_import_rejects_file_follows_the_umask(
+    write_config: Callable[..., Path], fixtures_dir: Path, tmp_path: Path, umask_027: None,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    config = write_config({"database": {"url": f"sqlite:///{tmp_path / 'subscribers.db'}", "auto_upgrade": True}})
+    rejects = tmp_path / "rejects.csv"
+    sample = fixtures_dir / "subscribers" / "import-sample.csv"
+    main(["--config", str(config), "subscribers", "import", str(sample), "--rejects", str(rejects)])
+    capsys.readouterr()
+    assert rejects.read_text(encoding="utf-8").strip() and mode(rejects) == 0o640
