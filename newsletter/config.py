@@ -179,8 +179,8 @@ class TeaserSource(Section):
 
 
 class Fetching(Section):
-    timeout_seconds: float = Field(default=20.0, gt=0)
-    max_bytes: int = Field(default=10_000_000, gt=0)
+    timeout_seconds: float = Field(default=20.0, gt=0)  # the whole fetch: connect to last byte
+    max_bytes: int = Field(default=10_000_000, gt=0)  # decoded bytes, capped inside the decoder
     cache_dir: Path = Path(".cache/feeds")
     user_agent: str | None = None
 
