@@ -122,6 +122,7 @@ def gather(
     as_of: Annotated[Optional[str], typer.Option("--as-of", help="Gather as of this time, ISO 8601 (e.g. 2024-10-25T21:00:00Z; default: now).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Issue file to write (default: issues/<date>.yaml).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an issue that is approved, sent or edited since it was gathered.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also say what was forgiven in the feeds and which items were left out, and why.")] = False,
 ) -> None:
     """Gather this week's round-up and teasers from the feeds into a draft issue file."""
     from newsletter import gather as gathering
@@ -135,6 +136,8 @@ def gather(
     result = gathering.gather_issue(cfg, when)
     for message in result.warnings:
         warn(message)
+    for message in result.notes if verbose else []:
+        err_console.print(f"note: {escape(message)}", soft_wrap=True)
     path = gathering.write_draft(cfg, result.issue, out, force)
     issue = result.issue
     parts = (["round-up"] if issue.roundup else []) + [f"{len(issue.teasers)} teasers"]

@@ -114,6 +114,9 @@ class Templates(Section):
     dir: Path = Path("templates")
     roundup_body: Literal["full", "excerpt"] = "full"
     roundup_excerpt_words: int = Field(default=120, gt=0)
+    # Gather gives a teaser or the round-up no image narrower than this (where the feed or
+    # the HTML says the width): a 40 px avatar must not be stretched to 600 px.
+    min_image_width: int = Field(default=300, ge=0)
 
 
 class Output(Section):
@@ -177,8 +180,8 @@ class TeaserSource(Section):
 
 
 class Fetching(Section):
-    timeout_seconds: float = Field(default=20.0, gt=0)
-    max_bytes: int = Field(default=10_000_000, gt=0)
+    timeout_seconds: float = Field(default=20.0, gt=0)  # the whole fetch: connect to last byte
+    max_bytes: int = Field(default=10_000_000, gt=0)  # decoded bytes, capped inside the decoder
     cache_dir: Path = Path(".cache/feeds")
     user_agent: str | None = None
 
@@ -188,6 +191,21 @@ class Sources(Section):
     teasers: TeaserSource = TeaserSource()
     no_roundup: Literal["skip", "teasers_only"] = "skip"
     fetch: Fetching = Fetching()
+    max_title_chars: int = Field(default=200, ge=20)  # longer titles are cut at a word
+    # The publisher's own hosts (and their subdomains), known to serve https: http links
+    # and images from feeds on them are upgraded. Nothing else is guessed.
+    https_domains: list[str] = []
+
+    @field_validator("https_domains")
+    @classmethod
+    def _https_domains(cls, value: list[str]) -> list[str]:
+        hosts = []
+        for host in value:
+            host = host.strip().lower().rstrip(".")
+            if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", host):
+                raise ValueError(f"{host!r} is not a host name (like news.example.org)")
+            hosts.append(host)
+        return hosts
 
 
 class Database(Section):

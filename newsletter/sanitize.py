@@ -1,14 +1,16 @@
 """Feed HTML made safe for an email: an nh3 allowlist of what an email can show, with
-absolute http(s) URLs, ``rel="noopener"`` on links and no tracking pixels; and the same
-HTML reduced to clean text for excerpts.
+absolute http(s) URLs, ``rel="noopener"`` on links, no tracking pixels, share buttons or
+hidden images, and an alt on every image; the one list of share/tracking image patterns;
+and the same HTML reduced to clean text for excerpts.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterable
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import nh3
 
@@ -22,8 +24,22 @@ DROPPED_WITH_CONTENT = frozenset({
     "textarea", "select", "button", "svg", "math", "title", "frame", "frameset",
     "applet", "audio", "video", "canvas",
 })
-ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height", "title"}}
+# style is read on images (to drop hidden ones and learn their size), then removed.
+ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height", "title", "style"}}
+IMG_ATTRIBUTE_ORDER = ("src", "alt", "width", "height", "title")
 LINK_SCHEMES = frozenset({"http", "https", "mailto"})
+
+# Share buttons, counters and beacons that feeds put among an article's images: never
+# content, never a lead image. Hosts match themselves and their subdomains.
+TRACKING_IMAGE_HOSTS = frozenset({
+    "feedburner.com", "feedproxy.google.com", "feedblitz.com", "feedsportal.com",
+    "feeds.wordpress.com", "pixel.wp.com", "stats.wordpress.com", "google-analytics.com",
+    "googletagmanager.com", "doubleclick.net", "scorecardresearch.com", "quantserve.com",
+    "pixel.facebook.com", "bat.bing.com", "analytics.twitter.com", "ad.doubleclick.net",
+    "feeds.feedblitz.com", "pixel.mathtag.com", "counter.yadro.ru",
+})
+TRACKING_IMAGE_PATHS = ("/~ff/", "/~r/", "/~a/", "/~f/", "/~i/")  # FeedBurner's flares
+TRACKING_HOST_LABELS = frozenset({"analytics", "pixel", "tracking", "tracker", "beacon"})
 
 # nh3 serialises every attribute value in double quotes with inner quotes escaped, so a
 # tag can be matched safely even when a value holds ">".
@@ -31,6 +47,10 @@ _IMG_TAG = re.compile(r'<img\b(?:[^>"]|"[^"]*")*>')
 _A_OPEN = re.compile(r'<a\b(?:[^>"]|"[^"]*")*>')
 _ATTR = re.compile(r'\s([a-z-]+)="([^"]*)"')
 _EMPTY_BLOCK = re.compile(r"<(p|li|h2|h3|h4|blockquote|figure|figcaption)>\s*</\1>")
+_EMPTY_LINK = re.compile(r'<a\b(?:[^>"]|"[^"]*")*>\s*</a>')  # a share button without its image
+_FIGURE = re.compile(r"<figure>.*?</figure>", re.DOTALL)
+_FIGCAPTION = re.compile(r"<figcaption>(.*?)</figcaption>", re.DOTALL)
+_URL_ATTR = re.compile(r'\b(src|href)="(http://[^"]*)"')
 _BLOCK_BOUNDARY = re.compile(
     r"(?i)<(/?(?:p|div|br|li|ul|ol|h[1-6]|blockquote|tr|td|th|figure|figcaption|section|"
     r"article|header|footer|table|hr|dd|dt|pre)\b)"
@@ -45,22 +65,71 @@ def _is_http(url: str) -> bool:
     return urlsplit(url).scheme.lower() in ("http", "https")
 
 
+def is_tracking_image(url: str) -> bool:
+    """Whether ``url`` is a share button, counter or beacon rather than a picture."""
+    parts = urlsplit(html.unescape(url).strip())
+    labels = (parts.hostname or "").lower().split(".")
+    if labels[0] in TRACKING_HOST_LABELS:
+        return True
+    if any(".".join(labels[i:]) in TRACKING_IMAGE_HOSTS for i in range(len(labels) - 1)):
+        return True
+    return any(marker in parts.path for marker in TRACKING_IMAGE_PATHS)
+
+
+def upgrade_https(url: str, https_hosts: Iterable[str]) -> str:
+    """``url`` over https when it is http on one of ``https_hosts`` (or a subdomain):
+    the publisher's own sites, known to serve https. Nothing else is guessed."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return url
+    host = (parts.hostname or "").lower()
+    if not any(host == h or host.endswith("." + h) for h in https_hosts):
+        return url
+    netloc = parts.netloc.removesuffix(":80")
+    return urlunsplit(("https", netloc, parts.path, parts.query, parts.fragment))
+
+
+_ESCAPED_MARKUP = re.compile(r"^\s*&lt;(?:!--|/?[a-zA-Z][a-zA-Z0-9]*(?:\s|/|&gt;))")
+_REAL_TAG = re.compile(r"<(?:!--|/?[a-zA-Z])")
+
+
+def unescape_markup(fragment: str) -> str:
+    """Feed HTML escaped twice (``&lt;div class="md"&gt;``, as Reddit sends it) unescaped
+    once; only when it has no real tag and opens with an escaped one, so prose that talks
+    about ``&lt;p&gt;`` tags is left alone."""
+    if _REAL_TAG.search(fragment) or not _ESCAPED_MARKUP.match(fragment):
+        return fragment
+    return html.unescape(fragment)
+
+
 def _attribute_filter(tag: str, attribute: str, value: str) -> str | None:
     if tag == "img" and attribute == "src":
         # Relative sources pass on to nh3, which resolves them; mailto: is no image.
         scheme = urlsplit(value.strip()).scheme.lower()
         return value if scheme in ("", "http", "https") else None
     if attribute in ("width", "height"):
-        value = value.strip().removesuffix("px")
-        return value if value.isdigit() else None
+        pixels = _pixels(value)
+        return None if pixels is None else str(pixels)
     return value
 
 
-def sanitize_html(fragment: str, base_url: str) -> str:
+def _pixels(value: str) -> int | None:
+    """``"30"``, ``"30px"`` and ``"1.0"`` as whole pixels; percentages and words: None."""
+    text = value.strip().lower().removesuffix("px").strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return max(0, round(number)) if number == number and abs(number) < 1e6 else None
+
+
+def sanitize_html(fragment: str, base_url: str, https_hosts: Iterable[str] = ()) -> str:
     """Clean feed HTML for an email: allowlisted tags, absolute URLs, no pixels or scripts.
 
     Relative URLs are resolved against ``base_url`` (the item's xml:base or its link);
-    without an absolute base they are dropped, since they cannot work in an inbox.
+    without an absolute base they are dropped, since they cannot work in an inbox. http
+    URLs on ``https_hosts`` become https. An image without alt gets its figure's caption,
+    or ``alt=""`` (decorative).
     """
     if not fragment.strip():
         return ""
@@ -79,23 +148,64 @@ def sanitize_html(fragment: str, base_url: str) -> str:
         url_relative=relative,
         strip_comments=True,
     )
-    cleaned = _IMG_TAG.sub(_keep_real_image, cleaned)
+    cleaned = _clean_images(cleaned)
     cleaned = _unwrap_dead_links(cleaned)
     previous = None
     while previous != cleaned:  # <li><p></p></li> empties in two passes
-        previous, cleaned = cleaned, _EMPTY_BLOCK.sub("", cleaned)
+        previous, cleaned = cleaned, _EMPTY_BLOCK.sub("", _EMPTY_LINK.sub("", cleaned))
+    hosts = tuple(https_hosts)
+    if hosts:
+        cleaned = _URL_ATTR.sub(
+            lambda m: f'{m.group(1)}="{upgrade_https(m.group(2), hosts)}"', cleaned
+        )
     return cleaned.strip()
 
 
-def _keep_real_image(match: re.Match[str]) -> str:
-    attrs = dict(_ATTR.findall(match.group(0)))
-    if "src" not in attrs:
+def _clean_images(fragment: str) -> str:
+    """Every image checked; those inside a <figure> take its caption as missing alt."""
+    out: list[str] = []
+    pos = 0
+    for figure in _FIGURE.finditer(fragment):
+        out.append(_IMG_TAG.sub(lambda m: _real_image(m.group(0), ""), fragment[pos:figure.start()]))
+        caption = _FIGCAPTION.search(figure.group(0))
+        alt = html.escape(html_to_text(caption.group(1))) if caption else ""
+        out.append(_IMG_TAG.sub(lambda m: _real_image(m.group(0), alt), figure.group(0)))
+        pos = figure.end()
+    out.append(_IMG_TAG.sub(lambda m: _real_image(m.group(0), ""), fragment[pos:]))
+    return "".join(out)
+
+
+def _real_image(tag: str, fallback_alt: str) -> str:
+    """``tag`` rebuilt without style, with alt; "" for beacons, share buttons and images a
+    reader never sees (1x1, zero-sized, hidden by CSS)."""
+    attrs = dict(_ATTR.findall(tag))
+    if "src" not in attrs or is_tracking_image(attrs["src"]):
+        return ""
+    style = _style(html.unescape(attrs.pop("style", "")))
+    if style.get("display") == "none" or style.get("visibility") == "hidden":
+        return ""
+    if style.get("opacity", "").strip() in ("0", "0.0"):
         return ""
     for side in ("width", "height"):
+        css = _pixels(style[side]) if side in style and style[side].strip().endswith("px") else None
+        if side not in attrs and css is not None:
+            attrs[side] = str(css)
         # 1x1 (or 0-pixel) images are open-tracking beacons, never content.
-        if side in attrs and int(attrs[side]) <= 1:
+        if (side in attrs and int(attrs[side]) <= 1) or (css is not None and css <= 1):
             return ""
-    return match.group(0)
+    if not attrs.get("alt", "").strip():
+        attrs["alt"] = fallback_alt
+    parts = [f'{name}="{attrs[name]}"' for name in IMG_ATTRIBUTE_ORDER if name in attrs]
+    return f"<img {' '.join(parts)}>"
+
+
+def _style(declarations: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for declaration in declarations.split(";"):
+        name, colon, value = declaration.partition(":")
+        if colon:
+            found[name.strip().lower()] = value.replace("!important", "").strip().lower()
+    return found
 
 
 def _unwrap_dead_links(fragment: str) -> str:

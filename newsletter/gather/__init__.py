@@ -16,7 +16,7 @@ import httpx
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, FeedError, NoRoundupError
 from newsletter.gather.draft import make_issue, write_draft
-from newsletter.gather.extract import FeedEntry, extract_entries
+from newsletter.gather.extract import EntryRules, FeedEntries, FeedEntry, extract_feed
 from newsletter.gather.fetch import FeedFetcher, user_agent
 from newsletter.gather.parse import parse_feed
 from newsletter.gather.select import pick_roundup, pick_teasers, sent_history
@@ -31,6 +31,7 @@ class GatherResult:
 
     issue: Issue
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was forgiven or left out (--verbose)
 
 
 def parse_as_of(text: str, zone: dt.tzinfo) -> dt.datetime:
@@ -69,25 +70,36 @@ def gather_issue(
     # Only earlier issues count: re-gathering this week's issue must find the same items.
     history, warnings = sent_history(settings.issues_dir, before=as_of.astimezone(settings.zone).date())
     agent = user_agent(settings.publication.public_url, sources.fetch.user_agent)
-    loaded: dict[str, list[FeedEntry]] = {}
+    rules = EntryRules(
+        min_image_width=settings.templates.min_image_width,
+        max_title_chars=sources.max_title_chars,
+        https_hosts=tuple(sources.https_domains),
+    )
+    loaded: dict[str, FeedEntries] = {}
+    notes: list[str] = []
 
     with FeedFetcher(sources.fetch, agent, transport) as fetcher:
-        def entries_of(feed: str) -> list[FeedEntry]:
+        def entries_of(feed: str) -> FeedEntries:
             if feed not in loaded:  # a feed named twice is fetched once
-                loaded[feed] = extract_entries(parse_feed(fetcher.fetch(feed)))
+                parsed = parse_feed(fetcher.fetch(feed))
+                loaded[feed] = extract_feed(parsed, rules)
+                notes.extend(parsed.forgiven)
+                notes.extend(
+                    f"{feed}: left out {item.title!r}: {item.reason}" for item in loaded[feed].skipped
+                )
             return loaded[feed]
 
-        roundup_entries = entries_of(sources.roundup.feed)
+        roundup_feed = entries_of(sources.roundup.feed)
         teaser_entries: list[FeedEntry] = []
         for feed in sources.teasers.feeds:
             try:
-                teaser_entries.extend(entries_of(feed))
+                teaser_entries.extend(entries_of(feed).entries)
             except FeedError as exc:
                 if sources.teasers.on_feed_error == "fail":
                     raise
                 warnings.append(f"{exc}; gathered without this teaser feed")
 
-    choice = pick_roundup(roundup_entries, sources.roundup, as_of, history)
+    choice = pick_roundup(roundup_feed.entries, sources.roundup, as_of, history, roundup_feed.skipped)
     if choice.entry is None:
         message = f"{sources.roundup.feed}: {choice.reason}"
         if sources.no_roundup == "skip":
@@ -100,4 +112,4 @@ def gather_issue(
         )
     if choice.entry is not None and not teasers and sources.teasers.count:
         warnings.append("no new teasers this week: the issue has the round-up only")
-    return GatherResult(make_issue(settings, as_of, choice.entry, teasers), warnings)
+    return GatherResult(make_issue(settings, as_of, choice.entry, teasers), warnings, notes)

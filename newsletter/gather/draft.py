@@ -34,8 +34,20 @@ def _image(image: FeedImage | None) -> Image | None:
         return None
 
 
-def _best_image(entry: FeedEntry, clean_html: str) -> Image | None:
-    return _image(entry.image or first_real_image(clean_html, entry.title))
+def _best_image(entry: FeedEntry, settings: Settings, *clean_html: str) -> Image | None:
+    """The declared image, else the first body image a reader would choose; none when
+    only share buttons, pixels or small images (templates.min_image_width) are there."""
+    if entry.image is not None:
+        return _image(entry.image)
+    for fragment in clean_html:
+        found = first_real_image(fragment, entry.title, settings.templates.min_image_width)
+        if found is not None:
+            return _image(found)
+    return None
+
+
+def _https_hosts(settings: Settings) -> list[str]:
+    return settings.sources.https_domains if settings.sources is not None else []
 
 
 def make_roundup(entry: FeedEntry, settings: Settings) -> Roundup:
@@ -43,7 +55,7 @@ def make_roundup(entry: FeedEntry, settings: Settings) -> Roundup:
     assert settings.sources is not None
     rules = settings.sources.roundup
     body_source = entry.content_html or entry.summary_html
-    clean_body = sanitize_html(body_source, entry.base_url)
+    clean_body = sanitize_html(body_source, entry.base_url, _https_hosts(settings))
     summary_text = html_to_text(entry.summary_html)
     dek = cut_words(summary_text, DEK_WORDS) if summary_text else ""
     if rules.body == "excerpt":
@@ -59,7 +71,7 @@ def make_roundup(entry: FeedEntry, settings: Settings) -> Roundup:
         author=entry.author,
         published=entry.published,
         guid=entry.guid,
-        image=_best_image(entry, clean_body),
+        image=_best_image(entry, settings, clean_body),
         body_html=body_html,
     )
 
@@ -67,13 +79,10 @@ def make_roundup(entry: FeedEntry, settings: Settings) -> Roundup:
 def make_teaser(entry: FeedEntry, settings: Settings) -> Teaser:
     assert settings.sources is not None
     words = settings.sources.teasers.excerpt_words
-    clean = sanitize_html(entry.summary_html or entry.content_html, entry.base_url)
+    hosts = _https_hosts(settings)
+    clean = sanitize_html(entry.summary_html or entry.content_html, entry.base_url, hosts)
     excerpt = cut_words(html_to_text(clean), words)
-    image = entry.image
-    if image is None and entry.content_html:
-        image = first_real_image(sanitize_html(entry.content_html, entry.base_url), entry.title)
-    if image is None:
-        image = first_real_image(clean, entry.title)
+    bodies = [sanitize_html(entry.content_html, entry.base_url, hosts)] if entry.content_html else []
     return Teaser(
         title=entry.title,
         url=entry.link,
@@ -81,7 +90,7 @@ def make_teaser(entry: FeedEntry, settings: Settings) -> Teaser:
         author=entry.author,
         published=entry.published,
         guid=entry.guid,
-        image=_image(image),
+        image=_best_image(entry, settings, *bodies, clean),
         excerpt=excerpt,
     )
 

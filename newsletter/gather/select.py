@@ -10,12 +10,12 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from newsletter.config import RoundupSource, TeaserSource
 from newsletter.errors import IssueFileError
-from newsletter.gather.extract import FeedEntry
+from newsletter.gather.extract import FeedEntry, SkippedItem
 from newsletter.issuefile import list_issues
 
 # Query parameters that say how a reader arrived, not what they asked for.
@@ -96,7 +96,16 @@ def in_window(entry: FeedEntry, as_of: dt.datetime, max_age_days: int) -> bool:
 MatchRules = Mapping[Literal["title_prefix", "category", "title_regex"], str]
 
 
-def matches_roundup(entry: FeedEntry, match: MatchRules) -> bool:
+class Matchable(Protocol):
+    """An item as the round-up rules see it: a kept entry or a skipped item."""
+
+    @property
+    def title(self) -> str: ...
+    @property
+    def categories(self) -> frozenset[str]: ...
+
+
+def matches_roundup(entry: Matchable, match: MatchRules) -> bool:
     """Every rule in ``match`` holds (title_prefix and category ignore case)."""
     prefix = match.get("title_prefix")
     if prefix is not None and not entry.title.casefold().startswith(prefix.strip().casefold()):
@@ -132,11 +141,16 @@ def pick_roundup(
     rules: RoundupSource,
     as_of: dt.datetime,
     history: History,
+    skipped: Iterable[SkippedItem] = (),
 ) -> RoundupChoice:
-    """The newest item matching ``rules.match`` in the window that no sent issue carried."""
+    """The newest item matching ``rules.match`` in the window that no sent issue carried;
+    ``skipped`` (items left out of the feed) explain a miss better than "no match"."""
     matching = [e for e in newest_first(entries) if matches_roundup(e, rules.match)]
     window = f"in the {rules.max_age_days} days before {as_of:%Y-%m-%d %H:%M %Z}"
     if not matching:
+        unusable = next((s for s in skipped if matches_roundup(s, rules.match)), None)
+        if unusable is not None:
+            return RoundupChoice(None, f"the round-up {unusable.title!r} was left out: {unusable.reason}")
         return RoundupChoice(None, f"no item matches {describe_match(rules.match)}")
     recent = [e for e in matching if in_window(e, as_of, rules.max_age_days)]
     if not recent:

@@ -20,6 +20,7 @@ from newsletter.errors import SubscriberError
 from newsletter.store.addresses import defuse_cell
 from newsletter.store.subscribers import check_status
 from newsletter.store.tables import subscribers
+from newsletter.yamlfile import file_mode_for
 
 PAGE_SIZE = 5000
 COLUMNS = (
@@ -79,6 +80,7 @@ def export_file(engine: Engine, path: Path, *, status: str | None = None) -> int
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
             written = export_csv(engine, out, status=status)
+            os.fchmod(out.fileno(), file_mode_for(path))
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

