@@ -1,25 +1,69 @@
 """YAML files the user edits (config.yaml, issue files): reading them with errors that name
-the file, line and key path, validating them against a pydantic model, and writing files
-atomically so that a crash never leaves half a file behind.
+the file, line and key path (duplicate keys and alias bombs refused), validating them
+against a pydantic model, changing a few keys of an editor's file without touching the
+rest of it, and writing files atomically so that a crash never leaves half a file behind.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import yaml
+from yaml.constructor import ConstructorError
 from pydantic import BaseModel, ValidationError
 
 from newsletter.errors import NewsletterError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+# A hand-written config or issue file has no use for many aliases; a "billion laughs"
+# file needs dozens to expand into gigabytes. Refused while composing, before expansion.
+MAX_ALIASES = 16
+
+
+class _EditorLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys (which it would let the later one
+    win silently) and more than ``MAX_ALIASES`` aliases in a document."""
+
+    aliases_seen = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen += 1
+            if self.aliases_seen > MAX_ALIASES:
+                event = self.peek_event()
+                raise ConstructorError(
+                    None, None,
+                    f"more than {MAX_ALIASES} aliases (*{event.anchor} is one too many); refused",
+                    event.start_mark,
+                )
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the constructor names that itself
+                continue
+            if first is not None:
+                raise ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+
 
 def read_mapping(path: Path, error: type[NewsletterError]) -> dict[str, Any]:
-    """Parse ``path`` as a YAML mapping, raising ``error`` with a one-line reason."""
+    """Read ``path`` as a YAML mapping, raising ``error`` with a one-line reason."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -30,8 +74,13 @@ def read_mapping(path: Path, error: type[NewsletterError]) -> dict[str, Any]:
         raise error(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror})") from None
+    return read_mapping_text(text, path, error)
+
+
+def read_mapping_text(text: str, path: Path, error: type[NewsletterError]) -> dict[str, Any]:
+    """Parse ``text`` (the contents of ``path``) as a YAML mapping."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_EditorLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -92,6 +141,62 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: str,
+                       error: type[NewsletterError]) -> None:
+    """Set the top-level keys in ``changes`` in the editor's file ``path`` and nothing else:
+    comments, quoting, key order and indentation stay as the editor left them (ruamel.yaml
+    round trip). A key the file lacks goes after ``after``, or at the end. Written
+    atomically, and only once re-reading the result gives the old data plus ``changes``."""
+    from ruamel.yaml.error import YAMLError as RoundTripError
+
+    before = read_mapping(path, error)  # also refuses duplicate keys and alias bombs
+    text = path.read_text(encoding="utf-8")
+    try:
+        editor = _round_trip_like(text)
+        data = editor.load(text)
+        for key, value in changes.items():
+            if key in data:
+                data[key] = value
+            elif after in data:
+                data.insert(list(data).index(after) + 1, key, value)
+                after = key
+            else:
+                data[key] = value
+        buffer = io.StringIO()
+        editor.dump(data, buffer)
+    except RoundTripError as exc:
+        raise error(f"{path}: cannot be edited in place ({exc})") from None
+    out = buffer.getvalue()
+    if read_mapping_text(out, path, error) != {**before, **changes}:
+        raise error(f"{path}: could not set {', '.join(changes)} without changing other content; "
+                    "the file is left as it was")
+    atomic_write(path, out)
+
+
+# (mapping, sequence, offset) indents tried in turn: PyYAML's and gather's indentless
+# "- " lists first, then the common hand-written styles.
+_INDENTS = ((2, 2, 0), (2, 4, 2), (4, 4, 0), (4, 6, 4), (2, 4, 0))
+
+
+def _round_trip_like(original: str) -> Any:
+    """A ruamel.yaml round-trip instance with the indentation ``original`` uses: ruamel
+    keeps comments and quotes, but block-sequence indentation is one setting a file."""
+    from ruamel.yaml import YAML
+
+    first = None
+    for mapping, sequence, offset in _INDENTS:
+        editor = YAML(typ="rt")
+        editor.preserve_quotes = True
+        editor.width = 4096  # never re-wrap the editor's long lines
+        editor.indent(mapping=mapping, sequence=sequence, offset=offset)
+        buffer = io.StringIO()
+        editor.dump(editor.load(original), buffer)
+        if buffer.getvalue() == original:
+            return editor
+        first = first or editor
+    return first
 
 
 def dump(data: Any) -> str:
