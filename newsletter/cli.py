@@ -623,9 +623,18 @@ def _debug_first(args: list[str]) -> list[str]:
 
 
 def _usage_message(exc: click_errors.UsageError) -> str:
-    """click's usage error as one line, with where to read more."""
+    """A usage error as one line: ``--as-of: not an ISO 8601 ...`` for a bad value (the
+    same words whichever command has the option), click's wording otherwise, and where
+    to read more."""
+    message = exc.format_message()
+    if isinstance(exc, click_errors.BadParameter) and not isinstance(exc, click_errors.MissingParameter):
+        hint = exc.param_hint
+        if hint is None and exc.param is not None and exc.param.opts:
+            hint = exc.param.opts[0]
+        if isinstance(hint, str):
+            message = f"{hint.strip(chr(39))}: {exc.message}"
     where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-    return exc.format_message() + where
+    return message + where
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,7 +139,7 @@ def write_draft(
         if existing.status != "draft":
             raise IssueKeptError(path, f"the issue is {existing.status}")
         if existing.gathered is None:
-            raise IssueKeptError(path, "not written by gather (it has no gathered: record), so it is an editor's")
+            raise IssueKeptError(path, "not written by gather (it has no gathered: record)")
         if issuefile.edited_since_gathered(existing):
             raise IssueKeptError(path, "edited since it was gathered")
     stamped = issuefile.stamp_gathered(issue, now or dt.datetime.now(dt.UTC))
