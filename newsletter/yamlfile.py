@@ -145,17 +145,25 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: str,
                        error: type[NewsletterError]) -> None:
-    """Set the top-level keys in ``changes`` in the editor's file ``path`` and nothing else:
-    comments, quoting, key order and indentation stay as the editor left them (ruamel.yaml
-    round trip). A key the file lacks goes after ``after``, or at the end. Written
-    atomically, and only once re-reading the result gives the old data plus ``changes``."""
+    """Set the top-level keys in ``changes`` in the editor's file ``path`` and touch no
+    other line: comments, quoting, folding, key order and indentation stay as the editor
+    left them. A key the file lacks goes after ``after``, or at the end. Written
+    atomically, and only once re-reading the result gives the old data plus ``changes``.
+
+    ruamel.yaml does the round trip; since it has one indentation and line width for a
+    whole file, only the lines its edit changed are carried over into the editor's text."""
+    from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError as RoundTripError
 
     before = read_mapping(path, error)  # also refuses duplicate keys and alias bombs
     text = path.read_text(encoding="utf-8")
+    editor = YAML(typ="rt")
+    editor.preserve_quotes = True
+    editor.width = 4096  # never re-wrap long lines
+    editor.indent(mapping=2, sequence=4, offset=2)
     try:
-        editor = _round_trip_like(text)
         data = editor.load(text)
+        unchanged = _dumped(editor, data)
         for key, value in changes.items():
             if key in data:
                 data[key] = value
@@ -164,39 +172,49 @@ def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: str,
                 after = key
             else:
                 data[key] = value
-        buffer = io.StringIO()
-        editor.dump(data, buffer)
+        changed = _dumped(editor, data)
     except RoundTripError as exc:
         raise error(f"{path}: cannot be edited in place ({exc})") from None
-    out = buffer.getvalue()
+    out = changed if unchanged == text else (_carry_over(text, unchanged, changed) or changed)
     if read_mapping_text(out, path, error) != {**before, **changes}:
         raise error(f"{path}: could not set {', '.join(changes)} without changing other content; "
                     "the file is left as it was")
     atomic_write(path, out)
 
 
-# (mapping, sequence, offset) indents tried in turn: PyYAML's and gather's indentless
-# "- " lists first, then the common hand-written styles.
-_INDENTS = ((2, 2, 0), (2, 4, 2), (4, 4, 0), (4, 6, 4), (2, 4, 0))
+def _dumped(editor: Any, data: Any) -> str:
+    buffer = io.StringIO()
+    editor.dump(data, buffer)
+    return buffer.getvalue()
 
 
-def _round_trip_like(original: str) -> Any:
-    """A ruamel.yaml round-trip instance with the indentation ``original`` uses: ruamel
-    keeps comments and quotes, but block-sequence indentation is one setting a file."""
-    from ruamel.yaml import YAML
+def _carry_over(original: str, unchanged: str, changed: str) -> str | None:
+    """``original`` with the edits that turned ``unchanged`` into ``changed`` (two dumps
+    of the same file) applied to it, or None when an edited line is not in ``original``
+    as it is."""
+    from difflib import SequenceMatcher
 
-    first = None
-    for mapping, sequence, offset in _INDENTS:
-        editor = YAML(typ="rt")
-        editor.preserve_quotes = True
-        editor.width = 4096  # never re-wrap the editor's long lines
-        editor.indent(mapping=mapping, sequence=sequence, offset=offset)
-        buffer = io.StringIO()
-        editor.dump(editor.load(original), buffer)
-        if buffer.getvalue() == original:
-            return editor
-        first = first or editor
-    return first
+    lines, before, after = (t.splitlines(keepends=True) for t in (original, unchanged, changed))
+    where: dict[int, int] = {}  # line of ``unchanged`` -> the same line of ``original``
+    for tag, i1, i2, j1, _j2 in SequenceMatcher(None, lines, before, autojunk=False).get_opcodes():
+        if tag == "equal":
+            where.update({j1 + k: i1 + k for k in range(i2 - i1)})
+    edits: list[tuple[int, int, list[str]]] = []
+    for tag, i1, i2, j1, j2 in SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+        if tag == "equal":
+            continue
+        if i1 < i2:
+            if any(k not in where for k in range(i1, i2)) or where[i2 - 1] - where[i1] != i2 - 1 - i1:
+                return None
+            start, end = where[i1], where[i2 - 1] + 1
+        elif i1 == 0 or i1 - 1 in where:
+            start = end = where[i1 - 1] + 1 if i1 else 0
+        else:
+            return None
+        edits.append((start, end, after[j1:j2]))
+    for start, end, new in reversed(edits):
+        lines[start:end] = new
+    return "".join(lines)
 
 
 def dump(data: Any) -> str:
