@@ -76,7 +76,7 @@ def _checkout_untouched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     after = _working_data()
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if changed:
-        pytest.fail(f"the tests changed the checkout's working data: {', '.join(changed[:10])}", pytrace=False)
+        pytest.fail(f"the checkout's working data changed during the test run: {', '.join(changed[:10])}", pytrace=False)
 
 
 @pytest.fixture
