@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as click_errors
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
-from rich.markup import escape
 
 from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError

@@ -165,8 +165,10 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         while not stop.wait(1):
             pass
     except KeyboardInterrupt:
-        busy = sorted(running)
-        log.info("stopping" + (f": waiting for {', '.join(busy)} to finish" if busy else ""))
+        if running:
+            log.info("stopping: waiting for %s to finish", ", ".join(sorted(running)))
+        else:
+            log.info("stopping")
     finally:
         # Only a running scheduler is shut down: APScheduler 3 runs due jobs once when a
         # *paused* one shuts down, against executors already closed, which would lose a

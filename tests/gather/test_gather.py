@@ -11,7 +11,7 @@ import pytest
 
 from newsletter import issuefile
 from newsletter.config import Settings
-from newsletter.errors import FeedError, IssueFileError, IssueKeptError, NoRoundupError
+from newsletter.errors import FeedError, IssueKeptError, NoRoundupError
 from newsletter.gather import gather_issue, parse_as_of, write_draft
 
 from .conftest import AS_OF, FeedServer
