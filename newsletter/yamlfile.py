@@ -143,11 +143,12 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
-def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: str,
+def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: tuple[str, ...],
                        error: type[NewsletterError]) -> None:
     """Set the top-level keys in ``changes`` in the editor's file ``path`` and touch no
     other line: comments, quoting, folding, key order and indentation stay as the editor
-    left them. A key the file lacks goes after ``after``, or at the end. Written
+    left them. A key the file lacks goes after the last of the keys ``after`` names that
+    the file has, or at the end. Written
     atomically, and only once re-reading the result gives the old data plus ``changes``.
 
     ruamel.yaml does the round trip; since it has one indentation and line width for a
@@ -164,12 +165,13 @@ def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: str,
     try:
         data = editor.load(text)
         unchanged = _dumped(editor, data)
+        anchors = [key for key in after if key in data]
         for key, value in changes.items():
             if key in data:
                 data[key] = value
-            elif after in data:
-                data.insert(list(data).index(after) + 1, key, value)
-                after = key
+            elif anchors:
+                data.insert(list(data).index(anchors[-1]) + 1, key, value)
+                anchors.append(key)
             else:
                 data[key] = value
         changed = _dumped(editor, data)

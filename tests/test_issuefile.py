@@ -169,3 +169,14 @@ def test_set_status_keeps_every_other_line(tmp_path: Path, style: str) -> None:
     assert issue.status == "sent" and issue.sent_at == sent_at
     assert issuefile.checksum(issue) == issuefile.checksum(issuefile.load(EXAMPLE_ISSUE))
     assert [p.name for p in tmp_path.iterdir()] == ["issue.yaml"]  # no temporary file left
+
+
+def test_approve_then_send_keeps_the_stamps_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "issue.yaml"
+    path.write_bytes(EXAMPLE_ISSUE.read_bytes())
+    issuefile.set_status(path, "approved", approved_at=dt.datetime(2024, 10, 25, 9, tzinfo=dt.UTC))
+    issuefile.set_status(path, "sent", sent_at=dt.datetime(2024, 10, 25, 13, tzinfo=dt.UTC))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    at = lines.index("status: sent")
+    assert lines[at + 1:at + 3] == ["approved_at: 2024-10-25 09:00:00+00:00", "sent_at: 2024-10-25 13:00:00+00:00"]
+    assert len(lines) == len(EXAMPLE_ISSUE.read_text(encoding="utf-8").splitlines()) + 2
