@@ -1,7 +1,12 @@
 """The ``newsletter`` command: parse, build settings, call one core function, print.
 
-Errors from the core (``NewsletterError``) become one line on stderr and a non-zero exit
-code here, in ``main``, and nowhere else; ``--debug`` shows the traceback instead.
+Errors from the core (``NewsletterError``) and bad options or arguments (click's usage
+errors) become one line on stderr (``error``) and a non-zero exit code here, in ``main``,
+and nowhere else; ``--debug``, before or after the command, shows the traceback instead.
+
+Exit codes: 0 done; 1 failed (or a send left recipients unsent); 2 usage, config or issue
+file error; 3 no new round-up; 4 an import imported some rows and rejected others; 130
+interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+try:  # typer >= 0.22 vendors click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
 from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError
 
@@ -26,6 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter import send as send_job_types
+    from newsletter.render import BuildOutput
     from newsletter.send import SendSummary
     from newsletter.weekly import WeekReport
 
@@ -48,6 +59,9 @@ class State:
 
 
 state = State()
+
+# An import that imported some rows and rejected others: not a failure, not a full success.
+EXIT_PARTIAL_IMPORT = 4
 
 
 def settings() -> Settings:
@@ -80,19 +94,29 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
-@app.command()
-def build(
-    issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
-) -> None:
-    """Compile ISSUE_FILE into email.html, email.txt and email.eml."""
+def error(message: str) -> None:
+    """The one way an error reaches the user: one line on stderr."""
+    err_console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True)
+
+
+def _built(issue_file: Path, out: Optional[Path]) -> BuildOutput:
+    """Build ``issue_file`` into ``out`` (default: output.dir) and print its warnings."""
     from newsletter import render
 
     cfg = settings()
     result = render.build_to_dir(issue_file, cfg, out or cfg.output.dir)
     for message in result.warnings:
         warn(message)
-    for path, size in result.files:
+    return result
+
+
+@app.command()
+def build(
+    issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
+) -> None:
+    """Compile ISSUE_FILE into email.html, email.txt and email.eml."""
+    for path, size in _built(issue_file, out).files:
         console.print(f"wrote {escape(str(path))} ({size:,} bytes)")
 
 
@@ -105,13 +129,7 @@ def preview(
     """Build ISSUE_FILE and show where its HTML is (or open it with --open)."""
     import webbrowser
 
-    from newsletter import render
-
-    cfg = settings()
-    result = render.build_to_dir(issue_file, cfg, out or cfg.output.dir)
-    for message in result.warnings:
-        warn(message)
-    html_path = result.files[0][0]
+    html_path = _built(issue_file, out).files[0][0]
     console.print(f"preview: {html_path.resolve().as_uri()}", soft_wrap=True)
     if open_browser and not webbrowser.open(html_path.resolve().as_uri()):
         warn("no web browser could be opened here; open the file above yourself")
@@ -126,19 +144,18 @@ def gather(
 ) -> None:
     """Gather this week's round-up and teasers from the feeds into a draft issue file."""
     from newsletter import gather as gathering
+    from newsletter.errors import IssueFileError, IssueKeptError
 
     cfg = settings()
-    try:
-        when = gathering.parse_as_of(as_of, cfg.zone) if as_of else None
-    except ValueError as exc:
-        err_console.print(f"[red]error:[/red] --as-of: {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    result = gathering.gather_issue(cfg, when)
+    result = gathering.gather_issue(cfg, _as_of(as_of, cfg))
     for message in result.warnings:
         warn(message)
     for message in result.notes if verbose else []:
         err_console.print(f"note: {escape(message)}", soft_wrap=True)
-    path = gathering.write_draft(cfg, result.issue, out, force)
+    try:
+        path = gathering.write_draft(cfg, result.issue, out, force)
+    except IssueKeptError as exc:
+        raise IssueFileError(f"{exc} (use --force to overwrite it)") from None
     issue = result.issue
     parts = (["round-up"] if issue.roundup else []) + [f"{len(issue.teasers)} teasers"]
     console.print(f"wrote {escape(str(path))} ({', '.join(parts)})", soft_wrap=True)
@@ -387,6 +404,8 @@ def schedule_command(
 
 
 def _as_of(text: Optional[str], cfg: Settings) -> Optional["dt.datetime"]:
+    """The one reading of ``--as-of`` (gather, run, draft): ISO 8601, in the publication's
+    time zone when it has no offset; a bad value is a usage error."""
     if not text:
         return None
     from newsletter import gather as gathering
@@ -489,7 +508,6 @@ def subscribers_import(
     source: Annotated[str, typer.Option("--source", help="Source for rows without a source column.")] = "import",
 ) -> None:
     """Import subscribers from a CSV file of any size; rerunning it is safe."""
-    from newsletter.errors import SubscriberError
     from newsletter.store import importer
 
     with _database() as engine, err_console.status("importing...") as status:
@@ -507,7 +525,9 @@ def subscribers_import(
         err_console.print(f"... {hidden:,} more" + (f" (all rejects are in {escape(str(rejects))})" if rejects else ""))
     console.print(f"imported {escape(str(file))}: {result.summary()}")
     if result.rejected:
-        raise SubscriberError(f"{file}: {result.rejected:,} of {result.rows:,} rows rejected; the others were imported")
+        warn(f"{file}: {result.rejected:,} of {result.rows:,} rows rejected; the others were imported "
+             f"(exit code {EXIT_PARTIAL_IMPORT})")
+        raise typer.Exit(EXIT_PARTIAL_IMPORT)
 
 
 @subscribers_app.command("export")
@@ -578,12 +598,14 @@ def subscribers_unsubscribe(email: Annotated[str, typer.Argument(help="The addre
 @subscribers_app.command("remove")
 def subscribers_remove(
     email: Annotated[str, typer.Argument(help="The address to erase.")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal: scripts, cron).")] = False,
 ) -> None:
     """Erase EMAIL's personal data; a hashed entry keeps it from being re-added."""
     from newsletter.store import subscribers
 
     if not yes:
+        if not sys.stdin.isatty():
+            raise click_errors.UsageError(f"no terminal to confirm erasing {email} on: pass --yes to erase it")
         typer.confirm(f"Erase {email} for good?", abort=True)
     with _database() as engine:
         erased = subscribers.remove(engine, email)
@@ -605,24 +627,61 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _debug_first(args: list[str]) -> list[str]:
+    """``--debug`` is an option of the whole command; accept it after the command too
+    (``newsletter build X --debug``), up to a ``--`` that ends the options."""
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" not in args[:end]:
+        return args
+    return ["--debug", *[a for a in args[:end] if a != "--debug"], *args[end:]]
+
+
+def _usage_message(exc: click_errors.UsageError) -> str:
+    """A usage error as one line: ``--as-of: not an ISO 8601 ...`` for a bad value (the
+    same words whichever command has the option), click's wording otherwise, and where
+    to read more."""
+    message = exc.format_message()
+    if isinstance(exc, click_errors.BadParameter) and not isinstance(exc, click_errors.MissingParameter):
+        hint = exc.param_hint
+        if hint is None and exc.param is not None and exc.param.opts:
+            hint = exc.param.opts[0]
+        if isinstance(hint, str):
+            message = f"{hint.strip(chr(39))}: {exc.message}"
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return message + where
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning known errors into one line and an exit code."""
-    args = sys.argv[1:] if argv is None else argv
+    args = _debug_first(list(sys.argv[1:] if argv is None else argv))
     if argv is None:  # a real process: SIGTERM (systemd, docker stop) stops like Ctrl-C
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        app(args=args, prog_name="newsletter")
-    except SystemExit as exc:  # click's own exit: --help, usage errors (2), typer.Exit
+        # Not click's standalone mode: it prints usage errors as a boxed, multi-line panel.
+        code = typer.main.get_command(app).main(args=args, prog_name="newsletter", standalone_mode=False)
+    except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click_errors.NoArgsIsHelpError as exc:  # bare `newsletter` or a bare group: the help
+        exc.show()
+        return exc.exit_code
+    except click_errors.UsageError as exc:  # a bad option value, a missing argument, ...
+        error(_usage_message(exc))
+        return exc.exit_code
+    except click_errors.ClickException as exc:
+        error(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:  # "no" to a confirmation
+        err_console.print("aborted")
+        return 1
     except NewsletterError as exc:
-        if state.debug or "--debug" in args:
+        if state.debug:
             raise
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
+        error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

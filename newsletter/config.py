@@ -1,7 +1,7 @@
 """Load and validate config.yaml into one ``Settings`` object.
 
-Unknown keys are errors that name the key path and the file. Relative paths are resolved
-against the config file's folder. Secrets never live in the file: it names the
+Unknown keys are errors that name the key path and the file. Relative paths, given or
+default, are resolved against the config file's folder, never the current directory. Secrets never live in the file: it names the
 environment variables that hold them, and ``Settings.secret`` reads them.
 """
 
@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from newsletter.errors import ConfigError
 from newsletter.yamlfile import read_mapping, validate
@@ -26,6 +34,30 @@ DEFAULT_CONFIG = Path("config.yaml")
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern)]
+
+
+def _under_config_folder(value: Path, info: ValidationInfo) -> Path:
+    """A relative path is relative to the config file's folder (``base`` in the context)."""
+    base = (info.context or {}).get("base")
+    return value if base is None or value.is_absolute() else Path(base) / value
+
+
+def _local_feed(value: str, info: ValidationInfo) -> str:
+    """A feed given as a relative local path is relative to the config file's folder."""
+    if "://" in value:
+        return value
+    return str(_under_config_folder(Path(value), info))
+
+
+# A path key: relative to the config file, defaults included (hence validate_default).
+ConfigPath = Annotated[Path, AfterValidator(_under_config_folder), Field(validate_default=True)]
+FeedLocation = Annotated[str, AfterValidator(_local_feed)]
+
+
+def _paths_section() -> Any:
+    """The default of a section that holds a path: built from ``{}`` when the config is
+    validated (not once at import), so its default paths are resolved like given ones."""
+    return Field(default_factory=dict, validate_default=True)
 
 
 class Section(BaseModel):
@@ -111,7 +143,7 @@ class SenderIdentity(Section):
 
 
 class Templates(Section):
-    dir: Path = Path("templates")
+    dir: ConfigPath = Path("templates")
     roundup_body: Literal["full", "excerpt"] = "full"
     roundup_excerpt_words: int = Field(default=120, gt=0)
     # Gather gives a teaser or the round-up no image narrower than this (where the feed or
@@ -120,7 +152,7 @@ class Templates(Section):
 
 
 class Output(Section):
-    dir: Path = Path("build")
+    dir: ConfigPath = Path("build")
 
 
 class Limits(Section):
@@ -145,7 +177,7 @@ class Utm(Section):
 
 
 class RoundupSource(Section):
-    feed: str
+    feed: FeedLocation
     # Every key given must match: title_prefix and category ignore case.
     match: dict[Literal["title_prefix", "category", "title_regex"], str] = {
         "title_prefix": "Diplomacy Watch:"
@@ -170,7 +202,7 @@ class RoundupSource(Section):
 
 
 class TeaserSource(Section):
-    feeds: list[str] = []
+    feeds: list[FeedLocation] = []
     count: int = Field(default=5, ge=0, le=50)
     max_age_days: int = Field(default=7, gt=0)
     include_sections: list[str] = []
@@ -182,7 +214,7 @@ class TeaserSource(Section):
 class Fetching(Section):
     timeout_seconds: float = Field(default=20.0, gt=0)  # the whole fetch: connect to last byte
     max_bytes: int = Field(default=10_000_000, gt=0)  # decoded bytes, capped inside the decoder
-    cache_dir: Path = Path(".cache/feeds")
+    cache_dir: ConfigPath = Path(".cache/feeds")
     user_agent: str | None = None
 
 
@@ -190,7 +222,7 @@ class Sources(Section):
     roundup: RoundupSource
     teasers: TeaserSource = TeaserSource()
     no_roundup: Literal["skip", "teasers_only"] = "skip"
-    fetch: Fetching = Fetching()
+    fetch: Fetching = _paths_section()
     max_title_chars: int = Field(default=200, ge=20)  # longer titles are cut at a word
     # The publisher's own hosts (and their subdomains), known to serve https: http links
     # and images from feeds on them are upgraded. Nothing else is guessed.
@@ -214,7 +246,7 @@ class Database(Section):
 
 
 class OutboxBackend(Section):
-    dir: Path = Path("outbox")
+    dir: ConfigPath = Path("outbox")
 
 
 class SendgridBackend(Section):
@@ -254,7 +286,7 @@ class SmtpBackend(Section):
 
 class Delivery(Section):
     backend: Literal["outbox", "smtp", "sendgrid"] = "outbox"
-    outbox: OutboxBackend = OutboxBackend()
+    outbox: OutboxBackend = _paths_section()
     sendgrid: SendgridBackend = SendgridBackend()
     smtp: SmtpBackend = SmtpBackend()
     batch_size: int = Field(default=500, gt=0, le=1000)
@@ -386,14 +418,14 @@ class Settings(Section):
 
     publication: Publication
     sender: SenderIdentity
-    templates: Templates = Templates()
-    output: Output = Output()
+    templates: Templates = _paths_section()
+    output: Output = _paths_section()
     limits: Limits = Limits()
     utm: Utm = Utm()
-    issues_dir: Path = Path("issues")
+    issues_dir: ConfigPath = Path("issues")
     sources: Sources | None = None
     database: Database = Database()
-    delivery: Delivery = Delivery()
+    delivery: Delivery = _paths_section()
     web: Web = Web()
     schedule: Schedule = Schedule()
     editors: list[str] = []  # addresses that get notices (skipped weeks, failures)
@@ -420,39 +452,6 @@ class Settings(Section):
         return ZoneInfo(self.schedule.timezone or self.publication.timezone)
 
 
-def _absolute_paths(data: Any, base: Path) -> Any:
-    """Resolve the relative path values of known path keys against ``base``."""
-    path_keys = {"dir", "issues_dir", "cache_dir"}
-    if isinstance(data, dict):
-        return {
-            k: (str(base / v) if k in path_keys and isinstance(v, str) and not Path(v).is_absolute()
-                else _absolute_paths(v, base))
-            for k, v in data.items()
-        }
-    if isinstance(data, list):
-        return [_absolute_paths(v, base) for v in data]
-    return data
-
-
-def _local_feed_paths(data: dict[str, Any], base: Path) -> None:
-    """Feed locations given as relative local paths are relative to the config file."""
-    sources = data.get("sources")
-    if not isinstance(sources, dict):
-        return
-
-    def fix(value: Any) -> Any:
-        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
-            return str(base / value)
-        return value
-
-    roundup = sources.get("roundup")
-    if isinstance(roundup, dict) and "feed" in roundup:
-        roundup["feed"] = fix(roundup["feed"])
-    teasers = sources.get("teasers")
-    if isinstance(teasers, dict) and isinstance(teasers.get("feeds"), list):
-        teasers["feeds"] = [fix(v) for v in teasers["feeds"]]
-
-
 def config_location(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
     """``--config`` wins, then ``NEWSLETTER_CONFIG``, then ./config.yaml."""
     env = os.environ if env is None else env
@@ -468,12 +467,9 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     location = config_location(path, env)
     data = read_mapping(location, ConfigError)
-    base = location.resolve().parent
-    data = _absolute_paths(data, base)
-    _local_feed_paths(data, base)
     if env.get(DATABASE_URL_ENV):
         database = dict(data.get("database") or {})
         database["url"] = env[DATABASE_URL_ENV]
         data["database"] = database
     data["config_path"] = str(location)
-    return validate(Settings, data, location, ConfigError)
+    return validate(Settings, data, location, ConfigError, context={"base": location.resolve().parent})

@@ -3,6 +3,7 @@
     NewsletterError                 base; ``str(err)`` is one line a user can act on
     ├── ConfigError                 config.yaml or an environment variable it names
     ├── IssueFileError              issues/<slug>.yaml
+    │   └── IssueKeptError          gather would replace an editor's issue file
     ├── TemplateError               a template in the templates directory
     ├── BuildError                  a rendered email that must not go out (size, checks)
     ├── HeaderError                 a header value that would inject another header
@@ -47,6 +48,16 @@ class IssueFileError(NewsletterError):
     """An issue file is missing, malformed or invalid."""
 
     exit_code = 2
+
+
+class IssueKeptError(IssueFileError):
+    """An issue file gather must not replace: an editor's work (approved, sent, edited or
+    written by hand) or a file it cannot read. The caller says how to override it."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}; not replaced")
+        self.path = path
+        self.reason = reason
 
 
 class TemplateError(NewsletterError):

@@ -1,5 +1,6 @@
-"""Issue files (``issues/<slug>.yaml``): read and validate them, write them atomically, and
-tell whether an editor changed a gathered draft.
+"""Issue files (``issues/<slug>.yaml``): read and validate them, write gathered drafts
+atomically, change an editor's file's status lines without touching the rest, and tell
+whether an editor changed a gathered draft.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import json
 from pathlib import Path
 
 from newsletter.errors import IssueFileError
-from newsletter.models import Gathered, Issue
-from newsletter.yamlfile import atomic_write, dump, read_mapping, validate
+from newsletter.models import Gathered, Issue, IssueStatus
+from newsletter.yamlfile import atomic_write, dump, read_mapping, set_top_level_keys, validate
 
 
 def load(path: Path) -> Issue:
@@ -23,6 +24,14 @@ def save(issue: Issue, path: Path) -> None:
     """Write ``issue`` to ``path`` atomically, in the order an editor reads it."""
     data = issue.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
     atomic_write(path, dump(data))
+
+
+def set_status(path: Path, status: IssueStatus, **stamps: dt.datetime) -> Issue:
+    """Set ``status`` (and ``approved_at``/``sent_at``) in the editor's file ``path``,
+    changing those lines only: comments, quoting and order stay as the editor left them."""
+    set_top_level_keys(path, {"status": status, **stamps}, after=("status", "approved_at", "sent_at"),
+                       error=IssueFileError)
+    return load(path)
 
 
 def path_for(issues_dir: Path, slug: str) -> Path:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")  # use with fullmatch: "$" allows a final newline
 IssueStatus = Literal["draft", "approved", "sent"]
 
 
@@ -123,7 +123,7 @@ class Issue(Content):
     @field_validator("slug")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not SLUG.match(value):
+        if not SLUG.fullmatch(value):
             raise ValueError(
                 "must be lowercase letters, digits and hyphens (like 2024-10-25), "
                 f"got {value!r}"

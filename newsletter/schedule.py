@@ -108,13 +108,15 @@ def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3
 
 def make_scheduler(settings: Settings, scheduler_class: type[BaseScheduler] | None = None,
                    jobstore_url: str | None = None) -> BaseScheduler:
-    """A scheduler whose job store is the project's database."""
+    """A scheduler whose job store is the project's database, refused like every command
+    refuses it when it is missing, unreachable or behind (``database.auto_upgrade``
+    upgrades it instead)."""
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
 
-    from newsletter.store.db import create_store_engine, database_url
+    from newsletter.store.db import create_store_engine, open_database
 
-    engine = create_store_engine(jobstore_url or database_url(settings))
+    engine = create_store_engine(jobstore_url) if jobstore_url else open_database(settings)
     cls = scheduler_class or BackgroundScheduler
     return cls(
         jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOBS_TABLE)},
@@ -153,8 +155,13 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
     interrupted (Ctrl-C; the CLI turns SIGTERM into the same). Jobs are installed while
     the scheduler is paused, so a stored run that is due is judged against the grace
     window with the job as configured."""
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, EVENT_JOB_SUBMITTED
+
     stop = stop or threading.Event()
     scheduler = make_scheduler(settings)
+    running: set[str] = set()  # job ids between submission and their end
+    scheduler.add_listener(lambda event: running.add(event.job_id), EVENT_JOB_SUBMITTED)
+    scheduler.add_listener(lambda event: running.discard(event.job_id), EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
     scheduler.start(paused=True)
     resumed = False
     try:
@@ -167,7 +174,10 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         while not stop.wait(1):
             pass
     except KeyboardInterrupt:
-        log.info("stopping: waiting for a running job to finish")
+        if running:
+            log.info("stopping: waiting for %s to finish", ", ".join(sorted(running)))
+        else:
+            log.info("stopping")
     finally:
         # Only a running scheduler is shut down: APScheduler 3 runs due jobs once when a
         # *paused* one shuts down, against executors already closed, which would lose a

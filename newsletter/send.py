@@ -81,10 +81,7 @@ def approve(path: Path, now: dt.datetime | None = None) -> Issue:
     issue = issuefile.load(path)
     if issue.status == "sent":
         raise SendError(f"{path}: already sent")
-    approved = issue.model_copy(update={"status": "approved",
-                                        "approved_at": now or dt.datetime.now(dt.timezone.utc)})
-    issuefile.save(approved, path)
-    return approved
+    return issuefile.set_status(path, "approved", approved_at=now or dt.datetime.now(dt.timezone.utc))
 
 
 def _build(issue: Issue, path: Path, settings: Settings) -> render.RenderedEmail:
@@ -407,8 +404,7 @@ def _finish(engine: Engine, send: ledger.Send, path: Path, summary: SendSummary)
     if summary.complete and ledger.finish_send(engine, send.id):
         current = issuefile.load(path)
         if current.status != "sent":
-            issuefile.save(current.model_copy(update={
-                "status": "sent", "sent_at": dt.datetime.now(dt.timezone.utc)}), path)
+            issuefile.set_status(path, "sent", sent_at=dt.datetime.now(dt.timezone.utc))
 
 
 def _summary(engine: Engine, send: ledger.Send, slug: str) -> SendSummary:

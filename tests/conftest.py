@@ -1,11 +1,18 @@
 """Shared test fixtures: a project folder with a valid config in a temporary directory,
-the fixture feeds and subscriber files, and the CLI runner."""
+the fixture feeds, issue and subscriber files, and the CLI runner.
+
+Tests never touch the checkout's working data (issues/, .cache/, build/, outbox/, the
+database, test-artifacts/): an editor following the README in the checkout must not
+break the suite, nor the suite the editor's files. Tests run from a temporary working
+directory, work on copies, and a guard fails the run if any of those changed.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,11 @@ from newsletter.models import Issue, Recipient
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-EXAMPLE_ISSUE = ROOT / "issues" / "2024-10-25.yaml"
+# The tests' own copy of the shipped example issue: the checkout's issues/ is the editor's.
+EXAMPLE_ISSUE = FIXTURES / "issues" / "2024-10-25.yaml"
+# The checkout's working data: what the README's commands write, run in the checkout.
+WORKING_DATA = ("issues", ".cache", "build", "outbox", "demo", "test-artifacts", "samples", "templates",
+                "config.yaml", "newsletter.db", "newsletter.db-wal", "newsletter.db-shm")
 
 # Content that imitates the per-recipient placeholders (issue 10): a feed's tracking image
 # would learn each reader's address and unsubscribe link if content could fill them in.
@@ -39,11 +50,42 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _working_data() -> dict[str, tuple[int, int]]:
+    """Path -> (size, mtime) of every file of the checkout's working data."""
+    found: dict[str, tuple[int, int]] = {}
+    for name in WORKING_DATA:
+        top = ROOT / name
+        for path in [top, *top.rglob("*")] if top.is_dir() else [top]:
+            if path.is_file():
+                stat = path.stat()
+                found[str(path.relative_to(ROOT))] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_untouched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Run from a temporary directory (so a relative path lands there, not in the
+    checkout) and fail if the checkout's working data changed during the run."""
+    before = _working_data()
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+    after = _working_data()
+    changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    if changed:
+        pytest.fail(f"the checkout's working data changed during the test run: {', '.join(changed[:10])}", pytrace=False)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """A copy of the repository's config, templates, issues and sample feeds in tmp_path."""
-    for name in ("templates", "issues", "samples"):
-        shutil.copytree(ROOT / name, tmp_path / name)
+    """A project folder in tmp_path: the repository's config and templates, with the test
+    fixtures as its issues and its sample feeds (feeds with the traps a real feed has)."""
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    shutil.copytree(FIXTURES / "issues", tmp_path / "issues")
+    shutil.copytree(FIXTURES / "feeds", tmp_path / "samples" / "feeds")
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     return tmp_path
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,76 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([str(Path(sys.executable).parent / "newsletter"), "--help"], capture_output=True,
                             text=True, cwd=ROOT)
     assert result.returncode == 0 and "build" in result.stdout
+
+
+# --- one way to print errors (issue 13, items 8 and 11) --------------------------------
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "--as-of", "next week"],
+     "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter run --help')"),
+    (["draft", "--as-of", "next week"],
+     "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter draft --help')"),
+    (["gather", "--as-of", "next week"],
+     "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter gather --help')"),
+    (["send", "issues/2024-10-25.yaml", "--settle-ambiguous", "maybe"],
+     "error: --settle-ambiguous: use sent or resend (see 'newsletter send --help')"),
+    (["serve", "--port", "http"], "error: --port: "),
+    (["build", "--colour", "x.yaml"], "error: No such option: --colour (Possible options: --out)"),
+], ids=["run", "draft", "gather", "send", "serve", "unknown-option"])
+def test_a_bad_option_value_is_one_line(project: Path, args: list[str], expected: str) -> None:
+    """The same mistake gives the same words from every command: no usage box."""
+    result = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(project / "config.yaml"), *args],
+                            capture_output=True, text=True, cwd=project)
+    assert result.returncode == 2
+    assert result.stderr.startswith(expected), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stdout == ""
+
+
+def test_debug_after_the_command_shows_the_traceback(project: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(project / "config.yaml"), "build",
+         str(project / "issues/missing.yaml"), "--debug"],
+        capture_output=True, text=True, cwd=project,
+    )
+    assert result.returncode != 0
+    assert "No such option" not in result.stderr
+    assert "Traceback" in result.stderr and "IssueFileError" in result.stderr
+
+
+def test_a_value_after_double_dash_is_not_taken_for_debug(project: Path, capsys) -> None:
+    code = main(["--config", str(project / "config.yaml"), "build", "--out", str(project / "o"), "--", "--debug"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == "error: --debug: file not found"
+
+
+def test_draft_does_not_suggest_force(project: Path, write_config, capsys) -> None:
+    """The draft job leaves an editor's issue alone and says so, without naming an option
+    it does not have."""
+    config = write_config({"schedule": {"mode": "approve", "draft": {"day": "thu", "time": "15:00"}}})
+    path = project / "issues/2024-10-25.yaml"
+    before = path.read_bytes()
+    assert main(["--config", str(config), "draft", "--as-of", "2024-10-24T12:00:00Z"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip() == (f"2024-10-25: skipped: {path}: not written by gather (it has no gathered: record); "
+                           "not replaced; the editors' version is kept")
+    assert "--force" not in out
+    assert path.read_bytes() == before
+
+
+def test_approve_changes_only_the_status_lines(project: Path, capsys) -> None:
+    """An editor's comments, quoting and layout survive approval (issue 13, item 7)."""
+    path = project / "issues/2024-10-25.yaml"
+    edited = path.read_text(encoding="utf-8").replace(
+        "status: draft\n", "status: draft   # Amira: check the Kazan figures first\n"
+    ).replace("  title: ", "  # the headline the desk agreed on\n  title: ", 1)
+    path.write_text(edited, encoding="utf-8")
+    assert main(["approve", str(path)]) == 0
+    after = path.read_text(encoding="utf-8")
+    removed = [line for line in edited.splitlines() if line not in after.splitlines()]
+    added = [line for line in after.splitlines() if line not in edited.splitlines()]
+    assert removed == ["status: draft   # Amira: check the Kazan figures first"]
+    assert re.fullmatch(r"status: approved +# Amira: check the Kazan figures first", added[0]), added
+    assert len(added) == 2 and added[1].startswith("approved_at: ")
+    assert after.splitlines()[after.splitlines().index(added[0]) + 1] == added[1]
+    assert "approved" in capsys.readouterr().out

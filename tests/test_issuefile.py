@@ -122,3 +122,61 @@ def test_edited_since_gathered(tmp_path: Path) -> None:
     assert not issuefile.edited_since_gathered(approved)  # status is not content
     edited = reloaded.model_copy(update={"subject": "A better subject"})
     assert issuefile.edited_since_gathered(edited)
+
+
+def test_a_slug_with_a_trailing_newline_is_refused(tmp_path: Path, example_data: dict) -> None:
+    example_data["slug"] = "2024-10-25\n"  # "$" with .match let this through
+    with pytest.raises(IssueFileError, match=r"bad\.yaml: slug: must be lowercase letters, digits and hyphens"):
+        issuefile.load(_write(tmp_path / "bad.yaml", example_data))
+
+
+def test_a_duplicate_key_names_both_lines(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    text = EXAMPLE_ISSUE.read_text(encoding="utf-8")
+    first = text.splitlines().index("status: draft") + 1
+    path.write_text(text + "status: approved\n", encoding="utf-8")
+    with pytest.raises(IssueFileError) as err:
+        issuefile.load(path)
+    assert str(err.value) == (f"{path}: line {len(text.splitlines()) + 1}, column 1: duplicate key 'status' "
+                              f"(first on line {first})")
+
+
+def test_an_alias_bomb_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{k}: &{k} [{', '.join(['*' + p] * 10)}]\n" for p, k in zip("abcdefgh", "bcdefghi")), encoding="utf-8")
+    with pytest.raises(IssueFileError, match=r"bomb\.yaml: line 3, column \d+: more than 16 aliases"):
+        issuefile.load(path)
+
+
+@pytest.mark.parametrize("style", ["gathered", "hand-written"])
+def test_set_status_keeps_every_other_line(tmp_path: Path, style: str) -> None:
+    """Both layouts an issue file has: gather's (indentless lists, | blocks) and an
+    editor's (indented lists, comments, quotes, folded >- blocks)."""
+    path = tmp_path / "issue.yaml"
+    if style == "gathered":
+        issuefile.save(issuefile.stamp_gathered(issuefile.load(EXAMPLE_ISSUE), dt.datetime(2024, 10, 25, tzinfo=dt.UTC)),
+                       path)
+    else:
+        path.write_bytes(EXAMPLE_ISSUE.read_bytes())
+    before = path.read_text(encoding="utf-8").splitlines()
+    sent_at = dt.datetime(2024, 10, 25, 13, 0, 5, tzinfo=dt.UTC)
+    issue = issuefile.set_status(path, "sent", sent_at=sent_at)
+    after = path.read_text(encoding="utf-8").splitlines()
+    at = before.index("status: draft")
+    assert after[:at] == before[:at] and after[at + 2:] == before[at + 1:]
+    assert after[at:at + 2] == ["status: sent", "sent_at: 2024-10-25 13:00:05+00:00"]
+    assert issue.status == "sent" and issue.sent_at == sent_at
+    assert issuefile.checksum(issue) == issuefile.checksum(issuefile.load(EXAMPLE_ISSUE))
+    assert [p.name for p in tmp_path.iterdir()] == ["issue.yaml"]  # no temporary file left
+
+
+def test_approve_then_send_keeps_the_stamps_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "issue.yaml"
+    path.write_bytes(EXAMPLE_ISSUE.read_bytes())
+    issuefile.set_status(path, "approved", approved_at=dt.datetime(2024, 10, 25, 9, tzinfo=dt.UTC))
+    issuefile.set_status(path, "sent", sent_at=dt.datetime(2024, 10, 25, 13, tzinfo=dt.UTC))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    at = lines.index("status: sent")
+    assert lines[at + 1:at + 3] == ["approved_at: 2024-10-25 09:00:00+00:00", "sent_at: 2024-10-25 13:00:00+00:00"]
+    assert len(lines) == len(EXAMPLE_ISSUE.read_text(encoding="utf-8").splitlines()) + 2

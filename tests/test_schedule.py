@@ -336,6 +336,38 @@ def test_schedule_process_starts_and_stops_cleanly_on_sigterm(write_config, tmp_
     assert "added weekly-send" in output and "added weekly-resume" in output and "scheduler stopped" in output
     assert "added daily-expire" in output
     assert "Traceback" not in output
+    assert "INFO newsletter.schedule: stopping\n" in output  # no job was running: nothing to wait for
+    assert "waiting for" not in output
+
+
+@pytest.mark.parametrize("state", ["missing", "behind"])
+def test_schedule_refuses_a_missing_or_outdated_database(write_config, tmp_path: Path, state: str) -> None:
+    """Like every other command: it must not create a database holding only its job store."""
+    import sqlite3
+
+    db = tmp_path / "nl.db"
+    if state == "behind":  # a database file without the schema
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE unrelated (x)")
+        conn.close()
+    config = write_config({"database": {"url": f"sqlite:///{db}"}})
+    import subprocess
+    import sys
+
+    # A scheduler that starts runs until stopped: the timeout fails the test instead.
+    done = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(config), "schedule"],
+                          capture_output=True, text=True, timeout=60)
+    err = done.stderr
+    assert done.returncode == 1
+    assert ("does not exist yet" if state == "missing" else "has no schema yet") in err
+    assert "newsletter db upgrade" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    if state == "missing":
+        assert not db.exists()
+    else:  # no job store added to it
+        with sqlite3.connect(db) as conn:
+            assert [name for (name,) in conn.execute("SELECT name FROM sqlite_master")] == ["unrelated"]
+        conn.close()
 
 
 def test_the_resume_job_logs_an_unreachable_database_and_carries_on(write_config, caplog) -> None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from newsletter import issuefile
 from newsletter.config import Settings
-from newsletter.errors import IssueFileError
+from newsletter.errors import IssueFileError, IssueKeptError
 from newsletter.gather.extract import FeedEntry, FeedImage, first_real_image
 from newsletter.sanitize import cut_words, html_to_text, sanitize_html
 from newsletter.models import Image, Issue, Roundup, Teaser
@@ -137,22 +137,20 @@ def write_draft(
     """Save ``issue`` (stamped as gathered) to ``out`` or ``issues/<slug>.yaml``, atomically.
 
     An existing file that is approved, sent, edited since it was gathered, or unreadable is
-    left alone unless ``force``: it is an editor's work, not gather's.
+    left alone unless ``force`` (``IssueKeptError``): it is an editor's work, not gather's.
     """
     path = out if out is not None else issuefile.path_for(settings.issues_dir, issue.slug)
     if path.exists() and not force:
         try:
             existing = issuefile.load(path)
         except IssueFileError as exc:
-            raise IssueFileError(f"{exc}; not replaced (use --force to overwrite it)") from None
+            raise IssueKeptError(path, str(exc).removeprefix(f"{path}: ")) from None
         if existing.status != "draft":
-            raise IssueFileError(
-                f"{path}: the issue is {existing.status}; not replaced (use --force to overwrite it)"
-            )
+            raise IssueKeptError(path, f"the issue is {existing.status}")
+        if existing.gathered is None:
+            raise IssueKeptError(path, "not written by gather (it has no gathered: record)")
         if issuefile.edited_since_gathered(existing):
-            raise IssueFileError(
-                f"{path}: edited since it was gathered; not replaced (use --force to overwrite it)"
-            )
+            raise IssueKeptError(path, "edited since it was gathered")
     stamped = issuefile.stamp_gathered(issue, now or dt.datetime.now(dt.UTC))
     issuefile.save(stamped, path)
     return path

@@ -101,14 +101,14 @@ class MessageTemplate:
         return fast or render.personalize(self.email, recipient, now).as_bytes(policy=self._policy)
 
     def _fast_bytes(self, recipient: Recipient, now: dt.datetime | None) -> bytes | None:
-        if not (_SIMPLE_ADDRESS.match(recipient.email) and _PRINTABLE_ASCII.match(recipient.name)
-                and _PRINTABLE_ASCII.match(recipient.unsubscribe_url)):
+        if not (_SIMPLE_ADDRESS.fullmatch(recipient.email) and _PRINTABLE_ASCII.fullmatch(recipient.name)
+                and _PRINTABLE_ASCII.fullmatch(recipient.unsubscribe_url)):
             return None
         values = render.substitutions(self.email, recipient)
         to = formataddr((recipient.name, recipient.email))
         unsubscribe = render.list_unsubscribe(self.email, recipient)
         if not (len(to) < _MAX_HEADER and len(unsubscribe) < _MAX_HEADER
-                and _PRINTABLE_ASCII.match(unsubscribe)):
+                and _PRINTABLE_ASCII.fullmatch(unsubscribe)):
             return None
         longest = max(map(len, values.values()))
         if any(length + count * longest > _MAX_LINE for length, count in self._slot_lines):

@@ -506,9 +506,12 @@ class _Chunk:
         return current
 
     def _overwrite(self, current: dict[str, Any], row: _Row) -> None:
-        """The first line of an address: what it gives replaces what was there."""
+        """The first line of an address already on the list: what it gives replaces what
+        was there, except ``source``: where the subscriber first came from stays."""
         values = row.values
-        for name in ("name", "source", "created_at", "confirmed_at", "consent_at", "consent_ip",
+        if not current["source"] and "source" in values:
+            current["source"] = values["source"]
+        for name in ("name", "created_at", "confirmed_at", "consent_at", "consent_ip",
                      "consent_user_agent", "consent_form"):
             if name in values:
                 current[name] = values[name]

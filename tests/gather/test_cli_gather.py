@@ -49,7 +49,8 @@ def test_out_option(config: Path, tmp_path: Path) -> None:
 
 def test_a_bad_as_of_is_a_usage_error(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(config, "--as-of", "next week") == 2
-    assert capsys.readouterr().err.strip() == "error: --as-of: not an ISO 8601 date or time: 'next week'"
+    assert capsys.readouterr().err.strip() == ("error: --as-of: not an ISO 8601 date or time: 'next week' "
+                                               "(see 'newsletter gather --help')")
 
 
 def test_the_hand_written_example_is_not_overwritten_without_force(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,7 +58,8 @@ def test_the_hand_written_example_is_not_overwritten_without_force(project: Path
     before = path.read_bytes()
     assert main(["--config", str(project / "config.yaml"), "gather", "--as-of", AS_OF]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"error: {path}: edited since it was gathered; not replaced (use --force to overwrite it)"
+    assert err == (f"error: {path}: not written by gather (it has no gathered: record); "
+                   "not replaced (use --force to overwrite it)")
     assert path.read_bytes() == before
     assert main(["--config", str(project / "config.yaml"), "gather", "--as-of", AS_OF, "--force"]) == 0
     assert issuefile.load(path).gathered is not None

@@ -11,7 +11,7 @@ import pytest
 
 from newsletter import issuefile
 from newsletter.config import Settings
-from newsletter.errors import FeedError, IssueFileError, NoRoundupError
+from newsletter.errors import FeedError, IssueKeptError, NoRoundupError
 from newsletter.gather import gather_issue, parse_as_of, write_draft
 
 from .conftest import AS_OF, FeedServer
@@ -140,9 +140,14 @@ def test_an_editors_issue_is_not_replaced_without_force(fresh: Settings, change:
     else:
         issuefile.save(saved.model_copy(update={"status": change}), path)
     before = path.read_bytes()
-    with pytest.raises(IssueFileError, match=r"not replaced \(use --force to overwrite it\)$") as err:
+    with pytest.raises(IssueKeptError, match=r"; not replaced$") as err:  # the caller names its override
         write_draft(fresh, issue)
-    assert str(err.value).startswith(str(path))
+    assert str(err.value).startswith(f"{path}: ") and err.value.path == path
+    assert err.value.reason == {
+        "edited": "edited since it was gathered", "approved": "the issue is approved", "sent": "the issue is sent",
+        "hand-written": "not written by gather (it has no gathered: record)",
+        "broken": "line 1, column 11: expected the node content, but found '<stream end>'",
+    }[change]
     assert path.read_bytes() == before
     write_draft(fresh, issue, force=True)
     assert issuefile.load(path).status == "draft"

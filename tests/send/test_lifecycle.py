@@ -78,7 +78,7 @@ def test_a_changed_issue_is_refused_with_the_difference_named(db_settings, issue
 def test_a_changed_body_is_refused(db_settings, issue_path, engine) -> None:
     add_subscribers(engine, 4)
     _run(db_settings, issue_path, engine, _stop_after_first_batch())
-    _edit(issue_path, "appeal:", "intro: A new intro the editors never approved.\nappeal:")
+    _edit(issue_path, "  Good evening. This week", "  Good evening. A line the editors never approved. This week")
     with pytest.raises(SendError, match="the body \\(HTML or text part\\) or the sender differs"):
         _run(db_settings, issue_path, engine, MemorySender())
 

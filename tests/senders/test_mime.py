@@ -96,3 +96,13 @@ def test_each_message_has_its_own_id(rendered: RenderedEmail) -> None:
     template = MessageTemplate(rendered)
     ids = {parsed(template.render(Recipient(f"r{n}@example.net", "", URL)))["Message-ID"] for n in range(20)}
     assert len(ids) == 20
+
+
+@pytest.mark.parametrize("recipient", [
+    Recipient("x@example.net\n", "A", URL),  # "$" in a pattern used with match() allows a final newline
+    Recipient("x@example.net", "A\n", URL),
+    Recipient("x@example.net", "A", URL + "\n"),
+], ids=["email", "name", "unsubscribe-url"])
+def test_a_final_newline_never_takes_the_fast_path(rendered: RenderedEmail, recipient: Recipient) -> None:
+    with pytest.raises(HeaderError):
+        MessageTemplate(rendered).render(recipient)

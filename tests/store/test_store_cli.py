@@ -85,20 +85,44 @@ def test_list_limit(run: Callable[..., tuple[int, str, str]]) -> None:
     assert code == 0 and len(out.splitlines()) == 2 and "showing the first 2" in err
 
 
-def test_import_reports_rejects_and_fails(run: Callable[..., tuple[int, str, str]], sample_csv: Path, tmp_path: Path) -> None:
+def test_import_with_rejects_is_a_partial_success(run: Callable[..., tuple[int, str, str]], sample_csv: Path,
+                                                  tmp_path: Path) -> None:
     rejects = tmp_path / "rejects.csv"
     code, out, err = run("subscribers", "import", str(sample_csv), "--rejects", str(rejects))
-    assert code == 1
+    assert code == cli.EXIT_PARTIAL_IMPORT == 4  # not 1: the good rows were imported
     assert out == f"imported {sample_csv}: 4 added, 0 updated, 0 unchanged, 1 duplicate merged, 6 rejected\n"
     lines = err.splitlines()
     assert f"{sample_csv}: line 5: invalid email address 'not-an-email'" in err
     assert f"{sample_csv}: line 13: has 5 cells, the header has 4" in lines
-    assert lines[-1] == f"error: {sample_csv}: 6 of 11 rows rejected; the others were imported"
+    assert lines[-1] == f"warning: {sample_csv}: 6 of 11 rows rejected; the others were imported (exit code 4)"
+    assert "error:" not in err
     with rejects.open(encoding="utf-8", newline="") as f:
         assert len(list(csv.reader(f))) == 7
 
     code, out, _ = run("subscribers", "import", str(sample_csv))
-    assert code == 1 and "0 added, 0 updated, 4 unchanged" in out
+    assert code == 4 and "0 added, 0 updated, 4 unchanged" in out
+
+
+def test_import_keeps_an_existing_subscribers_source(run: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
+    assert run("subscribers", "add", "ann@example.org", "--source", "web")[0] == 0
+    path = tmp_path / "list.csv"
+    path.write_text("email,name\nann@example.org,Ann\nbob@example.org,Bob\n", encoding="utf-8")
+    assert run("subscribers", "import", str(path), "--source", "crm-2024")[0] == 0
+    code, out, _ = run("subscribers", "export")
+    rows = {row["email"]: row for row in csv.DictReader(out.splitlines())}
+    assert rows["ann@example.org"]["source"] == "web"  # where they came from first
+    assert rows["ann@example.org"]["name"] == "Ann"  # what the file says still updates the record
+    assert rows["bob@example.org"]["source"] == "crm-2024"
+
+
+def test_remove_without_a_terminal_needs_yes(run: Callable[..., tuple[int, str, str]]) -> None:
+    assert run("subscribers", "add", "ann@example.org")[0] == 0
+    code, out, err = run("subscribers", "remove", "ann@example.org")  # pytest's stdin is no terminal
+    assert code == 2 and out == ""
+    assert err == ("error: no terminal to confirm erasing ann@example.org on: pass --yes to erase it "
+                   "(see 'newsletter subscribers remove --help')\n")
+    assert run("subscribers", "count")[1] == "1\n"  # nothing erased
+    assert run("subscribers", "remove", "ann@example.org", "--yes")[0] == 0
 
 
 def test_import_clean_file(run: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """End to end in Debian's Chromium (Playwright) against `newsletter serve` started as a
 subprocess on 127.0.0.1 (tests/helpers/serve.py), on a temporary project with the outbox sender and a SQLite
 database made by `newsletter db upgrade`. Screenshots of the preview go to
-test-artifacts/. Skipped only when /usr/bin/chromium is missing outside CI."""
+$NEWSLETTER_TEST_ARTIFACTS, or test-artifacts/ in pytest's temporary folder. Skipped only when /usr/bin/chromium is missing outside CI."""
 
 from __future__ import annotations
 
@@ -20,10 +20,8 @@ import pytest
 from newsletter import issuefile
 from newsletter.store import subscribers
 from newsletter.store.db import create_store_engine
-from tests.conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SLUG = "2024-10-25"
@@ -117,9 +115,16 @@ def editor_page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: never the checkout (the tests leave it alone)."""
+    given = os.environ.get("NEWSLETTER_TEST_ARTIFACTS")
+    return Path(given) if given else tmp_path_factory.getbasetemp() / "test-artifacts"
+
+
+def shot(page: Page, name: str, artifacts: Path) -> None:
+    artifacts.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(artifacts / name), full_page=True)
 
 
 def read_eml(path: Path) -> EmailMessage:
@@ -128,7 +133,7 @@ def read_eml(path: Path) -> EmailMessage:
     return message
 
 
-def test_an_editor_previews_sends_a_test_and_approves(server: Server, editor_page: Page) -> None:
+def test_an_editor_previews_sends_a_test_and_approves(server: Server, editor_page: Page, artifacts: Path) -> None:
     page = editor_page
     page.goto(f"{server.url}/preview")
     subject = issuefile.load(server.issue_path).subject
@@ -138,7 +143,7 @@ def test_an_editor_previews_sends_a_test_and_approves(server: Server, editor_pag
     expect(page.locator("#desktop-frame")).to_be_visible()
     expect(page.frame_locator("#mobile-frame").get_by_text("Diplomacy Watch").first).to_be_visible()
     expect(page.get_by_text("bytes of Gmail's 102,400-byte clipping limit")).to_be_visible()
-    shot(page, "preview-side-by-side.png")
+    shot(page, "preview-side-by-side.png", artifacts)
 
     page.get_by_role("link", name="Mobile", exact=True).click()
     expect(page).to_have_url(re.compile(r"view=mobile$"))
@@ -148,12 +153,12 @@ def test_an_editor_previews_sends_a_test_and_approves(server: Server, editor_pag
     assert box is not None and box["width"] == 375
     mobile_body = page.frame_locator("#mobile-frame").locator("body")
     expect(mobile_body).to_contain_text("Unsubscribe")
-    shot(page, "preview-mobile.png")
+    shot(page, "preview-mobile.png", artifacts)
 
     page.get_by_role("link", name="Plain text").click()
     text = page.locator("#plain-text").inner_text()
     assert "1100 Example Avenue NW" in text and "Unsubscribe: http" in text and "<" not in text.split("\n")[0]
-    shot(page, "preview-text.png")
+    shot(page, "preview-text.png", artifacts)
 
     page.get_by_role("link", name="Side by side").click()
     page.get_by_role("button", name="Send test").click()
@@ -164,7 +169,7 @@ def test_an_editor_previews_sends_a_test_and_approves(server: Server, editor_pag
     page.get_by_role("button", name="Approve").click()
     expect(page.locator("#status")).to_have_text("approved")
     assert issuefile.load(server.issue_path).status == "approved"
-    shot(page, "preview-approved.png")
+    shot(page, "preview-approved.png", artifacts)
 
 
 def test_the_preview_reloads_when_the_issue_file_changes(server: Server, editor_page: Page) -> None:
