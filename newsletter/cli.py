@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter import send as send_job_types
+    from newsletter.rendercheck import RenderReport
     from newsletter.send import SendSummary
     from newsletter.weekly import WeekReport
 
@@ -85,15 +86,17 @@ def build(
     issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
 ) -> None:
-    """Compile ISSUE_FILE into email.html, email.txt and email.eml."""
-    from newsletter import render
+    """Compile ISSUE_FILE into email.html, email.txt and email.eml, then run the render
+    check (render_check.on_build)."""
+    from newsletter import rendercheck
 
     cfg = settings()
-    result = render.build_to_dir(issue_file, cfg, out or cfg.output.dir)
-    for message in result.warnings:
+    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, cfg.render_check.on_build)
+    for message in done.build.warnings:
         warn(message)
-    for path, size in result.files:
+    for path, size in done.build.files:
         console.print(f"wrote {escape(str(path))} ({size:,} bytes)")
+    _print_render_check(done.report)
 
 
 @app.command()
@@ -115,6 +118,39 @@ def preview(
     console.print(f"preview: {html_path.resolve().as_uri()}", soft_wrap=True)
     if open_browser and not webbrowser.open(html_path.resolve().as_uri()):
         warn("no web browser could be opened here; open the file above yourself")
+
+
+@app.command()
+def check(
+    issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
+) -> None:
+    """Build ISSUE_FILE and open it in Chromium at 375 and 600 px, light and dark: overflow,
+    font sizes, contrast, tap targets, axe-core, email-client support, screenshots."""
+    from newsletter import rendercheck
+
+    cfg = settings()
+    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir)
+    for message in done.build.warnings:
+        warn(message)
+    _print_render_check(done.report)
+
+
+def _print_render_check(report: "RenderReport") -> None:
+    from newsletter import rendercheck
+
+    if report.skipped:
+        warn(report.skipped)
+        return
+    console.print(f"render check: {len(report.renders)} renders in {report.seconds:.1f} s")
+    for line in rendercheck.summary(report):
+        console.print(f"  {escape(line)}", soft_wrap=True)
+    for message in report.warnings:
+        warn(message)
+    for message in report.errors:
+        err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    if report.errors:
+        raise typer.Exit(1)
 
 
 @app.command()

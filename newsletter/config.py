@@ -130,6 +130,16 @@ class Limits(Section):
         return self
 
 
+class RenderCheck(Section):
+    """The render check in Chromium (`newsletter check`) and when build and send run it:
+    auto = when Chromium is installed (else one line says it was skipped), required =
+    refuse without it, off = never."""
+
+    chromium: Path = Path("/usr/bin/chromium")
+    on_build: Literal["auto", "required", "off"] = "auto"
+    on_send: Literal["auto", "required", "off"] = "auto"
+
+
 class Utm(Section):
     """UTM parameters added to links that point at the publication's own domains."""
 
@@ -343,6 +353,7 @@ class Settings(Section):
     templates: Templates = Templates()
     output: Output = Output()
     limits: Limits = Limits()
+    render_check: RenderCheck = RenderCheck()
     utm: Utm = Utm()
     issues_dir: Path = Path("issues")
     sources: Sources | None = None

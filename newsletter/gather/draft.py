@@ -23,19 +23,20 @@ PREHEADER_CHARS = 150  # what inbox previews show, roughly
 SUBJECT_CHARS = 200  # the Issue model's limit
 
 
-def _image(image: FeedImage | None) -> Image | None:
+def _image(image: FeedImage | None, title: str = "") -> Image | None:
     if image is None:
         return None
     try:
-        return Image(
-            src=image.src, alt=image.alt, credit=image.credit, width=image.width, height=image.height
+        return Image(  # alt that repeats the title beside it would be read twice: none instead
+            src=image.src, alt="" if image.alt == title else image.alt, credit=image.credit,
+            width=image.width, height=image.height,
         )
     except ValidationError:
         return None
 
 
 def _best_image(entry: FeedEntry, clean_html: str) -> Image | None:
-    return _image(entry.image or first_real_image(clean_html, entry.title))
+    return _image(entry.image or first_real_image(clean_html, entry.title), entry.title)
 
 
 def make_roundup(entry: FeedEntry, settings: Settings) -> Roundup:
@@ -81,7 +82,7 @@ def make_teaser(entry: FeedEntry, settings: Settings) -> Teaser:
         author=entry.author,
         published=entry.published,
         guid=entry.guid,
-        image=_image(image),
+        image=_image(image, entry.title),
         excerpt=excerpt,
     )
 
