@@ -96,7 +96,8 @@ def build(
         warn(message)
     for path, size in done.build.files:
         console.print(f"wrote {escape(str(path))} ({size:,} bytes)")
-    _print_render_check(done.report)
+    if cfg.render_check.on_build != "off":
+        _print_render_check(done.report)
 
 
 @app.command()
