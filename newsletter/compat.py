@@ -269,6 +269,7 @@ def checks(notes: Iterable[ClientNote]) -> list[Check]:
             out.append(Check("error", f"{n.client} does not support {n.title} ({n.feature}), "
                                       f"which carries content{': ' + n.note if n.note else ''}"))
         elif not n.carries_content and not n.fallback:
-            out.append(Check("warning", f"{n.client}: {n.support} support for {n.title} ({n.feature}); "
-                                        f"check how it degrades{': ' + n.note if n.note else ''}"))
+            support = "not supported" if n.support == "unsupported" else "only partly supported"
+            out.append(Check("warning", f"{n.client}: {n.title} ({n.feature}) is {support}; check how "
+                                        f"the email degrades there{': ' + n.note if n.note else ''}"))
     return out
