@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -212,7 +212,9 @@ def used_features(html: str) -> set[str]:
     return used
 
 
-def _property(name: str, value: str, add: Any) -> None:
+def _property(name: str, value: str, add: Callable[[str], None]) -> None:
+    """The slugs of one CSS declaration: the property (or its shorthand family), and
+    what its value uses (``!important``, ``display:none``, ``rgb()``)."""
     if name.startswith("mso-") or name.startswith("-"):
         return
     if "!important" in value:
@@ -221,18 +223,19 @@ def _property(name: str, value: str, add: Any) -> None:
         add("css-display-none")
     if "rgb(" in value or "rgba(" in value:
         add("css-rgb" if "rgb(" in value else "css-rgba")
-    if name.startswith(("border-") ) and name.endswith("radius"):
+    if name.startswith("border-") and name.endswith("radius"):
         add("css-border-radius")
     elif name.startswith(("border", "padding", "margin")) and f"css-{name}" not in _features():
         add(f"css-{name.split('-')[0]}")
     add(f"css-{name}")
 
 
-def _latest(stats: dict[str, dict[str, str]], family: str, platform: str) -> str | None:
+def _latest(stats: dict[str, dict[str, dict[str, str]]], family: str, platform: str) -> str | None:
+    """The support value of the newest version caniemail tested (its lists are in date order)."""
     versions = stats.get(family, {}).get(platform)
     if not versions:
         return None
-    return list(versions.values())[-1]
+    return str(list(versions.values())[-1])
 
 
 def report(html: str) -> list[ClientNote]:

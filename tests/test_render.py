@@ -361,7 +361,7 @@ def test_dark_palette_for_apple_mail_and_outlook_com(built: render.Built) -> Non
     assert ".card, .card > table { background: #262523 !important; }" in dark
     assert "[data-ogsb] .card, [data-ogsb] .card > table { background: #262523 !important; }" in dark
     assert "[data-ogsc] .card div," in dark
-    accent = re.search(r"\.label div, \.teaser-label[^{]*\{ color: (#[0-9a-f]{6})", dark).group(1)
+    accent = re.search(r"\.label div, \.card \.teaser-label[^{]*\{ color: (#[0-9a-f]{6})", dark).group(1)
     assert render.contrast(accent, "#332c22") >= 4.5 and render.contrast(accent, "#262523") >= 4.5
 
 
