@@ -146,6 +146,9 @@ def _cached_environment(templates_dir: str) -> jinja2.Environment:
     )
     env.filters["wrap"] = plaintext.wrap
     env.filters["host"] = lambda url: urlsplit(url).hostname or url
+    env.filters["link"] = _link_filter
+    env.filters["markdown"] = _markdown_filter
+    env.filters["markdown_text"] = _markdown_text_filter
     env.filters["fit"] = fit_image
     env.filters["legible_on"] = legible_on
     return env
@@ -250,13 +253,23 @@ def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
     }
 
 
-def _filters(tag: links.UtmTagger) -> dict[str, Any]:
-    """Per-issue filters: they depend on the issue's UTM campaign."""
-    return {
-        "link": tag,
-        "markdown": lambda text: Markup(_tag_links(_markdown.render(text), tag)),
-        "markdown_text": lambda text: plaintext.html_to_text(_markdown.render(text), tag),
-    }
+# Per-issue filters: they depend on the issue's UTM campaign, which they read from the
+# render context ("_tag"). Registered once on the cached environment, so the compiled
+# templates are reused; an overlay environment per issue would have its own empty cache
+# and recompile every template on every build.
+@jinja2.pass_context
+def _link_filter(ctx: Any, url: str) -> str:
+    return str(ctx["_tag"](url))
+
+
+@jinja2.pass_context
+def _markdown_filter(ctx: Any, text: str) -> Markup:
+    return Markup(_tag_links(_markdown.render(text), ctx["_tag"]))
+
+
+@jinja2.pass_context
+def _markdown_text_filter(ctx: Any, text: str) -> str:
+    return plaintext.html_to_text(_markdown.render(text), ctx["_tag"])
 
 
 # --- MJML and premailer ---------------------------------------------------------------
@@ -361,11 +374,8 @@ def check_email(email: RenderedEmail, size: int, settings: Settings) -> list[Che
 
 
 def _prepare(issue: Issue, settings: Settings) -> tuple[jinja2.Environment, dict[str, Any]]:
-    """The template environment with this issue's filters, and the template context."""
-    env = _environment(settings.templates.dir).overlay()
-    context = _context(issue, settings)
-    env.filters.update(_filters(context.pop("_tag")))
-    return env, context
+    """The template environment (shared, cached) and this issue's template context."""
+    return _environment(settings.templates.dir), _context(issue, settings)
 
 
 def render_mjml(issue: Issue, settings: Settings) -> str:

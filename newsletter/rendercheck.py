@@ -38,8 +38,6 @@ SERIOUS = ("serious", "critical")
 LAYOUT_RULES = ["color-contrast", "target-size", "link-in-text-block", "scrollable-region-focusable"]
 # Not applicable to an email, which a client shows inside its own page and landmarks.
 AXE_RULES_OFF = {"region": {"enabled": False}, "landmark-one-main": {"enabled": False}}
-# light first at 600 px: the render the full rule set runs on
-ORDER: tuple[tuple[Scheme, int], ...] = (("light", 600), ("light", 375), ("dark", 375), ("dark", 600))
 # Bumped when the check itself changes, so a recorded report is not reused.
 CHECK_VERSION = 1
 
@@ -220,49 +218,68 @@ def recorded(out_dir: Path, html: str) -> RenderReport | None:
 
 
 def _renders(html: str, out_dir: Path, chromium: Path) -> list[Render]:
-    from axe_playwright_python.sync_playwright import Axe
-    from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import Route, sync_playwright
+    import asyncio
 
-    def offline(route: Route) -> None:
-        if route.request.resource_type == "image":
-            route.fulfill(status=200, content_type="image/svg+xml", body=_PLACEHOLDER)
-        else:
-            route.abort()
+    from playwright.async_api import Error as PlaywrightError
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    axe, injected = Axe(), Axe(axe_script="void 0")
-    renders: list[Render] = []
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-            try:
-                context = browser.new_context(java_script_enabled=True)
-                context.route("**/*", offline)
-                page = context.new_page()
-                # One load: a new width or scheme re-applies the media queries in place,
-                # and axe-core, injected once, stays in the page.
-                page.set_viewport_size({"width": ORDER[0][1], "height": 800})
-                page.set_content(html, wait_until="load")
-                for n, (scheme, width) in enumerate(ORDER):
-                    page.emulate_media(color_scheme=scheme)
-                    page.set_viewport_size({"width": width, "height": 800})
-                    measured = page.evaluate(_MEASURE)
-                    options: dict[str, Any] = {"resultTypes": ["violations"], "rules": AXE_RULES_OFF}
-                    if n:
-                        options = {"resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}}
-                    results = (axe if n == 0 else injected).run(page, options=options).response
-                    name = screenshot_name(width, scheme)
-                    page.screenshot(path=str(out_dir / name), full_page=True)
-                    renders.append(_render(width, scheme, name, measured, results))
-            finally:
-                browser.close()
+        return asyncio.run(_browse(html, out_dir, chromium))
     except PlaywrightError as exc:
         from newsletter.errors import BuildError
 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BuildError(f"render check: Chromium failed: {first}") from None
-    return renders
+
+
+async def _browse(html: str, out_dir: Path, chromium: Path) -> list[Render]:
+    """Light and dark side by side: one browser, a context (so a renderer process, on its
+    own core) per scheme; each loads the email once and is resized in place, so the
+    media queries apply anew and axe-core, injected once, stays in the page."""
+    import asyncio
+
+    from axe_playwright_python.async_playwright import Axe
+    from playwright.async_api import Route, async_playwright
+
+    async def offline(route: Route) -> None:
+        if route.request.resource_type == "image":
+            await route.fulfill(status=200, content_type="image/svg+xml", body=_PLACEHOLDER)
+        else:
+            await route.abort()
+
+    async def scheme_renders(browser: Any, scheme: Scheme) -> list[Render]:
+        context = await browser.new_context()
+        await context.route("**/*", offline)
+        page = await context.new_page()
+        await page.emulate_media(color_scheme=scheme)
+        renders: list[Render] = []
+        for n, width in enumerate(sorted(WIDTHS, reverse=True)):
+            await page.set_viewport_size({"width": width, "height": 800})
+            if n == 0:
+                await page.set_content(html, wait_until="load")
+            measured = await page.evaluate(_MEASURE)
+            if n == 0:  # inject axe-core; the whole rule set only on the first light render
+                full = scheme == SCHEMES[0]
+                options: dict[str, Any] = ({"resultTypes": ["violations"], "rules": AXE_RULES_OFF} if full else
+                                           {"resultTypes": ["violations"],
+                                            "runOnly": {"type": "rule", "values": LAYOUT_RULES}})
+                results = (await Axe().run(page, options=options)).response
+            else:
+                results = (await Axe(axe_script="void 0").run(page, options={
+                    "resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}})).response
+            name = screenshot_name(width, scheme)
+            await page.screenshot(path=str(out_dir / name), full_page=True)
+            renders.append(_render(width, scheme, name, measured, results))
+        await context.close()
+        return renders
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            by_scheme = await asyncio.gather(*(scheme_renders(browser, scheme) for scheme in SCHEMES))
+        finally:
+            await browser.close()
+    return [r for renders in by_scheme for r in renders]
 
 
 def _render(width: int, scheme: Scheme, name: str, measured: dict[str, Any], axe: dict[str, Any]) -> Render:
