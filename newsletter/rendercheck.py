@@ -4,8 +4,10 @@ It measures horizontal overflow, the smallest font, text contrast (WCAG AA) and 
 targets, runs axe-core, adds the email-client compatibility report (``compat``), writes
 a screenshot of each render and records the report next to them as ``check.json``.
 
-Errors (overflow, contrast below AA, serious or critical axe violations, content that a
-client cannot show) stop a send like the build's own checks; warnings are listed.
+Errors (overflow, contrast below AA, serious or critical axe violations, quirks mode,
+content that a client cannot show) stop a send like the build's own checks; warnings
+(small fonts and tap targets, minor axe findings, image widths, features without a known
+fallback) are listed.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ AXE_RULES_OFF = {"region": {"enabled": False}, "landmark-one-main": {"enabled": 
 # Bumped when the check itself changes, so a recorded report is not reused.
 CHECK_VERSION = 1
 
-# Remote images are never fetched: each one is a neutral placeholder of its own
-# width and height attributes, so the layout is the one readers get, offline.
+# Remote images are never fetched: each is a neutral 3:2 placeholder, shown at the
+# image's own width, so the layout is close to the one readers get, offline.
 _PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="800" viewBox="0 0 1200 800">'
                 '<rect width="1200" height="800" fill="#b9b4aa"/></svg>')
 
@@ -181,7 +183,7 @@ def chromium_missing(chromium: Path = CHROMIUM) -> str | None:
         import axe_playwright_python  # noqa: F401
         import playwright  # noqa: F401
     except ImportError:
-        return "render check skipped: install the check extra (pip install 'newsletter[check]')"
+        return "render check skipped: playwright or axe-playwright-python is not installed (pip install -e .)"
     return None
 
 
