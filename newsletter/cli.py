@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 import typer
 from rich.console import Console
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter import send as send_job_types
-    from newsletter.render import BuildOutput
+    from newsletter.rendercheck import CheckOutput, RenderReport
     from newsletter.send import SendSummary
     from newsletter.weekly import WeekReport
 
@@ -99,15 +99,16 @@ def error(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True)
 
 
-def _built(issue_file: Path, out: Optional[Path]) -> BuildOutput:
-    """Build ``issue_file`` into ``out`` (default: output.dir) and print its warnings."""
-    from newsletter import render
+def _built(issue_file: Path, out: Optional[Path], check: Literal["auto", "required", "off"]) -> "CheckOutput":
+    """Build ``issue_file`` into ``out`` (default: output.dir), run the render check in mode
+    ``check`` and print the build's warnings."""
+    from newsletter import rendercheck
 
     cfg = settings()
-    result = render.build_to_dir(issue_file, cfg, out or cfg.output.dir)
-    for message in result.warnings:
+    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, check)
+    for message in done.build.warnings:
         warn(message)
-    return result
+    return done
 
 
 @app.command()
@@ -115,9 +116,14 @@ def build(
     issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
 ) -> None:
-    """Compile ISSUE_FILE into email.html, email.txt and email.eml."""
-    for path, size in _built(issue_file, out).files:
+    """Compile ISSUE_FILE into email.html, email.txt and email.eml, then run the render
+    check (render_check.on_build)."""
+    mode = settings().render_check.on_build
+    done = _built(issue_file, out, mode)
+    for path, size in done.build.files:
         console.print(f"wrote {escape(str(path))} ({size:,} bytes)")
+    if mode != "off":
+        _print_render_check(done.report)
 
 
 @app.command()
@@ -129,10 +135,37 @@ def preview(
     """Build ISSUE_FILE and show where its HTML is (or open it with --open)."""
     import webbrowser
 
-    html_path = _built(issue_file, out).files[0][0]
+    html_path = _built(issue_file, out, "off").build.files[0][0]
     console.print(f"preview: {html_path.resolve().as_uri()}", soft_wrap=True)
     if open_browser and not webbrowser.open(html_path.resolve().as_uri()):
         warn("no web browser could be opened here; open the file above yourself")
+
+
+@app.command()
+def check(
+    issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
+) -> None:
+    """Build ISSUE_FILE and open it in Chromium at 375 and 600 px, light and dark: overflow,
+    font sizes, contrast, tap targets, axe-core, email-client support, screenshots."""
+    _print_render_check(_built(issue_file, out, "auto").report)
+
+
+def _print_render_check(report: "RenderReport") -> None:
+    from newsletter import rendercheck
+
+    if report.skipped:
+        warn(report.skipped)
+        return
+    console.print(f"render check: {len(report.renders)} renders in {report.seconds:.1f} s")
+    for line in rendercheck.summary(report):
+        console.print(f"  {escape(line)}", soft_wrap=True)
+    for message in report.warnings:
+        warn(message)
+    for message in report.errors:
+        error(message)
+    if report.errors:
+        raise typer.Exit(1)
 
 
 @app.command()

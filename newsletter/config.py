@@ -166,6 +166,16 @@ class Limits(Section):
         return self
 
 
+class RenderCheck(Section):
+    """The render check in Chromium (`newsletter check`) and when build and send run it:
+    auto = when Chromium is installed (else one line says it was skipped), required =
+    refuse without it, off = never."""
+
+    chromium: Path = Path("/usr/bin/chromium")
+    on_build: Literal["auto", "required", "off"] = "auto"
+    on_send: Literal["auto", "required", "off"] = "auto"
+
+
 class Utm(Section):
     """UTM parameters added to links that point at the publication's own domains."""
 
@@ -421,6 +431,7 @@ class Settings(Section):
     templates: Templates = _paths_section()
     output: Output = _paths_section()
     limits: Limits = Limits()
+    render_check: RenderCheck = RenderCheck()
     utm: Utm = Utm()
     issues_dir: ConfigPath = Path("issues")
     sources: Sources | None = None

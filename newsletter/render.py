@@ -45,6 +45,15 @@ _NEEDS_ESCAPE = re.compile(r"[&<>\"']")
 _CSS_IMPORT = re.compile(r"@import\s+[^;]+;", re.IGNORECASE)
 _KEEP_STYLE = 'data-premailer="ignore"'
 _LOOPBACK = ("http://127.0.0.1", "http://localhost", "http://[::1]")
+_DOCTYPE = "<!doctype html>"
+# mj-image writes the height it is given into the image's CSS too, which would squash the
+# image on a phone: the attribute stays (Outlook needs it), CSS keeps the aspect ratio.
+_IMG_CSS_HEIGHT = re.compile(r'(<img\b[^>]*?style="[^"]*?)height:\d+px;')
+# The text column: the 600 px body less the 28 px paddings on either side.
+CONTENT_WIDTH = 544
+# What follows the preheader in the inbox preview, instead of the email's first words
+# ("View this email in your browser"): invisible joiners, about 100 characters' worth.
+PREHEADER_FILLER = Markup("&#847;&zwnj;&nbsp;" * 100)
 
 SAMPLE_RECIPIENT_TOKEN = "sample-recipient-token"
 
@@ -137,7 +146,54 @@ def _cached_environment(templates_dir: str) -> jinja2.Environment:
     )
     env.filters["wrap"] = plaintext.wrap
     env.filters["host"] = lambda url: urlsplit(url).hostname or url
+    env.filters["link"] = _link_filter
+    env.filters["markdown"] = _markdown_filter
+    env.filters["markdown_text"] = _markdown_text_filter
+    env.filters["fit"] = fit_image
+    env.filters["legible_on"] = legible_on
     return env
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    width: int
+    height: int
+
+
+def fit_image(image: Any, column: int) -> ImageSize | None:
+    """The size an image is shown at in a ``column`` px wide column: never wider than
+    its own width, height from its aspect ratio; None when the issue does not know both."""
+    width, height = getattr(image, "width", None), getattr(image, "height", None)
+    if not width or not height:
+        return None
+    shown = min(width, column)
+    return ImageSize(shown, max(1, round(height * shown / width)))
+
+
+def _luminance(color: str) -> float:
+    def channel(v: int) -> float:
+        c = v / 255
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+def contrast(a: str, b: str) -> float:
+    """The WCAG contrast ratio of two ``#rrggbb`` colours."""
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def legible_on(color: str, background: str, ratio: float = 4.5) -> str:
+    """``color`` mixed with white until it reaches ``ratio`` against a dark ``background``
+    (the accent colour on the dark palette)."""
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    for step in range(0, 101, 5):
+        mixed = "#" + "".join(f"{round(c + (255 - c) * step / 100):02x}" for c in rgb)
+        if contrast(mixed, background) >= ratio:
+            return mixed
+    return "#ffffff"
 
 
 def _render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
@@ -191,17 +247,29 @@ def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
         "roundup_body": Markup(_tag_links(body_html, tag)),
         "roundup_text": plaintext.html_to_text(body_html, tag),
         "roundup_excerpted": excerpted,
+        "content_width": CONTENT_WIDTH,
+        "preheader_filler": PREHEADER_FILLER,
         "_tag": tag,
     }
 
 
-def _filters(tag: links.UtmTagger) -> dict[str, Any]:
-    """Per-issue filters: they depend on the issue's UTM campaign."""
-    return {
-        "link": tag,
-        "markdown": lambda text: Markup(_tag_links(_markdown.render(text), tag)),
-        "markdown_text": lambda text: plaintext.html_to_text(_markdown.render(text), tag),
-    }
+# Per-issue filters: they depend on the issue's UTM campaign, which they read from the
+# render context ("_tag"). Registered once on the cached environment, so the compiled
+# templates are reused; an overlay environment per issue would have its own empty cache
+# and recompile every template on every build.
+@jinja2.pass_context
+def _link_filter(ctx: Any, url: str) -> str:
+    return str(ctx["_tag"](url))
+
+
+@jinja2.pass_context
+def _markdown_filter(ctx: Any, text: str) -> Markup:
+    return Markup(_tag_links(_markdown.render(text), ctx["_tag"]))
+
+
+@jinja2.pass_context
+def _markdown_text_filter(ctx: Any, text: str) -> str:
+    return plaintext.html_to_text(_markdown.render(text), ctx["_tag"])
 
 
 # --- MJML and premailer ---------------------------------------------------------------
@@ -212,10 +280,11 @@ def compile_mjml(mjml_source: str, source_name: str = "email.mjml.j2") -> str:
     from mjml import mjml2html
 
     try:
-        return str(mjml2html(mjml_source, disable_comments=True, fonts={}))
+        html = str(mjml2html(mjml_source, disable_comments=True, fonts={}))
     except Exception as exc:  # MRML raises a bare exception type on invalid MJML
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TemplateError(f"{source_name}: invalid MJML: {first}") from None
+    return _IMG_CSS_HEIGHT.sub(r"\1height:auto;", html)
 
 
 def inline_css(html: str, css: str) -> str:
@@ -243,7 +312,11 @@ def inline_css(html: str, css: str) -> str:
             cache_css_parsing=True,
         ).transform()
     )
-    return inlined.replace(f" {_KEEP_STYLE}", "")
+    inlined = inlined.replace(f" {_KEEP_STYLE}", "")
+    # premailer drops MJML's doctype, and without one clients render in quirks mode.
+    if html.lstrip()[:9].lower() == "<!doctype" and inlined.lstrip()[:9].lower() != "<!doctype":
+        inlined = f"{_DOCTYPE}\n{inlined}"
+    return inlined
 
 
 # --- checks ---------------------------------------------------------------------------
@@ -301,11 +374,8 @@ def check_email(email: RenderedEmail, size: int, settings: Settings) -> list[Che
 
 
 def _prepare(issue: Issue, settings: Settings) -> tuple[jinja2.Environment, dict[str, Any]]:
-    """The template environment with this issue's filters, and the template context."""
-    env = _environment(settings.templates.dir).overlay()
-    context = _context(issue, settings)
-    env.filters.update(_filters(context.pop("_tag")))
-    return env, context
+    """The template environment (shared, cached) and this issue's template context."""
+    return _environment(settings.templates.dir), _context(issue, settings)
 
 
 def render_mjml(issue: Issue, settings: Settings) -> str:

@@ -92,6 +92,24 @@ def _build(issue: Issue, path: Path, settings: Settings) -> render.RenderedEmail
     return built.email
 
 
+def _render_check(email: render.RenderedEmail, path: Path, settings: Settings) -> None:
+    """The render check in Chromium (``render_check.on_send``): its errors block the send
+    like the build's own checks. A report recorded for the same HTML (by ``newsletter
+    check`` or ``build``) is reused; without Chromium, ``auto`` logs one line and goes on."""
+    from newsletter import rendercheck
+
+    options = settings.render_check
+    html, _text = render.personalize_parts(email, render.sample_recipient(settings))
+    report = rendercheck.check_html(html, settings.output.dir, options.chromium, options.on_send)
+    if report.skipped:
+        if options.on_send != "off":
+            log.warning("%s: %s", path, report.skipped)
+        return
+    if report.errors:
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise BuildError(f"{path}: not sending: {report.errors[0]}{more}")
+
+
 def send_test(settings: Settings, path: Path, recipients: list[str] | None = None,
               sender: Sender | None = None) -> list[str]:
     """Send the issue to the editors (``delivery.test_recipients``) with a ``[TEST]``
@@ -372,6 +390,7 @@ def _send(settings: Settings, path: Path, issue: Issue, engine: Engine, sender: 
     if issue.status == "draft" and not allow_draft:
         raise SendError(f"{path}: is a draft; approve it first (`newsletter approve {path}`)")
     email = _build(issue, path, settings)
+    _render_check(email, path, settings)
     pinned = content_hash(email)
     if existing is not None and (changed := _changes(existing, email, pinned)):
         if not allow_changed:

@@ -50,6 +50,17 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The render check opens Chromium (seconds per email): the suite turns it off in its
+# project config, and tests/test_check.py turns it on where it is the subject.
+SUITE_CONFIG: dict[str, Any] = {"render_check": {"on_build": "off", "on_send": "off"}}
+
+
+def suite_config() -> dict[str, Any]:
+    """The repository's config.yaml with the suite's overrides."""
+    data = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
+    return _deep_merge(data, SUITE_CONFIG)
+
+
 def _working_data() -> dict[str, tuple[int, int]]:
     """Path -> (size, mtime) of every file of the checkout's working data."""
     found: dict[str, tuple[int, int]] = {}
@@ -86,7 +97,8 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "templates", tmp_path / "templates")
     shutil.copytree(FIXTURES / "issues", tmp_path / "issues")
     shutil.copytree(FIXTURES / "feeds", tmp_path / "samples" / "feeds")
-    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(suite_config(), allow_unicode=True, sort_keys=False),
+                                          encoding="utf-8")
     return tmp_path
 
 
@@ -95,8 +107,7 @@ def write_config(project: Path) -> Callable[..., Path]:
     """Write project/config.yaml as the repository's config merged with ``overrides``."""
 
     def write(overrides: dict[str, Any] | None = None, name: str = "config.yaml") -> Path:
-        data = yaml.safe_load((ROOT / "config.yaml").read_text(encoding="utf-8"))
-        data = _deep_merge(data, overrides or {})
+        data = _deep_merge(suite_config(), overrides or {})
         path = project / name
         path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
         return path

@@ -23,12 +23,13 @@ PREHEADER_CHARS = 150  # what inbox previews show, roughly
 SUBJECT_CHARS = 200  # the Issue model's limit
 
 
-def _image(image: FeedImage | None) -> Image | None:
+def _image(image: FeedImage | None, title: str = "") -> Image | None:
     if image is None:
         return None
     try:
-        return Image(
-            src=image.src, alt=image.alt, credit=image.credit, width=image.width, height=image.height
+        return Image(  # alt that repeats the title beside it would be read twice: none instead
+            src=image.src, alt="" if image.alt == title else image.alt, credit=image.credit,
+            width=image.width, height=image.height,
         )
     except ValidationError:
         return None
@@ -38,11 +39,11 @@ def _best_image(entry: FeedEntry, settings: Settings, *clean_html: str) -> Image
     """The declared image, else the first body image a reader would choose; none when
     only share buttons, pixels or small images (templates.min_image_width) are there."""
     if entry.image is not None:
-        return _image(entry.image)
+        return _image(entry.image, entry.title)
     for fragment in clean_html:
         found = first_real_image(fragment, entry.title, settings.templates.min_image_width)
         if found is not None:
-            return _image(found)
+            return _image(found, entry.title)
     return None
 
 

@@ -1,7 +1,9 @@
 """The editors' preview: the list of issues, and one issue in a desktop and a 375 px
-mobile frame, its plain text, its size against Gmail's clipping limit and the build's
-checks, with "send test" and "approve". The page polls a fingerprint of the issue file
-and the templates and reloads itself when either changes.
+mobile frame, its plain text, its size against Gmail's clipping limit, the build's
+checks and the render check (its report and four screenshots side by side, when one is
+recorded for this exact HTML; a button runs it), with "send test" and "approve". The
+page polls a fingerprint of the issue file and the templates and reloads itself when
+either changes.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from newsletter import issuefile, send
+from newsletter import issuefile, rendercheck, send
 from newsletter.errors import NewsletterError, StoreError
 from newsletter.models import Issue
 from newsletter.store import events
@@ -24,7 +26,9 @@ from newsletter.web.security import CSRF_FIELD, EditorRequest, is_forwarded
 log = logging.getLogger("newsletter.web")
 
 View = Literal["both", "desktop", "mobile", "text"]
-NOTICES = {"test-sent": "Test sent to {recipients}.", "approved": "Approved: the send job will send it."}
+NOTICES = {"test-sent": "Test sent to {recipients}.", "approved": "Approved: the send job will send it.",
+           "checked": "Render check done."}
+SCREENSHOTS = {rendercheck.screenshot_name(w, s): (w, s) for s in rendercheck.SCHEMES for w in rendercheck.WIDTHS}
 MOBILE_WIDTH = 375
 POLL_MS = 500
 
@@ -83,11 +87,14 @@ def issue_page(
         built = request.app.state.builds.build(path, issue)
     except NewsletterError as exc:  # the file or a template is broken: show it, keep reloading
         page = ctx.page(request, "preview_issue.html", status=exc.status, issue=None, built=None, text="",
-                        build_error=str(exc), stats=None, **values)
+                        build_error=str(exc), stats=None, render_report=None, chromium_missing=None,
+                        screenshots=SCREENSHOTS, **values)
         return with_csrf_cookie(page, ctx, cookie)
-    _html, text = sample_parts(ctx.settings, built)
+    html, text = sample_parts(ctx.settings, built)
     page = ctx.page(request, "preview_issue.html", issue=issue, built=built, text=text, build_error=None,
-                    stats=_stats(ctx, issue), **values)
+                    stats=_stats(ctx, issue), render_report=rendercheck.recorded(ctx.settings.output.dir, html),
+                    chromium_missing=rendercheck.chromium_missing(ctx.settings.render_check.chromium),
+                    screenshots=SCREENSHOTS, **values)
     return with_csrf_cookie(page, ctx, cookie)
 
 
@@ -105,6 +112,29 @@ def issue_text(slug: str, request: Request) -> Response:
     path, issue = find_issue(ctx.settings, slug)
     _html, text = sample_parts(ctx.settings, request.app.state.builds.build(path, issue))
     return PlainTextResponse(text)
+
+
+@router.get("/{slug}/check/{name}", summary="A screenshot of the render check")
+def issue_screenshot(slug: str, name: str, request: Request) -> Response:
+    ctx = context(request)
+    if name not in SCREENSHOTS:
+        return PlainTextResponse("no such screenshot", status_code=404)
+    path = ctx.settings.output.dir / name
+    if not path.is_file():
+        return PlainTextResponse("no render check has run: press Run render check", status_code=404)
+    return FileResponse(path, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+@router.post("/{slug}/check", summary="Run the render check on the issue as it is now")
+def issue_check(slug: str, request: Request,
+                csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+    ctx = context(request)
+    check_csrf(request, ctx, csrf_token)
+    path, issue = find_issue(ctx.settings, slug)
+    html, _text = sample_parts(ctx.settings, request.app.state.builds.build(path, issue))
+    report = rendercheck.check_html(html, ctx.settings.output.dir, ctx.settings.render_check.chromium, "required")
+    log.info("event=render_checked issue=%s errors=%d seconds=%.1f", slug, len(report.errors), report.seconds)
+    return RedirectResponse(f"/preview/{slug}?notice=checked", status_code=303)
 
 
 @router.get("/{slug}/version", summary="Changes when the issue file or a template changes")
