@@ -135,6 +135,9 @@ class HostileServer:
 
 
 def _head(status: int, headers: dict[str, str]) -> bytes:
+    # The server closes every connection after one answer, and says so: a client reusing
+    # the connection would race the close (a reset), which is not what these tests test.
+    headers = {"Connection": "close", **headers}
     lines = [f"HTTP/1.1 {status} Status"] + [f"{k}: {v}" for k, v in headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
