@@ -16,6 +16,7 @@ import email.policy
 import hashlib
 import html as html_lib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -322,9 +323,12 @@ def inline_css(html: str, css: str) -> str:
 # --- checks ---------------------------------------------------------------------------
 
 
-def check_email(email: RenderedEmail, size: int, settings: Settings) -> list[Check]:
+def check_email(email: RenderedEmail, size: int, settings: Settings, *,
+                unwritten_alt: Collection[str] = ()) -> list[Check]:
     """What a professional sender checks before an email goes out: ``email`` still holds
-    the placeholders, ``size`` is the byte size of a personalized HTML part."""
+    the placeholders, ``size`` is the byte size of a personalized HTML part. An image
+    needs an alt attribute (``alt=""`` marks it decorative), and the issue's own images
+    whose alt nobody wrote (``unwritten_alt``, their sources) are flagged too."""
     import lxml.html
 
     html, text = email.html, email.text
@@ -340,7 +344,7 @@ def check_email(email: RenderedEmail, size: int, settings: Settings) -> list[Che
                                        f"close to Gmail's clipping limit ({limits.html_max_bytes:,})"))
     doc = lxml.html.document_fromstring(html)
     for img in doc.iter("img"):
-        if not (img.get("alt") or "").strip():
+        if img.get("alt") is None or img.get("src") in unwritten_alt:
             checks.append(Check("warning", f"image without alt text: {img.get('src', '(no src)')}"))
         if not (img.get("src") or "").startswith("https://"):
             checks.append(Check("warning", f"image not served over https: {img.get('src') or '(empty)'}"))
@@ -407,7 +411,9 @@ def build_issue(issue: Issue, settings: Settings) -> Built:
     # Size is measured on a personalized copy, the other checks on the placeholders.
     sample_html, _ = personalize_parts(email, sample_recipient(settings))
     size = len(sample_html.encode("utf-8"))
-    checks = check_email(email, size, settings)
+    pictures = [issue.roundup.image if issue.roundup else None, *(teaser.image for teaser in issue.teasers)]
+    unwritten = {image.src for image in pictures if image is not None and image.alt is None}
+    checks = check_email(email, size, settings, unwritten_alt=unwritten)
     return Built(email=email, checks=tuple(checks), html_bytes=size)
 
 

@@ -228,13 +228,28 @@ def test_template_without_unsubscribe_or_address_fails_the_checks(project: Path,
     assert "the postal address is missing from the HTML part (CAN-SPAM)" in built.errors
 
 
-def test_missing_alt_text_is_flagged(settings: Settings) -> None:
+@pytest.mark.parametrize(("alt", "flagged"), [(None, True), ("", False)], ids=["unwritten", "decorative"])
+def test_missing_alt_text_is_flagged(settings: Settings, alt: str | None, flagged: bool) -> None:
+    """An image nobody described is flagged; ``alt: ""`` (what gather writes when the only
+    description would repeat the headline) marks it decorative and is accepted."""
     issue = issuefile.load(EXAMPLE_ISSUE)
     teaser = issue.teasers[0]
     assert teaser.image is not None
-    bare = teaser.model_copy(update={"image": teaser.image.model_copy(update={"alt": ""})})
+    bare = teaser.model_copy(update={"image": teaser.image.model_copy(update={"alt": alt})})
     built = render.build_issue(issue.model_copy(update={"teasers": [bare, *issue.teasers[1:]]}), settings)
-    assert f"image without alt text: {teaser.image.src}" in built.warnings
+    assert (f"image without alt text: {teaser.image.src}" in built.warnings) is flagged
+
+
+def test_body_images_without_alt_pass_the_alt_check(settings: Settings) -> None:
+    """Gathered bodies hold images without alt (issue 12): the sanitizer marks them
+    decorative, so the build does not fail its own check on gathered content."""
+    issue = issuefile.load(EXAMPLE_ISSUE)
+    assert issue.roundup is not None
+    body = issue.roundup.body_html + '<p><img src="https://news.example.org/a.jpg"></p>'
+    roundup = issue.roundup.model_copy(update={"body_html": body})
+    built = render.build_issue(issue.model_copy(update={"roundup": roundup}), settings)
+    assert '<img src="https://news.example.org/a.jpg" alt=""' in built.email.html
+    assert not any("a.jpg" in warning for warning in built.warnings)
 
 
 def test_template_errors_name_the_template(project: Path, settings: Settings) -> None:

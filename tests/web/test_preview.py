@@ -88,7 +88,7 @@ def test_the_build_checks_are_shown(client: TestClient, web_settings: Settings) 
     path = issue_path(web_settings)
     issue = issuefile.load(path)
     assert issue.roundup is not None and issue.roundup.image is not None
-    image = issue.roundup.image.model_copy(update={"alt": ""})
+    image = issue.roundup.image.model_copy(update={"alt": None})
     issuefile.save(issue.model_copy(update={"roundup": issue.roundup.model_copy(update={"image": image})}), path)
     page = client.get(PAGE).text
     assert '<li class="check-warning"><strong>warning</strong> image without alt text' in page
