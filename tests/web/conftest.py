@@ -99,6 +99,24 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield test_client
 
 
+EDITOR_TOKEN = "preview-token-" + "e" * 24
+
+
+@pytest.fixture
+def preview_token(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The editors' token in the environment; request it before ``app`` (who may see the
+    preview is tested in test_editor_access.py)."""
+    monkeypatch.setenv("NEWSLETTER_PREVIEW_TOKEN", EDITOR_TOKEN)
+    return EDITOR_TOKEN
+
+
+@pytest.fixture
+def editor_client(preview_token: str, app: FastAPI) -> Iterator[TestClient]:
+    """An editor's client: every request carries the token."""
+    with TestClient(app, base_url=BASE_URL, headers={"Authorization": f"Bearer {preview_token}"}) as editor:
+        yield editor
+
+
 @pytest.fixture
 def subscriber(engine: Engine) -> subscribers.Subscriber:
     return subscribers.add(engine, "reader@example.net", name="Ann Reader", status="active")

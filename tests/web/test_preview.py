@@ -22,22 +22,12 @@ SLUG = "2024-10-25"
 PAGE = f"/preview/{SLUG}"
 
 
-EDITOR_TOKEN = "preview-token-" + "e" * 24
-
-
-@pytest.fixture(autouse=True)
-def preview_token(monkeypatch: pytest.MonkeyPatch) -> str:
-    """The editors' token in the environment before the app is built (who may see the
-    preview is tested in test_editor_access.py)."""
-    monkeypatch.setenv("NEWSLETTER_PREVIEW_TOKEN", EDITOR_TOKEN)
-    return EDITOR_TOKEN
+pytestmark = pytest.mark.usefixtures("preview_token")  # set before the app is built
 
 
 @pytest.fixture
-def client(app: FastAPI) -> Iterator[TestClient]:
-    """An editor's client: every request carries the token."""
-    with TestClient(app, base_url=BASE_URL, headers={"Authorization": f"Bearer {EDITOR_TOKEN}"}) as editor:
-        yield editor
+def client(editor_client: TestClient) -> TestClient:
+    return editor_client
 
 
 def issue_path(settings: Settings) -> Path:

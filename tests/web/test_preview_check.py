@@ -16,10 +16,16 @@ from newsletter.senders.memory import MemorySender
 from newsletter.web.app import create_app
 from tests.check.conftest import needs_chromium
 
-from .conftest import BASE_URL, SECRET, Clock, csrf_token
+from .conftest import BASE_URL, EDITOR_TOKEN, SECRET, Clock, csrf_token
 
 SLUG = "2024-10-25"
 PAGE = f"/preview/{SLUG}"
+pytestmark = pytest.mark.usefixtures("preview_token")  # set before the app is built
+
+
+@pytest.fixture
+def client(editor_client: TestClient) -> TestClient:
+    return editor_client
 
 
 @pytest.mark.browser
@@ -50,7 +56,7 @@ def test_without_chromium_the_page_says_so(web_settings: Settings, engine: Engin
     settings = web_settings.model_copy(update={"render_check": web_settings.render_check.model_copy(
         update={"chromium": web_settings.config_path.parent / "no-chromium"})})
     app = create_app(settings, engine=engine, sender=MemorySender(), clock=Clock(), secret=SECRET)
-    with TestClient(app, base_url=BASE_URL) as client:
+    with TestClient(app, base_url=BASE_URL, headers={"Authorization": f"Bearer {EDITOR_TOKEN}"}) as client:
         page = client.get(PAGE).text
     assert "render check skipped: " in page and "no-chromium is not installed" in page
     assert 'id="run-check"' not in page
