@@ -40,12 +40,12 @@ RESUME_LEVELS = {"sent": logging.INFO, "busy": logging.INFO, "incomplete": loggi
 JOBS_TABLE = "apscheduler_jobs"
 
 
-class WallClockTrigger(CronTrigger):
+class WallClockTrigger(CronTrigger):  # type: ignore[misc]  # APScheduler 3 ships no types
     """A cron trigger that fires once per local wall-clock time: when clocks fall back
     and 01:30 happens twice, APScheduler's CronTrigger would fire at both."""
 
     def get_next_fire_time(self, previous_fire_time: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:
-        fire = super().get_next_fire_time(previous_fire_time, now)
+        fire: dt.datetime | None = super().get_next_fire_time(previous_fire_time, now)
         if fire is not None and previous_fire_time is not None:
             local_previous = previous_fire_time.astimezone(self.timezone).replace(tzinfo=None)
             if fire.astimezone(self.timezone).replace(tzinfo=None) == local_previous:

@@ -37,13 +37,13 @@ class _EditorLoader(yaml.SafeLoader):
         if self.check_event(yaml.AliasEvent):
             self.aliases_seen += 1
             if self.aliases_seen > MAX_ALIASES:
-                event = self.peek_event()
+                event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
                 raise ConstructorError(
                     None, None,
                     f"more than {MAX_ALIASES} aliases (*{event.anchor} is one too many); refused",
                     event.start_mark,
                 )
-        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -60,7 +60,7 @@ class _EditorLoader(yaml.SafeLoader):
                     None, None, f"duplicate key {key!r} (first on line {first + 1})", key_node.start_mark
                 )
             seen[key] = key_node.start_mark.line
-        return super().construct_mapping(node, deep=deep)  # type: ignore[no-any-return]
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_mapping(path: Path, error: type[NewsletterError]) -> dict[str, Any]:

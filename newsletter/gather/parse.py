@@ -101,7 +101,7 @@ class _RootReached(Exception):
     """The prolog is over: no DOCTYPE can follow."""
 
 
-class _PrologReader(DefusedExpatParser):
+class _PrologReader(DefusedExpatParser):  # type: ignore[misc]  # defusedxml ships no types
     """defusedxml's expat reader that never asks for an external DTD: an RSS 0.91
     ``<!DOCTYPE rss PUBLIC ...>`` is harmless while it is not fetched."""
 

@@ -208,7 +208,7 @@ def issue_stats(engine: Engine, issue: str) -> IssueStats:
         rows = conn.execute(
             select(table.c.event, func.count()).where(table.c.issue == issue).group_by(table.c.event)
         ).all()
-        unique: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+        unique: dict[str, int] = dict(conn.execute(
             select(table.c.event, func.count(table.c.subscriber_id.distinct()))
             .where(table.c.issue == issue, table.c.event.in_(("open", "click")))
             .group_by(table.c.event)
