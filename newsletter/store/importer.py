@@ -138,7 +138,7 @@ def import_csv(
     source: str = "import",
     default_status: str = "active",
     rejects_path: Path | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: Callable[[ImportResult], None] | None = None,
     now: dt.datetime | None = None,
 ) -> ImportResult:
@@ -179,7 +179,13 @@ def import_csv(
                 # collector then rescans every live object again and again (a quarter
                 # of the import's time); nothing here makes cycles.
                 gc.disable()
-                importer = _Chunk(conn, seen, result, resubscribe=resubscribe, now=now)
+                chunk_class, default_size = _Chunk, CHUNK_SIZE
+                if conn.dialect.name == "postgresql":
+                    from newsletter.store import pgbulk
+
+                    chunk_class, default_size = pgbulk.CopyChunk, pgbulk.CHUNK_SIZE
+                chunk_size = chunk_size or default_size
+                importer = chunk_class(conn, seen, result, resubscribe=resubscribe, now=now)
                 batches = _chunks(reader, path, header, fields, source, default_status, now, chunk_size)
                 for batch in batches:
                     result.rows += batch.count
@@ -471,9 +477,6 @@ class _Chunk:
 
         if unsuppress:
             conn.execute(delete(suppressions).where(suppressions.c.email_hash.in_([suppression_hash(k) for k in unsuppress])))
-        if new:
-            self.insert.run(new.values())
-            result.added += len(new)
         updates = []
         for key, first_here in counted.items():
             if key in new:
@@ -484,10 +487,18 @@ class _Chunk:
                 continue
             result.updated += first_here
             updates.append({"_id": old["id"], **{f: current[f] for f in FIELDS}, "updated_at": self.now})
+        result.added += self.write(list(new.values()), updates, remember)
+
+    def write(self, new: list[dict[str, Any]], updates: list[dict[str, Any]], remember: list[dict[str, Any]]) -> int:
+        """Store what ``apply`` decided; returns how many subscribers were added.
+        (PostgreSQL does this with COPY: see ``pgbulk.CopyChunk``.)"""
+        if new:
+            self.insert.run(new)
         if updates:
-            conn.execute(self.update, updates)
+            self.conn.execute(self.update, updates)
         if remember:
             self.remember.run(remember)
+        return len(new)
 
     def _new(self, row: _Row) -> dict[str, Any]:
         """A subscriber this import adds."""
