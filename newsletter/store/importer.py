@@ -19,7 +19,7 @@ import gc
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -174,6 +174,7 @@ def import_csv(
                     previous_cache = conn.exec_driver_sql("PRAGMA cache_size").scalar() or -2000
                     conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             gc_was_enabled = gc.isenabled()
+            batches: Generator[_Batch, None, None] | None = None
             try:
                 # A million rows make millions of short-lived dicts, and the cyclic
                 # collector then rescans every live object again and again (a quarter
@@ -184,9 +185,10 @@ def import_csv(
                     from newsletter.store import pgbulk
 
                     chunk_class, default_size = pgbulk.CopyChunk, pgbulk.CHUNK_SIZE
-                chunk_size = chunk_size or default_size
                 importer = chunk_class(conn, seen, result, resubscribe=resubscribe, now=now)
-                batches = _chunks(reader, path, header, fields, source, default_status, now, chunk_size)
+                batches = _chunks(reader, path, header, fields, source, default_status, now, chunk_size or default_size)
+                if conn.dialect.name == "postgresql":
+                    batches = pgbulk.read_ahead(batches)
                 for batch in batches:
                     result.rows += batch.count
                     for reject in batch.rejects:
@@ -197,6 +199,8 @@ def import_csv(
                     if progress is not None:
                         progress(replace(result, rejects=[], notices=[]))
             finally:
+                if batches is not None:
+                    batches.close()
                 if gc_was_enabled:
                     gc.enable()
                 if conn.in_transaction():

@@ -1,6 +1,7 @@
-"""PostgreSQL's bulk paths for the subscriber list. An import chunk goes in with one
-``COPY ... FROM STDIN`` into a temporary staging table and two set-based statements
-(``INSERT ... ON CONFLICT`` for new addresses, ``UPDATE ... FROM`` for existing ones);
+"""PostgreSQL's bulk paths for the subscriber list. An import chunk goes in with
+``COPY ... FROM STDIN`` and set-based statements: new addresses by COPY (through a
+temporary staging table and ``INSERT ... ON CONFLICT`` when a sign-up raced the
+import), existing ones by COPY into the staging table and one ``UPDATE ... FROM``;
 an export streams out of one ``COPY (SELECT ...) TO STDOUT`` with the same
 formula-safe cells as the generic path.
 
@@ -11,34 +12,93 @@ line numbers, notices); this module only changes how the decisions reach the dat
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import queue
+import threading
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 import orjson
+import psycopg
 from psycopg import sql
+from psycopg.types.json import set_json_dumps
 
-from newsletter.store.importer import FIELDS, _Chunk, _Row
+from newsletter.store.importer import FIELDS, _Batch, _Chunk, _Row
+from newsletter.store.subscribers import token_stream
 
 CHUNK_SIZE = 20_000  # rows a transaction: fewer round trips; ~40 MB of parsed rows
 STAGE = "newsletter_import_stage"
 # the staging table's columns: what a new subscriber needs, and ``id`` for an update
 _NEW = ("email", "email_key", *FIELDS, "updated_at", "token")
 _UPDATE = ("id", *FIELDS, "updated_at")
-_EMPTY_JSON = "{}"
+# Binary COPY with the columns' types given: a third of the client's work of text COPY.
+_TYPES = {name: "timestamptz" for name in ("created_at", "confirmed_at", "unsubscribed_at", "consent_at", "updated_at")}
+_TYPES.update(id="int8", line="int4", attributes="jsonb")
 
 
-def _json(value: dict[str, Any] | None) -> str:
-    return orjson.dumps(value).decode() if value else _EMPTY_JSON
+def _copy(cursor: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> None:
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types([_TYPES.get(name, "text") for name in columns])
+        for row in rows:
+            copy.write_row(row)
+
+
+def read_ahead(batches: Iterator[_Batch]) -> Generator[_Batch, None, None]:
+    """``batches``, parsed one chunk ahead in a thread: the CSV parsing (this process's
+    CPU) overlaps the chunk before it being merged (the server's CPU, while this process
+    only waits on the socket). Errors come out in order, after the chunks before them."""
+    ready: queue.Queue[tuple[_Batch | None, BaseException | None]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def parse() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        ready.put((batch, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((None, None))
+        except BaseException as exc:  # handed to the reader, which raises it
+            ready.put((None, exc))
+
+    thread = threading.Thread(target=parse, name="import-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            batch, error = ready.get()
+            if error is not None:
+                raise error
+            if batch is None:
+                return
+            yield batch
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.1)
+        thread.join()
 
 
 class CopyChunk(_Chunk):
     """``importer._Chunk`` with its database work done by COPY and set-based SQL: a
     chunk of 20,000 rows costs a handful of round trips instead of one per row."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Random bytes for a whole chunk's tokens at once: each call releases the GIL
+        # and waits to get it back from the read-ahead thread.
+        self.tokens = token_stream(CHUNK_SIZE)
+
     def _existing(self, table: str, column: str, keys: list[str], extra: str = "") -> list[Any]:
-        # One array parameter instead of 20,000 placeholders.
-        sql_text = f"SELECT {column}{extra} FROM {table} WHERE {column} = ANY(%s)"
-        return list(self.conn.exec_driver_sql(sql_text, (keys,)).all())
+        # One text parameter instead of 20,000 placeholders (or an array of 20,000
+        # values to adapt): keys and hashes hold no line breaks.
+        sql_text = f"SELECT {column}{extra} FROM {table} WHERE {column} = ANY(string_to_array(%s, E'\\n'))"
+        return list(self.conn.exec_driver_sql(sql_text, ("\n".join(keys),)).all())
 
     def _overwrite(self, current: dict[str, Any], row: _Row) -> None:
         # Where an address came from is history: the first value wins, an import does
@@ -50,37 +110,51 @@ class CopyChunk(_Chunk):
 
     def write(self, new: list[dict[str, Any]], updates: list[dict[str, Any]], remember: list[dict[str, Any]]) -> int:
         cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        set_json_dumps(orjson.dumps, context=cursor)
         added = 0
         with cursor:
-            if new or updates:
-                # Dropped at the commit (or with a rollback): nothing to clean up.
-                columns = ", ".join(("id", "email", "email_key", *FIELDS, "updated_at", "token"))
-                cursor.execute(f"CREATE TEMPORARY TABLE {STAGE} ON COMMIT DROP AS "
-                               f"SELECT {columns} FROM subscribers WITH NO DATA")
             if new:
-                with cursor.copy(f"COPY {STAGE} ({', '.join(_NEW)}) FROM STDIN") as copy:
-                    for values in new:
-                        copy.write_row([_json(values[name]) if name == "attributes" else values[name]
-                                        for name in _NEW])
-                # A web sign-up may have added the same address since the chunk looked:
-                # it stays as it is, like on SQLite.
-                cursor.execute(f"INSERT INTO subscribers ({', '.join(_NEW)}) "
-                               f"SELECT {', '.join(_NEW)} FROM {STAGE} WHERE id IS NULL "
-                               "ON CONFLICT (email_key) DO NOTHING")
-                added = cursor.rowcount
+                added = self._add(cursor, new)
             if updates:
-                with cursor.copy(f"COPY {STAGE} ({', '.join(_UPDATE)}) FROM STDIN") as copy:
-                    for values in updates:
-                        copy.write_row([values["_id"], *(values[name] for name in FIELDS[:-1]),
-                                        _json(values["attributes"]), values["updated_at"]])
+                self._stage(cursor)
+                _copy(cursor, STAGE, _UPDATE, ([values["_id"], *(values[name] for name in _UPDATE[1:])]
+                                               for values in updates))
                 assignments = ", ".join(f"{name} = u.{name}" for name in _UPDATE[1:])
                 cursor.execute(f"UPDATE subscribers AS s SET {assignments} FROM {STAGE} AS u "
                                "WHERE u.id IS NOT NULL AND s.id = u.id")
             if remember:
-                with cursor.copy(f"COPY {self.seen.name} (email_key, line) FROM STDIN") as copy:
-                    for seen in remember:
-                        copy.write_row((seen["email_key"], seen["line"]))
+                _copy(cursor, self.seen.name, ("email_key", "line"), ((r["email_key"], r["line"]) for r in remember))
         return added
+
+    def _add(self, cursor: psycopg.Cursor[Any], new: list[dict[str, Any]]) -> int:
+        """Insert the chunk's new subscribers; how many were added. The chunk looked them
+        up a moment ago, so COPY goes straight into the table (40% less work for the
+        server than staging them). If a web sign-up added one of them since, the COPY
+        fails as a whole: the chunk then goes through the staging table, and that
+        subscriber stays as the sign-up left it, like on SQLite."""
+        cursor.execute("SAVEPOINT newsletter_import_copy")
+        try:
+            self._copy_new(cursor, "subscribers", new)
+        except psycopg.errors.UniqueViolation:
+            cursor.execute("ROLLBACK TO SAVEPOINT newsletter_import_copy")
+            self._stage(cursor)
+            self._copy_new(cursor, STAGE, new)
+            cursor.execute(f"INSERT INTO subscribers ({', '.join(_NEW)}) "
+                           f"SELECT {', '.join(_NEW)} FROM {STAGE} WHERE id IS NULL "
+                           "ON CONFLICT (email_key) DO NOTHING")
+            return int(cursor.rowcount)
+        cursor.execute("RELEASE SAVEPOINT newsletter_import_copy")
+        return len(new)
+
+    def _stage(self, cursor: psycopg.Cursor[Any]) -> None:
+        """The staging table, dropped at the commit (or with a rollback)."""
+        columns = ", ".join(("id", *_NEW))
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} ON COMMIT DROP AS "
+                       f"SELECT {columns} FROM subscribers WITH NO DATA")
+
+    @staticmethod
+    def _copy_new(cursor: psycopg.Cursor[Any], table: str, new: list[dict[str, Any]]) -> None:
+        _copy(cursor, table, _NEW, ([values[name] for name in _NEW] for values in new))
 
 
 # --- export --------------------------------------------------------------------------

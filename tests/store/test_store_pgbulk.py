@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from newsletter.store import export, subscribers
-from newsletter.store.importer import ImportResult, import_csv
+from newsletter.store.importer import ImportResult, _Row, _seen_table, import_csv
+from newsletter.store.pgbulk import CopyChunk
 from newsletter.store.tables import subscribers as subscribers_table
 from tests.store.conftest import snapshot
 
@@ -161,3 +162,26 @@ def test_copy_import_killed_half_way_then_rerun_imports_each_row_once(
     clean = import_csv(sqlite, path)
     assert (clean.added, clean.duplicates) == (rows, rows // 1000)
     assert snapshot(postgres) == snapshot(sqlite)
+
+
+@pytest.mark.postgres
+def test_a_sign_up_that_races_a_copy_chunk_is_kept(both_engines: tuple[Engine, Engine]) -> None:
+    _, postgres = both_engines
+    with postgres.connect() as conn:
+        seen = _seen_table()
+        with conn.begin():
+            seen.create(conn)
+        result = ImportResult("race.csv")
+        chunk = CopyChunk(conn, seen, result, resubscribe=False, now=NOW)
+        rows = [_Row(2, "race@example.org", {"email": "race@example.org", "name": "Imported", "status": "active",
+                                             "source": "import"}, False, ()),
+                _Row(3, "calm@example.org", {"email": "calm@example.org", "name": "Calm", "status": "active",
+                                             "source": "import"}, False, ())]
+        new = [chunk._new(row) for row in rows]  # what the chunk decided after its look-up...
+        subscribers.add(postgres, "race@example.org", name="Signed up", source="web", now=NOW)  # ...then this
+        with conn.begin():
+            added = chunk.write(new, [], [{"email_key": row.key, "line": row.line} for row in rows])
+    assert added == 1
+    raced, calm = subscribers.get(postgres, "race@example.org"), subscribers.get(postgres, "calm@example.org")
+    assert raced is not None and (raced.name, raced.source) == ("Signed up", "web")
+    assert calm is not None and calm.name == "Calm"
