@@ -142,20 +142,21 @@ def run(subscribers: int, batch_size: int = 1000, postgres: str | None = None) -
         return wall, peak, sink.stats()
 
 
-def concurrent_sends(config: Path, processes: int) -> tuple[float, list[float]]:
-    """(wall seconds, each process's peak RSS in MB) of ``processes`` `newsletter send`
-    processes started together on the same issue."""
+def concurrent_sends(config: Path, processes: int) -> tuple[float, list[float], float]:
+    """(wall seconds, each process's peak RSS in MB, their CPU seconds in all) of
+    ``processes`` `newsletter send` processes started together on the same issue."""
     newsletter = str(Path(sys.executable).parent / "newsletter")
     env = {**os.environ, "SENDGRID_API_KEY": "SG.bench-key"}
     command = [newsletter, "--config", str(config), "send", str(config.parent / "issues/2024-10-25.yaml")]
     logs = [tempfile.TemporaryFile() for _ in range(processes)]
     start = time.perf_counter()
     running = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
-    peaks, failed = [], []
+    peaks, failed, cpu = [], [], 0.0
     for process, log in zip(running, logs):
         _pid, status, usage = os.wait4(process.pid, 0)  # this child's own ru_maxrss
         process.returncode = os.waitstatus_to_exitcode(status)
         peaks.append(usage.ru_maxrss / 1024)
+        cpu += usage.ru_utime + usage.ru_stime
         if process.returncode != 0:
             log.seek(0)
             failed.append(log.read().decode(errors="replace"))
@@ -163,7 +164,7 @@ def concurrent_sends(config: Path, processes: int) -> tuple[float, list[float]]:
     wall = time.perf_counter() - start
     if failed:
         raise SystemExit("send failed:\n" + "\n".join(failed))
-    return wall, peaks
+    return wall, peaks, cpu
 
 
 def scale_out(subscribers: int, processes: int, postgres: str) -> bool:
@@ -174,12 +175,12 @@ def scale_out(subscribers: int, processes: int, postgres: str) -> bool:
     for n in sorted({1, processes}):
         with tempfile.TemporaryDirectory() as tmp, start_sink(record=True) as sink:
             config = make_project(Path(tmp), subscribers, sink.url, 1000, postgres)
-            wall, peaks = concurrent_sends(config, n)
+            wall, peaks, cpu = concurrent_sends(config, n)
             stats = sink.stats()
         lost = subscribers - stats["recipients"]
         figures[n] = (wall, max(peaks), stats["duplicates"], lost)
         print(f"{n} process{'es' * (n > 1)}: {wall:7.2f} s  {subscribers / wall:>9,.0f}/s  "
-              f"peak {', '.join(f'{p:.1f}' for p in peaks)} MB  ({stats['requests']:,} requests, "
+              f"peak {', '.join(f'{p:.1f}' for p in peaks)} MB  cpu {cpu:.1f} s  ({stats['requests']:,} requests, "
               f"{stats['duplicates']:,} duplicates, {lost:,} lost)", flush=True)
     one, many = figures[1], figures[processes]
     checks = [

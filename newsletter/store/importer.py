@@ -186,9 +186,8 @@ def import_csv(
 
                     chunk_class, default_size = pgbulk.CopyChunk, pgbulk.CHUNK_SIZE
                 importer = chunk_class(conn, seen, result, resubscribe=resubscribe, now=now)
-                batches = _chunks(reader, path, header, fields, source, default_status, now, chunk_size or default_size)
-                if conn.dialect.name == "postgresql":
-                    batches = pgbulk.read_ahead(batches)
+                parsed = _chunks(reader, path, header, fields, source, default_status, now, chunk_size or default_size)
+                batches = pgbulk.read_ahead(parsed) if conn.dialect.name == "postgresql" else parsed
                 for batch in batches:
                     result.rows += batch.count
                     for reject in batch.rejects:
@@ -288,7 +287,7 @@ def _chunks(
     default_status: str,
     now: dt.datetime,
     size: int,
-) -> Iterator[_Batch]:
+) -> Generator[_Batch, None, None]:
     """The file's rows in batches, parsed and checked (no database work here)."""
     width = len(header)
     names = [h.strip() or f"column {i}" for i, h in enumerate(header, start=1)]
