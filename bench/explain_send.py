@@ -102,18 +102,21 @@ def main() -> int:
         send, _ = ledger.start_send(engine, "explain", "Explain", "hash")
         explainer.on = False
         batches = -(-send.audience // args.batch)
+        after = 0  # as send._Run.worker does
         for number in range(batches):
             explainer.on = number in (0, batches // 2)
             explainer.phase = f"batch {number + 1:,}/{batches:,}"
             batch_id = ledger.new_batch_id()
-            claimed, _ = ledger.claim_batch(engine, send.id, args.batch, batch_id, owner=owner, lease_seconds=300)
+            claimed, _ = ledger.claim_batch(engine, send.id, args.batch, batch_id, owner=owner, lease_seconds=300,
+                                            after=after)
+            after = claimed[-1].key if claimed else after
             ledger.renew_leases(engine, owner, 300) if explainer.on else None
             ledger.mark_sent(engine, batch_id, None, "explain", close=True)
-            ledger.has_rows(engine, send.id, "pending") if explainer.on else None
             if number == batches // 2:
                 print(f"(autovacuum has {'not ' * (not _vacuumed(engine))}visited deliveries since the freeze)")
         explainer.on, explainer.phase = True, "end"
         ledger.expire_dead_owners(engine, send.id)
+        ledger.has_rows(engine, send.id, "pending")  # once per pass of the workers
         ledger.has_rows(engine, send.id, "in_flight")
         ledger.finish_send(engine, send.id)
         ledger.counts(engine, send.id)
