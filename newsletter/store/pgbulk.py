@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import queue
 import threading
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -35,6 +36,13 @@ _UPDATE = ("id", *FIELDS, "updated_at")
 # Binary COPY with the columns' types given: a third of the client's work of text COPY.
 _TYPES = {name: "timestamptz" for name in ("created_at", "confirmed_at", "unsubscribed_at", "consent_at", "updated_at")}
 _TYPES.update(id="int8", line="int4", attributes="jsonb")
+
+
+def _dumps(value: Any) -> bytes | str:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # what orjson refuses (an integer past 64 bits) json still writes
+        return json.dumps(value)
 
 
 def _copy(cursor: psycopg.Cursor[Any], table: str, columns: tuple[str, ...], rows: Iterable[Sequence[Any]]) -> None:
@@ -110,7 +118,7 @@ class CopyChunk(_Chunk):
 
     def write(self, new: list[dict[str, Any]], updates: list[dict[str, Any]], remember: list[dict[str, Any]]) -> int:
         cursor = self.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        set_json_dumps(orjson.dumps, context=cursor)
+        set_json_dumps(_dumps, context=cursor)
         added = 0
         with cursor:
             if new:

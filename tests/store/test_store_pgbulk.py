@@ -185,3 +185,10 @@ def test_a_sign_up_that_races_a_copy_chunk_is_kept(both_engines: tuple[Engine, E
     raced, calm = subscribers.get(postgres, "race@example.org"), subscribers.get(postgres, "calm@example.org")
     assert raced is not None and (raced.name, raced.source) == ("Signed up", "web")
     assert calm is not None and calm.name == "Calm"
+
+
+def test_attributes_json_with_a_huge_number_imports_on_both_engines(engine: Engine, write_csv: WriteCsv) -> None:
+    result = import_csv(engine, write_csv('email,attributes\nbig@example.org,"{""n"": 123456789012345678901234567890}"\n'))
+    assert result.added == 1
+    found = subscribers.get(engine, "big@example.org")
+    assert found is not None and found.attributes == {"n": 123456789012345678901234567890}
