@@ -10,6 +10,15 @@ from the kernel's ru_maxrss): wall time, recipients a second and peak memory, fo
 for a smaller list (constant memory: the two peaks should be within 20%). `--single`
 measures sending one request per recipient (batch_size 1) to report the speed-up.
 Targets (issue 5): 1,000,000 in <= 30 s, <= 150 MB peak.
+
+    python bench/bench_send.py --postgres URL --processes 2
+
+runs the send of 1,000,000 as one process, then as N `newsletter send` processes started
+together on the same issue and database (the scale-out design: batches claimed with
+``FOR UPDATE SKIP LOCKED``), and reports wall time, recipients a second, each process's
+peak memory, and the duplicates and losses counted from the recipients the sink
+recorded. Targets (issue 15): one process <= 30 s and <= 150 MB; N processes faster
+than one, 0 duplicates, 0 lost. On a shared machine, repeat and take medians.
 """
 
 from __future__ import annotations
@@ -134,13 +143,71 @@ def run(subscribers: int, batch_size: int = 1000, postgres: str | None = None) -
         return wall, peak, sink.stats()
 
 
+def concurrent_sends(config: Path, processes: int) -> tuple[float, list[float], float]:
+    """(wall seconds, each process's peak RSS in MB, their CPU seconds in all) of
+    ``processes`` `newsletter send` processes started together on the same issue."""
+    newsletter = str(Path(sys.executable).parent / "newsletter")
+    env = {**os.environ, "SENDGRID_API_KEY": "SG.bench-key"}
+    command = [newsletter, "--config", str(config), "send", str(config.parent / "issues/2024-10-25.yaml")]
+    logs = [tempfile.TemporaryFile() for _ in range(processes)]
+    start = time.perf_counter()
+    running = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    peaks, failed, cpu = [], [], 0.0
+    for process, log in zip(running, logs):
+        _pid, status, usage = os.wait4(process.pid, 0)  # this child's own ru_maxrss
+        process.returncode = os.waitstatus_to_exitcode(status)
+        peaks.append(usage.ru_maxrss / 1024)
+        cpu += usage.ru_utime + usage.ru_stime
+        if process.returncode != 0:
+            log.seek(0)
+            failed.append(log.read().decode(errors="replace"))
+        log.close()
+    wall = time.perf_counter() - start
+    if failed:
+        raise SystemExit("send failed:\n" + "\n".join(failed))
+    return wall, peaks, cpu
+
+
+def scale_out(subscribers: int, processes: int, postgres: str) -> bool:
+    """One process, then ``processes`` together, on fresh copies of the same list."""
+    print(f"ledger on PostgreSQL; {subscribers:,} recipients; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    figures = {}
+    for n in sorted({1, processes}):
+        with tempfile.TemporaryDirectory() as tmp, start_sink(record=True) as sink:
+            config = make_project(Path(tmp), subscribers, sink.url, 1000, postgres)
+            wall, peaks, cpu = concurrent_sends(config, n)
+            stats = sink.stats()
+        lost = subscribers - stats["recipients"]
+        figures[n] = (wall, max(peaks), stats["duplicates"], lost)
+        print(f"{n} process{'es' * (n > 1)}: {wall:7.2f} s  {subscribers / wall:>9,.0f}/s  "
+              f"peak {', '.join(f'{p:.1f}' for p in peaks)} MB  cpu {cpu:.1f} s  ({stats['requests']:,} requests, "
+              f"{stats['duplicates']:,} duplicates, {lost:,} lost)", flush=True)
+    one, many = figures[1], figures[processes]
+    checks = [
+        ("1 process <= 30 s", one[0] <= 30), ("1 process <= 150 MB", one[1] <= 150),
+        (f"{processes} processes: each <= 150 MB", many[1] <= 150),
+        (f"{processes} processes faster than 1 ({one[0] / many[0]:.2f}x)", processes == 1 or many[0] < one[0]),
+        ("0 duplicates", one[2] == 0 and many[2] == 0), ("0 lost", one[3] == 0 and many[3] == 0),
+    ]
+    for label, met in checks:
+        print(f"target {label}: {'met' if met else 'MISSED'}")
+    return all(met for _, met in checks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=1_000_000)
     parser.add_argument("--also", type=int, default=100_000, help="a smaller list, for the memory ratio")
     parser.add_argument("--single", type=int, default=3000, help="recipients sent one request each")
     parser.add_argument("--postgres", metavar="URL", help="the ledger on this PostgreSQL server (a fresh schema)")
+    parser.add_argument("--processes", type=int, metavar="N",
+                        help="compare 1 and N sending processes on one send (PostgreSQL)")
     args = parser.parse_args()
+    if args.processes:
+        if not args.postgres:
+            parser.error("--processes needs --postgres (SQLite has one writer at a time)")
+        sys.exit(0 if scale_out(args.subscribers, args.processes, args.postgres) else 1)
     print(f"ledger on {'PostgreSQL' if args.postgres else 'SQLite'}")
     # Smallest first: ru_maxrss of children is a running maximum.
     rows = []

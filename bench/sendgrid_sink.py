@@ -1,6 +1,6 @@
 """A minimal, fast stand-in for api.sendgrid.com for benchmarks: ``POST /v3/mail/send``
 answers 202 with an ``X-Message-Id`` and counts requests, personalizations and bytes
-(``GET /stats``); ``GET /v3/scopes`` (the sender's check before a send) grants
+(``GET /stats``; with ``--record`` also distinct recipients and duplicates); ``GET /v3/scopes`` (the sender's check before a send) grants
 ``mail.send``. It checks nothing: the test suite's server does the checking.
 
     from bench.sendgrid_sink import start_sink
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from typing import Any
 # Every personalization has a "to" key; json.dumps writes it like this, and a quote
 # inside a JSON string is escaped, so the count is exact.
 _TO_KEYS = (b'"to": [', b'"to":[')  # pretty or compact JSON
+# With --record: each personalization's first recipient, to count who got it twice.
+_RECIPIENT = re.compile(rb'"to": ?\[\{"email": ?"([^"]*)"')
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -45,6 +48,12 @@ class _Handler(BaseHTTPRequestHandler):
             sink.requests += 1
             sink.bytes += len(body)
             sink.personalizations += sum(body.count(key) for key in _TO_KEYS)
+            if sink.recipients is not None:
+                for address in _RECIPIENT.findall(body):
+                    if address in sink.recipients:
+                        sink.duplicates += 1
+                    else:
+                        sink.recipients.add(address)
         self.send_response(202)
         self.send_header("X-Message-Id", f"sink-{next(sink.ids)}")
         self.send_header("Content-Length", "0")
@@ -56,8 +65,10 @@ class _Handler(BaseHTTPRequestHandler):
             data = json.dumps({"scopes": ["mail.send"]}).encode()
         else:
             with sink.lock:
-                data = json.dumps({"requests": sink.requests, "personalizations": sink.personalizations,
-                                   "bytes": sink.bytes}).encode()
+                stats = {"requests": sink.requests, "personalizations": sink.personalizations, "bytes": sink.bytes}
+                if sink.recipients is not None:
+                    stats.update(recipients=len(sink.recipients), duplicates=sink.duplicates)
+                data = json.dumps(stats).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -69,11 +80,12 @@ class _SinkServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, record: bool = False) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         self.lock = threading.Lock()
         self.ids = count(1)
-        self.requests = self.personalizations = self.bytes = 0
+        self.requests = self.personalizations = self.bytes = self.duplicates = 0
+        self.recipients: set[bytes] | None = set() if record else None
 
 
 class Sink:
@@ -105,11 +117,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_sink(port: int | None = None, timeout: float = 10.0) -> Sink:
+def start_sink(port: int | None = None, timeout: float = 10.0, *, record: bool = False) -> Sink:
     """Start the sink in its own process (so it does not compete for this one's GIL) and
-    return once it answers."""
+    return once it answers. ``record``: remember every recipient, so that ``stats()``
+    also gives ``recipients`` (distinct) and ``duplicates``."""
     port = port or _free_port()
-    process = subprocess.Popen([sys.executable, __file__, "--port", str(port)])
+    process = subprocess.Popen([sys.executable, __file__, "--port", str(port), *(["--record"] if record else [])])
     sink = Sink(process, port)
     deadline = time.monotonic() + timeout
     while True:
@@ -126,8 +139,9 @@ def start_sink(port: int | None = None, timeout: float = 10.0) -> Sink:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8025)
+    parser.add_argument("--record", action="store_true", help="count distinct recipients and duplicates")
     args = parser.parse_args()
-    server = _SinkServer(args.port)
+    server = _SinkServer(args.port, args.record)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

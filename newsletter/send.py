@@ -186,16 +186,18 @@ class _Run:
         self.stop.set()
 
     def worker(self) -> None:
+        after = 0  # the last row this worker claimed: see ledger.claim_batch
         while not self.stop.is_set():
             batch_id = ledger.new_batch_id()
             claimed, skipped = ledger.claim_batch(self.engine, self.send.id, self.batch_size, batch_id,
-                                                  owner=self.owner, lease_seconds=self.lease)
+                                                  owner=self.owner, lease_seconds=self.lease, after=after)
             if skipped:
                 self._advance(skipped, 0)
             if not claimed:
                 if not skipped:
                     return
                 continue
+            after = claimed[-1].key
             closed = False
             try:
                 closed = self._deliver(batch_id, claimed)

@@ -23,7 +23,7 @@ from newsletter.store.db import create_store_engine, upgrade
 from newsletter.store.tables import metadata
 
 __all__ = [
-    "POSTGRES_URL", "blank_database_url", "database_url", "engine", "postgres_server",
+    "POSTGRES_URL", "blank_database_url", "both_engines", "database_url", "engine", "postgres_server",
     "postgres_run_url", "scoped_url", "sqlite_template",
 ]
 
@@ -100,13 +100,27 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         path = tmp_path / "newsletter.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_run_url")
+    return _emptied(request.getfixturevalue("postgres_run_url"))
+
+
+def _emptied(url: str) -> str:
     engine = create_store_engine(url)
     names = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
     with engine.begin() as conn:
         conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
     engine.dispose()
     return url
+
+
+@pytest.fixture
+def both_engines(tmp_path: Path, sqlite_template: Path, postgres_run_url: str) -> Iterator[tuple[Engine, Engine]]:
+    """(SQLite, PostgreSQL), both empty and migrated: for tests that compare the two."""
+    path = tmp_path / "both.db"
+    shutil.copy(sqlite_template, path)
+    engines = (create_store_engine(f"sqlite:///{path}"), create_store_engine(_emptied(postgres_run_url)))
+    yield engines
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import gc
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -139,7 +139,7 @@ def import_csv(
     source: str = "import",
     default_status: str = "active",
     rejects_path: Path | None = None,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: Callable[[ImportResult], None] | None = None,
     now: dt.datetime | None = None,
 ) -> ImportResult:
@@ -175,13 +175,20 @@ def import_csv(
                     previous_cache = conn.exec_driver_sql("PRAGMA cache_size").scalar() or -2000
                     conn.exec_driver_sql(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             gc_was_enabled = gc.isenabled()
+            batches: Generator[_Batch, None, None] | None = None
             try:
                 # A million rows make millions of short-lived dicts, and the cyclic
                 # collector then rescans every live object again and again (a quarter
                 # of the import's time); nothing here makes cycles.
                 gc.disable()
-                importer = _Chunk(conn, seen, result, resubscribe=resubscribe, now=now)
-                batches = _chunks(reader, path, header, fields, source, default_status, now, chunk_size)
+                chunk_class, default_size = _Chunk, CHUNK_SIZE
+                if conn.dialect.name == "postgresql":
+                    from newsletter.store import pgbulk
+
+                    chunk_class, default_size = pgbulk.CopyChunk, pgbulk.CHUNK_SIZE
+                importer = chunk_class(conn, seen, result, resubscribe=resubscribe, now=now)
+                parsed = _chunks(reader, path, header, fields, source, default_status, now, chunk_size or default_size)
+                batches = pgbulk.read_ahead(parsed) if conn.dialect.name == "postgresql" else parsed
                 for batch in batches:
                     result.rows += batch.count
                     for reject in batch.rejects:
@@ -192,6 +199,8 @@ def import_csv(
                     if progress is not None:
                         progress(replace(result, rejects=[], notices=[]))
             finally:
+                if batches is not None:
+                    batches.close()
                 if gc_was_enabled:
                     gc.enable()
                 if conn.in_transaction():
@@ -279,7 +288,7 @@ def _chunks(
     default_status: str,
     now: dt.datetime,
     size: int,
-) -> Iterator[_Batch]:
+) -> Generator[_Batch, None, None]:
     """The file's rows in batches, parsed and checked (no database work here)."""
     width = len(header)
     names = [h.strip() or f"column {i}" for i, h in enumerate(header, start=1)]
@@ -472,9 +481,6 @@ class _Chunk:
 
         if unsuppress:
             conn.execute(delete(suppressions).where(suppressions.c.email_hash.in_([suppression_hash(k) for k in unsuppress])))
-        if new:
-            self.insert.run(new.values())
-            result.added += len(new)
         updates = []
         for key, first_here in counted.items():
             if key in new:
@@ -485,10 +491,18 @@ class _Chunk:
                 continue
             result.updated += first_here
             updates.append({"_id": old["id"], **{f: current[f] for f in FIELDS}, "updated_at": self.now})
+        result.added += self.write(list(new.values()), updates, remember)
+
+    def write(self, new: list[dict[str, Any]], updates: list[dict[str, Any]], remember: list[dict[str, Any]]) -> int:
+        """Store what ``apply`` decided; returns how many subscribers were added.
+        (PostgreSQL does this with COPY: see ``pgbulk.CopyChunk``.)"""
+        if new:
+            self.insert.run(new)
         if updates:
-            conn.execute(self.update, updates)
+            self.conn.execute(self.update, updates)
         if remember:
             self.remember.run(remember)
+        return len(new)
 
     def _new(self, row: _Row) -> dict[str, Any]:
         """A subscriber this import adds."""
