@@ -46,8 +46,11 @@ def whole_process(runs: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         for _ in range(runs):
             start = time.perf_counter()
-            subprocess.run([str(exe), "--config", str(ROOT / "config.yaml"), "build", str(ISSUE),
-                            "--out", out], check=True, capture_output=True)
+            subprocess.run(
+                [str(exe), "--config", str(ROOT / "config.yaml"), "build", str(ISSUE), "--out", out],
+                check=True,
+                capture_output=True,
+            )
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -35,8 +35,11 @@ def check_process(runs: int) -> float:
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as out:
             start = time.perf_counter()
-            subprocess.run([str(exe), "--config", str(ROOT / "config.yaml"), "check", str(ISSUE), "--out", out],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [str(exe), "--config", str(ROOT / "config.yaml"), "check", str(ISSUE), "--out", out],
+                check=True,
+                capture_output=True,
+            )
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 

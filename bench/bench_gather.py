@@ -38,11 +38,35 @@ PT_DAYS = ["Seg", "Ter", "Qua", "Qui", "Sex", "Sáb", "Dom"]
 PT_MONTHS = ["Jan", "Fev", "Mar", "Abr", "Mai", "Jun", "Jul", "Ago", "Set", "Out", "Nov", "Dez"]
 AS_OF = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.UTC)
 SECTIONS = ["Europe", "Asia", "Economy", "Washington Politics", "Military Industrial Complex", "Africa"]
-WORDS = (
-    "diplomacy ceasefire sanctions negotiations summit ministry alliance embassy treaty "
-    "security strategy council envoy deterrence arms frontline reconstruction Kyiv Brussels "
-    "Washington Beijing assessment officials briefing délégation «переговори» budget"
-).split()
+WORDS = [
+    "diplomacy",
+    "ceasefire",
+    "sanctions",
+    "negotiations",
+    "summit",
+    "ministry",
+    "alliance",
+    "embassy",
+    "treaty",
+    "security",
+    "strategy",
+    "council",
+    "envoy",
+    "deterrence",
+    "arms",
+    "frontline",
+    "reconstruction",
+    "Kyiv",
+    "Brussels",
+    "Washington",
+    "Beijing",
+    "assessment",
+    "officials",
+    "briefing",
+    "délégation",
+    "«переговори»",
+    "budget",
+]
 
 
 def paragraph(rng: random.Random, words: int) -> str:
@@ -51,16 +75,25 @@ def paragraph(rng: random.Random, words: int) -> str:
 
 
 def body(rng: random.Random, n: int) -> str:
-    parts = [f"<p>{paragraph(rng, 60)} <a href=\"/related/{n}?utm_source=feed\">Related</a>.</p>"
-             for _ in range(8)]
-    parts.insert(2, f'<figure><img src="media/{n}.jpg" alt="Photo {n}" width="1200" height="800">'
-                    "<figcaption>Photo: Example Agency</figcaption></figure>")
-    parts.insert(5, f"<h2>{paragraph(rng, 5)}</h2><ul>"
-                    + "".join(f"<li><strong>Point.</strong> {paragraph(rng, 25)}</li>" for _ in range(4))
-                    + "</ul><blockquote><p>" + paragraph(rng, 20) + "</p></blockquote>")
-    parts.append(f"<script>track({n})</script>"
-                 '<img src="https://pixel.tracker.example.net/o.gif" width="1" height="1">'
-                 '<p onclick="x()">Share <a href="javascript:void(0)">this</a>.</p>')
+    parts = [f'<p>{paragraph(rng, 60)} <a href="/related/{n}?utm_source=feed">Related</a>.</p>' for _ in range(8)]
+    parts.insert(
+        2,
+        f'<figure><img src="media/{n}.jpg" alt="Photo {n}" width="1200" height="800">'
+        "<figcaption>Photo: Example Agency</figcaption></figure>",
+    )
+    parts.insert(
+        5,
+        f"<h2>{paragraph(rng, 5)}</h2><ul>"
+        + "".join(f"<li><strong>Point.</strong> {paragraph(rng, 25)}</li>" for _ in range(4))
+        + "</ul><blockquote><p>"
+        + paragraph(rng, 20)
+        + "</p></blockquote>",
+    )
+    parts.append(
+        f"<script>track({n})</script>"
+        '<img src="https://pixel.tracker.example.net/o.gif" width="1" height="1">'
+        '<p onclick="x()">Share <a href="javascript:void(0)">this</a>.</p>'
+    )
     return "\n".join(parts)
 
 
@@ -69,10 +102,12 @@ def when(i: int) -> dt.datetime:
 
 
 def make_rss(rng: random.Random, items: int) -> str:
-    out = ['<?xml version="1.0" encoding="UTF-8"?>',
-           '<rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/" '
-           'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:media="http://search.yahoo.com/mrss/">',
-           "<channel><title>Bench: Diplomacy Watch</title><link>https://news.example.org/</link>"]
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/" '
+        'xmlns:dc="http://purl.org/dc/elements/1.1/" xmlns:media="http://search.yahoo.com/mrss/">',
+        "<channel><title>Bench: Diplomacy Watch</title><link>https://news.example.org/</link>",
+    ]
     for i in range(items):
         title = f"Diplomacy Watch: week {i}" if i % 7 == 0 else f"Article {i}: {paragraph(rng, 8)}"
         out.append(
@@ -90,11 +125,13 @@ def make_rss(rng: random.Random, items: int) -> str:
 
 
 def make_atom(rng: random.Random, items: int) -> str:
-    out = ['<?xml version="1.0" encoding="utf-8"?>',
-           '<feed xmlns="http://www.w3.org/2005/Atom" xmlns:media="http://search.yahoo.com/mrss/" '
-           'xml:base="https://news.example.org/">',
-           "<title>Bench: latest</title><id>tag:news.example.org,2024:bench</id>",
-           f"<updated>{AS_OF:%Y-%m-%dT%H:%M:%SZ}</updated>"]
+    out = [
+        '<?xml version="1.0" encoding="utf-8"?>',
+        '<feed xmlns="http://www.w3.org/2005/Atom" xmlns:media="http://search.yahoo.com/mrss/" '
+        'xml:base="https://news.example.org/">',
+        "<title>Bench: latest</title><id>tag:news.example.org,2024:bench</id>",
+        f"<updated>{AS_OF:%Y-%m-%dT%H:%M:%SZ}</updated>",
+    ]
     for i in range(items):
         section = rng.choice(SECTIONS)
         out.append(
@@ -111,21 +148,27 @@ def make_atom(rng: random.Random, items: int) -> str:
 
 def pt_date(moment: dt.datetime) -> str:
     local = moment.astimezone(dt.timezone(dt.timedelta(hours=-3)))
-    return (f"{PT_DAYS[local.weekday()]}, {local.day:02d} {PT_MONTHS[local.month - 1]} "
-            f"{local.year} {local:%H:%M:%S} -0300")
+    return (
+        f"{PT_DAYS[local.weekday()]}, {local.day:02d} {PT_MONTHS[local.month - 1]} {local.year} {local:%H:%M:%S} -0300"
+    )
 
 
 def make_archive(rng: random.Random, items: int) -> str:
     """A FeedBurner-style archive: one item a day, every seventh a round-up."""
     site = "http://www.observatorio.example.org"
-    flare = ('<div class="feedflare"><a href="http://feeds.feedburner.com/~ff/Obs?a={n}:x">'
-             '<img src="http://feeds.feedburner.com/~ff/Obs?d=yIl2AUoC8zA" border="0"></a></div>'
-             '<img src="http://feeds.feedburner.com/~r/Obs/~4/{n}" height="1" width="1" alt="">')
-    out = ['', '<?xml version="1.0" encoding="UTF-8"?>',
-           '<rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/" '
-           'xmlns:feedburner="http://rssnamespace.org/feedburner/ext/1.0" '
-           'xmlns:media="http://search.yahoo.com/mrss/">',
-           f"<channel><title>Bench: Observatório</title><link>{site}/</link>"]
+    flare = (
+        '<div class="feedflare"><a href="http://feeds.feedburner.com/~ff/Obs?a={n}:x">'
+        '<img src="http://feeds.feedburner.com/~ff/Obs?d=yIl2AUoC8zA" border="0"></a></div>'
+        '<img src="http://feeds.feedburner.com/~r/Obs/~4/{n}" height="1" width="1" alt="">'
+    )
+    out = [
+        "",
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<rss version="2.0" xmlns:content="http://purl.org/rss/1.0/modules/content/" '
+        'xmlns:feedburner="http://rssnamespace.org/feedburner/ext/1.0" '
+        'xmlns:media="http://search.yahoo.com/mrss/">',
+        f"<channel><title>Bench: Observatório</title><link>{site}/</link>",
+    ]
     for i in range(items):
         moment = AS_OF - dt.timedelta(days=i, hours=2)
         title = f"Diplomacy Watch: semana {i}" if i % 7 == 0 else f"Notícia {i}: {paragraph(rng, 7)}"
@@ -154,14 +197,20 @@ def bench_settings(folder: Path, sources: dict[str, Any]) -> Settings:
     """Settings for a bench run: a publication, and ``sources`` reading files in ``folder``."""
     from newsletter.config import Settings
 
-    return Settings.model_validate({
-        "publication": {"name": "Bench", "website_url": "https://news.example.org",
-                        "public_url": "https://news.example.org", "organisation": "Bench",
-                        "postal_address": "1 Example Road"},
-        "sender": {"from_name": "Bench", "from_address": "bench@news.example.org"},
-        "issues_dir": str(folder / "issues"),
-        "sources": {**sources, "fetch": {"cache_dir": str(folder / "cache")}},
-    })
+    return Settings.model_validate(
+        {
+            "publication": {
+                "name": "Bench",
+                "website_url": "https://news.example.org",
+                "public_url": "https://news.example.org",
+                "organisation": "Bench",
+                "postal_address": "1 Example Road",
+            },
+            "sender": {"from_name": "Bench", "from_address": "bench@news.example.org"},
+            "issues_dir": str(folder / "issues"),
+            "sources": {**sources, "fetch": {"cache_dir": str(folder / "cache")}},
+        }
+    )
 
 
 def bench_archive(runs: int, items: int) -> None:
@@ -172,11 +221,14 @@ def bench_archive(runs: int, items: int) -> None:
         folder = Path(tmp)
         path = folder / "archive.rss"
         path.write_text(make_archive(random.Random(12), items), encoding="utf-8")
-        settings = bench_settings(folder, {
-            "roundup": {"feed": str(path)},
-            "teasers": {"feeds": [str(path)], "count": 8},
-            "https_domains": ["observatorio.example.org"],
-        })
+        settings = bench_settings(
+            folder,
+            {
+                "roundup": {"feed": str(path)},
+                "teasers": {"feeds": [str(path)], "count": 8},
+                "https_domains": ["observatorio.example.org"],
+            },
+        )
 
         def once() -> float:
             start = time.perf_counter()
@@ -190,8 +242,10 @@ def bench_archive(runs: int, items: int) -> None:
         median = statistics.median(once() for _ in range(runs))
         size = path.stat().st_size / 1e6
     verdict = "OK" if median <= ARCHIVE_TARGET_SECONDS else "OVER TARGET"
-    print(f"archive feed: {items} items ({size:.2f} MB): median {median:.3f} s of {runs} runs "
-          f"(first run {cold:.3f} s); target <= {ARCHIVE_TARGET_SECONDS} s: {verdict}")
+    print(
+        f"archive feed: {items} items ({size:.2f} MB): median {median:.3f} s of {runs} runs "
+        f"(first run {cold:.3f} s); target <= {ARCHIVE_TARGET_SECONDS} s: {verdict}"
+    )
 
 
 def main() -> None:
@@ -213,10 +267,13 @@ def main() -> None:
         rss_path, atom_path = folder / "roundup.rss", folder / "latest.atom"
         rss_path.write_text(make_rss(rng, args.items), encoding="utf-8")
         atom_path.write_text(make_atom(rng, args.items), encoding="utf-8")
-        settings = bench_settings(folder, {
-            "roundup": {"feed": str(rss_path)},
-            "teasers": {"feeds": [str(rss_path), str(atom_path)], "count": 8},
-        })
+        settings = bench_settings(
+            folder,
+            {
+                "roundup": {"feed": str(rss_path)},
+                "teasers": {"feeds": [str(rss_path), str(atom_path)], "count": 8},
+            },
+        )
         sizes = f"{rss_path.stat().st_size / 1e6:.1f} MB + {atom_path.stat().st_size / 1e6:.1f} MB"
 
         def once() -> float:
@@ -232,8 +289,9 @@ def main() -> None:
         def sanitize_everything() -> float:
             assert settings.sources is not None
             with FeedFetcher(settings.sources.fetch, "bench") as fetcher:
-                entries = [e for path in (rss_path, atom_path)
-                           for e in extract_entries(parse_feed(fetcher.fetch(str(path))))]
+                entries = [
+                    e for path in (rss_path, atom_path) for e in extract_entries(parse_feed(fetcher.fetch(str(path))))
+                ]
             start = time.perf_counter()
             for entry in entries:
                 sanitize_html(entry.content_html, entry.base_url)
@@ -243,8 +301,10 @@ def main() -> None:
 
     verdict = "OK" if median <= TARGET_SECONDS else "OVER TARGET"
     print(f"feeds: 2 x {args.items} items ({sizes}), as of {AS_OF:%Y-%m-%dT%H:%MZ}")
-    print(f"gather in-process (parse + extract + sanitize + select): median {median:.3f} s "
-          f"of {args.runs} runs (first run {cold:.3f} s); target <= {TARGET_SECONDS} s: {verdict}")
+    print(
+        f"gather in-process (parse + extract + sanitize + select): median {median:.3f} s "
+        f"of {args.runs} runs (first run {cold:.3f} s); target <= {TARGET_SECONDS} s: {verdict}"
+    )
     print(f"for comparison, sanitizing all {2 * args.items} bodies: {all_bodies:.3f} s")
     if args.archive_items:
         bench_archive(args.runs, args.archive_items)

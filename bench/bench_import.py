@@ -40,13 +40,15 @@ def generate(path: Path, rows: int) -> None:
         writer.writerow(["email", "name", "subscribed_at", "source", "city"])
         for i in range(rows):
             month, day = 1 + i % 12, 1 + i % 28
-            writer.writerow([
-                f"Reader.{i}@Example{i % 997}.org",
-                f"Reader {i}",
-                f"2023-{month:02d}-{day:02d}T08:{i % 60:02d}:00Z",
-                "website" if i % 3 else "event",
-                cities[i % len(cities)],
-            ])
+            writer.writerow(
+                [
+                    f"Reader.{i}@Example{i % 997}.org",
+                    f"Reader {i}",
+                    f"2023-{month:02d}-{day:02d}T08:{i % 60:02d}:00Z",
+                    "website" if i % 3 else "event",
+                    cities[i % len(cities)],
+                ]
+            )
 
 
 def child(step: str, url: str, arg: str) -> None:
@@ -87,10 +89,12 @@ def _server_pids(engine: object) -> list[int]:
     from sqlalchemy import event
 
     pids: list[int] = []
-    if getattr(engine, "dialect").name == "postgresql":
+    if engine.dialect.name == "postgresql":
+
         @event.listens_for(engine, "connect")
         def remember(dbapi_connection: object, _record: object) -> None:
-            pids.append(getattr(dbapi_connection, "info").backend_pid)
+            pids.append(dbapi_connection.info.backend_pid)
+
     return pids
 
 
@@ -111,7 +115,9 @@ def _cpu(figures: dict[str, object]) -> str:
 def measure(step: str, url: str, arg: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, __file__, "--child", step, url, arg],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     figures: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
@@ -124,20 +130,33 @@ def run(rows: int, url: str, work: Path) -> bool:
     print(f"generated {rows:,} rows ({source.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s")
     engine = "sqlite" if url.startswith("sqlite") else "postgresql"
     imported = measure("import", url, str(source))
-    print(f"import:   {imported['seconds']:>6} s  peak {imported['peak_mb']:>6} MB{_cpu(imported)}  ({imported['summary']})")
+    print(
+        f"import:   {imported['seconds']:>6} s  peak {imported['peak_mb']:>6} MB{_cpu(imported)}  ({imported['summary']})"
+    )
     exported = measure("export", url, str(work / "export.csv"))
-    print(f"export:   {exported['seconds']:>6} s  peak {exported['peak_mb']:>6} MB{_cpu(exported)}  ({exported['rows']:,} rows)")
+    print(
+        f"export:   {exported['seconds']:>6} s  peak {exported['peak_mb']:>6} MB{_cpu(exported)}  ({exported['rows']:,} rows)"
+    )
     streamed = measure("audience", url, "1000")
-    print(f"audience: {streamed['seconds']:>6} s  peak {streamed['peak_mb']:>6} MB{_cpu(streamed)}  "
-          f"({streamed['members']:,} members in {streamed['batches']:,} batches of 1,000)")
-    checks = [(f"peak <= {MEMORY_TARGET_MB:g} MB", max(float(str(f["peak_mb"])) for f in (imported, exported, streamed)),
-               MEMORY_TARGET_MB)]
+    print(
+        f"audience: {streamed['seconds']:>6} s  peak {streamed['peak_mb']:>6} MB{_cpu(streamed)}  "
+        f"({streamed['members']:,} members in {streamed['batches']:,} batches of 1,000)"
+    )
+    checks = [
+        (
+            f"peak <= {MEMORY_TARGET_MB:g} MB",
+            max(float(str(f["peak_mb"])) for f in (imported, exported, streamed)),
+            MEMORY_TARGET_MB,
+        )
+    ]
     if rows >= 1_000_000:  # the time targets are for a million rows
-        checks.append((f"import <= {IMPORT_TARGET_S[engine]:g} s", float(str(imported["seconds"])),
-                       IMPORT_TARGET_S[engine]))
+        checks.append(
+            (f"import <= {IMPORT_TARGET_S[engine]:g} s", float(str(imported["seconds"])), IMPORT_TARGET_S[engine])
+        )
         if engine in EXPORT_TARGET_S:
-            checks.append((f"export <= {EXPORT_TARGET_S[engine]:g} s", float(str(exported["seconds"])),
-                           EXPORT_TARGET_S[engine]))
+            checks.append(
+                (f"export <= {EXPORT_TARGET_S[engine]:g} s", float(str(exported["seconds"])), EXPORT_TARGET_S[engine])
+            )
     ok = True
     for label, value, limit in checks:
         print(f"target {label}: {value:g} {'met' if value <= limit else 'MISSED'}")
@@ -148,7 +167,9 @@ def run(rows: int, url: str, work: Path) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--rows", type=int, default=1_000_000, help="subscribers to generate")
-    parser.add_argument("--postgres", metavar="URL", help="also measure on this PostgreSQL (a scratch schema is made and dropped)")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="also measure on this PostgreSQL (a scratch schema is made and dropped)"
+    )
     parser.add_argument("--no-sqlite", action="store_true", help="measure PostgreSQL only")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()

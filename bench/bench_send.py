@@ -44,8 +44,7 @@ sys.path.insert(0, str(ROOT))
 from bench.sendgrid_sink import start_sink  # noqa: E402
 
 
-def make_project(folder: Path, subscribers: int, sink_url: str, batch_size: int,
-                 postgres: str | None = None) -> Path:
+def make_project(folder: Path, subscribers: int, sink_url: str, batch_size: int, postgres: str | None = None) -> Path:
     """A project folder with an approved issue and a database of active subscribers
     (a SQLite file in the folder, or a fresh schema on the ``postgres`` server)."""
     for name in ("templates", "issues", "samples"):
@@ -59,21 +58,26 @@ def make_project(folder: Path, subscribers: int, sink_url: str, batch_size: int,
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     issue = folder / "issues" / "2024-10-25.yaml"
-    issue.write_text(issue.read_text(encoding="utf-8").replace("\nstatus: draft\n", "\nstatus: approved\n"),
-                     encoding="utf-8")
+    issue.write_text(
+        issue.read_text(encoding="utf-8").replace("\nstatus: draft\n", "\nstatus: approved\n"), encoding="utf-8"
+    )
     from newsletter.config import load_settings
     from newsletter.store.db import upgrade_database
 
     upgrade_database(load_settings(path))
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
-    rows = ((f"reader{i}@example.net", f"reader{i}@example.net", f"Reader {i}", now, now,
-             secrets.token_urlsafe(24)) for i in range(subscribers))
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+    rows = (
+        (f"reader{i}@example.net", f"reader{i}@example.net", f"Reader {i}", now, now, secrets.token_urlsafe(24))
+        for i in range(subscribers)
+    )
     columns = "email, email_key, name, created_at, updated_at, token"
     if postgres is None:
         with sqlite3.connect(folder / "bench.db") as db:
             db.executemany(
                 f"INSERT INTO subscribers ({columns}, status, source, attributes)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'active', 'bench', '{}')", rows)
+                " VALUES (?, ?, ?, ?, ?, ?, 'active', 'bench', '{}')",
+                rows,
+            )
         return path
     import psycopg
 
@@ -125,8 +129,12 @@ def timed_send(config: Path) -> tuple[float, float]:
     env = {**os.environ, "SENDGRID_API_KEY": "SG.bench-key"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    result = subprocess.run([newsletter, "--config", str(config), "send", str(config.parent / "issues/2024-10-25.yaml")],
-                            env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [newsletter, "--config", str(config), "send", str(config.parent / "issues/2024-10-25.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"send failed:\n{result.stdout}\n{result.stderr}")
@@ -153,7 +161,7 @@ def concurrent_sends(config: Path, processes: int) -> tuple[float, list[float], 
     start = time.perf_counter()
     running = [subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT) for log in logs]
     peaks, failed, cpu = [], [], 0.0
-    for process, log in zip(running, logs):
+    for process, log in zip(running, logs, strict=False):
         _pid, status, usage = os.wait4(process.pid, 0)  # this child's own ru_maxrss
         process.returncode = os.waitstatus_to_exitcode(status)
         peaks.append(usage.ru_maxrss / 1024)
@@ -170,8 +178,10 @@ def concurrent_sends(config: Path, processes: int) -> tuple[float, list[float], 
 
 def scale_out(subscribers: int, processes: int, postgres: str) -> bool:
     """One process, then ``processes`` together, on fresh copies of the same list."""
-    print(f"ledger on PostgreSQL; {subscribers:,} recipients; load average "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)")
+    print(
+        f"ledger on PostgreSQL; {subscribers:,} recipients; load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)"
+    )
     figures = {}
     for n in sorted({1, processes}):
         with tempfile.TemporaryDirectory() as tmp, start_sink(record=True) as sink:
@@ -180,15 +190,20 @@ def scale_out(subscribers: int, processes: int, postgres: str) -> bool:
             stats = sink.stats()
         lost = subscribers - stats["recipients"]
         figures[n] = (wall, max(peaks), stats["duplicates"], lost)
-        print(f"{n} process{'es' * (n > 1)}: {wall:7.2f} s  {subscribers / wall:>9,.0f}/s  "
-              f"peak {', '.join(f'{p:.1f}' for p in peaks)} MB  cpu {cpu:.1f} s  ({stats['requests']:,} requests, "
-              f"{stats['duplicates']:,} duplicates, {lost:,} lost)", flush=True)
+        print(
+            f"{n} process{'es' * (n > 1)}: {wall:7.2f} s  {subscribers / wall:>9,.0f}/s  "
+            f"peak {', '.join(f'{p:.1f}' for p in peaks)} MB  cpu {cpu:.1f} s  ({stats['requests']:,} requests, "
+            f"{stats['duplicates']:,} duplicates, {lost:,} lost)",
+            flush=True,
+        )
     one, many = figures[1], figures[processes]
     checks = [
-        ("1 process <= 30 s", one[0] <= 30), ("1 process <= 150 MB", one[1] <= 150),
+        ("1 process <= 30 s", one[0] <= 30),
+        ("1 process <= 150 MB", one[1] <= 150),
         (f"{processes} processes: each <= 150 MB", many[1] <= 150),
         (f"{processes} processes faster than 1 ({one[0] / many[0]:.2f}x)", processes == 1 or many[0] < one[0]),
-        ("0 duplicates", one[2] == 0 and many[2] == 0), ("0 lost", one[3] == 0 and many[3] == 0),
+        ("0 duplicates", one[2] == 0 and many[2] == 0),
+        ("0 lost", one[3] == 0 and many[3] == 0),
     ]
     for label, met in checks:
         print(f"target {label}: {'met' if met else 'MISSED'}")
@@ -201,8 +216,9 @@ def main() -> None:
     parser.add_argument("--also", type=int, default=100_000, help="a smaller list, for the memory ratio")
     parser.add_argument("--single", type=int, default=3000, help="recipients sent one request each")
     parser.add_argument("--postgres", metavar="URL", help="the ledger on this PostgreSQL server (a fresh schema)")
-    parser.add_argument("--processes", type=int, metavar="N",
-                        help="compare 1 and N sending processes on one send (PostgreSQL)")
+    parser.add_argument(
+        "--processes", type=int, metavar="N", help="compare 1 and N sending processes on one send (PostgreSQL)"
+    )
     args = parser.parse_args()
     if args.processes:
         if not args.postgres:
@@ -215,8 +231,11 @@ def main() -> None:
         wall, peak, stats = run(n, batch, args.postgres)
         assert stats["personalizations"] == n, stats
         rows.append((n, batch, wall, peak, stats["requests"]))
-        print(f"{n:>9,} recipients, batch {batch:>4}: {wall:7.2f} s  {n / wall:>9,.0f}/s  "
-              f"peak {peak:6.1f} MB  ({stats['requests']:,} requests)", flush=True)
+        print(
+            f"{n:>9,} recipients, batch {batch:>4}: {wall:7.2f} s  {n / wall:>9,.0f}/s  "
+            f"peak {peak:6.1f} MB  ({stats['requests']:,} requests)",
+            flush=True,
+        )
     single_rate = rows[0][0] / rows[0][2]
     big_rate = rows[2][0] / rows[2][2]
     print(f"batched vs one request per recipient: {big_rate / single_rate:,.0f}x the recipients a second")

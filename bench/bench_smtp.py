@@ -54,24 +54,32 @@ def main() -> None:
     settings = load_settings(ROOT / "config.yaml", env={})
     email = render.build_issue(issuefile.load(ISSUE), settings).email
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}",
-                               "-c", "aiosmtpd.handlers.Sink"])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"127.0.0.1:{port}", "-c", "aiosmtpd.handlers.Sink"]
+    )
     try:
         wait_for(port)
-        sender = SmtpSender(SmtpBackend(host="127.0.0.1", port=port, security="none",
-                                        connections=args.connections, timeout_seconds=30))
+        sender = SmtpSender(
+            SmtpBackend(host="127.0.0.1", port=port, security="none", connections=args.connections, timeout_seconds=30)
+        )
         everyone = [
-            Delivery(key=k, recipient=Recipient(
-                email=f"reader{k}@example.net", name=f"Reader {k}",
-                unsubscribe_url=f"https://news.example.org/unsubscribe/token-{k:08d}"))
+            Delivery(
+                key=k,
+                recipient=Recipient(
+                    email=f"reader{k}@example.net",
+                    name=f"Reader {k}",
+                    unsubscribe_url=f"https://news.example.org/unsubscribe/token-{k:08d}",
+                ),
+            )
             for k in range(args.n)
         ]
         sent = 0
         cpu = time.process_time()
         start = time.perf_counter()
         for i in range(0, args.n, args.batch):
-            result = sender.send(Batch(issue=email.slug, batch_id=f"bench-{i}", email=email,
-                                       deliveries=everyone[i:i + args.batch]))
+            result = sender.send(
+                Batch(issue=email.slug, batch_id=f"bench-{i}", email=email, deliveries=everyone[i : i + args.batch])
+            )
             sent += len(result.sent)
             if result.rejected or result.retry:
                 print(f"not sent: {len(result.rejected)} rejected, {len(result.retry)} to retry")
@@ -85,10 +93,14 @@ def main() -> None:
     server_cpu = children.children_user + children.children_system
     size = len(render.personalize(email, everyone[0].recipient).as_bytes())
     rate = sent / elapsed
-    print(f"smtp: {sent:,} messages of {size:,} bytes in {elapsed:.2f} s over "
-          f"{args.connections} connections: {rate:,.0f} messages/s (target >= 500)")
-    print(f"CPU per message: backend {cpu / sent * 1000:.2f} ms, aiosmtpd {server_cpu / sent * 1000:.2f} ms "
-          f"(2 cores shared with anything else running)")
+    print(
+        f"smtp: {sent:,} messages of {size:,} bytes in {elapsed:.2f} s over "
+        f"{args.connections} connections: {rate:,.0f} messages/s (target >= 500)"
+    )
+    print(
+        f"CPU per message: backend {cpu / sent * 1000:.2f} ms, aiosmtpd {server_cpu / sent * 1000:.2f} ms "
+        f"(2 cores shared with anything else running)"
+    )
 
 
 if __name__ == "__main__":

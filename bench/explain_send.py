@@ -25,8 +25,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-_SCAN = re.compile(r"((?:Parallel )?(?:Seq Scan|Index Only Scan|Index Scan|Bitmap Heap Scan|Bitmap Index Scan)"
-                   r"(?: using \w+)? on \w+)")
+_SCAN = re.compile(
+    r"((?:Parallel )?(?:Seq Scan|Index Only Scan|Index Scan|Bitmap Heap Scan|Bitmap Index Scan)"
+    r"(?: using \w+)? on \w+)"
+)
 
 
 class Explainer:
@@ -41,7 +43,9 @@ class Explainer:
         self.bad: list[str] = []
         event.listen(engine, "before_cursor_execute", self._explain)
 
-    def _explain(self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+    def _explain(
+        self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
         words = statement.lstrip().split(None, 1)
         if not self.on or executemany or not words or words[0].upper() not in ("SELECT", "INSERT", "UPDATE", "DELETE"):
             return
@@ -56,8 +60,9 @@ class Explainer:
         print(f"{'':>16}scans: {'; '.join(scans) or 'none'}")
         if self.show:
             print("\n".join(f"{'':>16}{line}" for line in plan))
-        if self.phase.startswith("batch") and any(s.startswith("Seq Scan on") and s.split()[-1] in ("deliveries", "subscribers")
-                                                  for s in scans):
+        if self.phase.startswith("batch") and any(
+            s.startswith("Seq Scan on") and s.split()[-1] in ("deliveries", "subscribers") for s in scans
+        ):
             self.bad.append(f"{self.phase}: {summary}")
 
 
@@ -83,7 +88,7 @@ def main() -> int:
     try:
         db.upgrade(engine)
         started = time.perf_counter()
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         with psycopg.connect(libpq, options=f"-csearch_path={schema}") as conn, conn.cursor() as cur:
             columns = "email, email_key, name, created_at, updated_at, token, status, source, attributes"
             with cur.copy(f"COPY subscribers ({columns}) FROM STDIN") as copy:
@@ -91,10 +96,11 @@ def main() -> int:
                     email = f"reader{i}@example.net"
                     # a few opted out, as on a real list
                     status = "unsubscribed" if i % 50 == 0 else "active"
-                    copy.write_row((email, email, f"Reader {i}", now, now, secrets.token_urlsafe(24), status, "bench", "{}"))
+                    copy.write_row(
+                        (email, email, f"Reader {i}", now, now, secrets.token_urlsafe(24), status, "bench", "{}")
+                    )
             cur.execute("ANALYZE")
-        print(f"{args.subscribers:,} subscribers in {time.perf_counter() - started:.1f} s; "
-              f"batches of {args.batch:,}")
+        print(f"{args.subscribers:,} subscribers in {time.perf_counter() - started:.1f} s; batches of {args.batch:,}")
         explainer = Explainer(engine, args.plans)
         owner = ledger.new_owner()
 
@@ -107,8 +113,9 @@ def main() -> int:
             explainer.on = number in (0, batches // 2)
             explainer.phase = f"batch {number + 1:,}/{batches:,}"
             batch_id = ledger.new_batch_id()
-            claimed, _ = ledger.claim_batch(engine, send.id, args.batch, batch_id, owner=owner, lease_seconds=300,
-                                            after=after)
+            claimed, _ = ledger.claim_batch(
+                engine, send.id, args.batch, batch_id, owner=owner, lease_seconds=300, after=after
+            )
             after = claimed[-1].key if claimed else after
             ledger.renew_leases(engine, owner, 300) if explainer.on else None
             ledger.mark_sent(engine, batch_id, None, "explain", close=True)
@@ -136,7 +143,8 @@ def _vacuumed(engine: Any) -> bool:
     with engine.connect() as conn:
         row = conn.exec_driver_sql(
             "SELECT last_autovacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'deliveries' "
-            "AND schemaname = current_schema()").first()
+            "AND schemaname = current_schema()"
+        ).first()
     return bool(row and row[0])
 
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -54,7 +54,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 class State:
     """Options given before the command name."""
 
-    config: Optional[Path] = None
+    config: Path | None = None
     debug: bool = False
 
 
@@ -72,7 +72,7 @@ def settings() -> Settings:
 @app.callback()
 def _global(
     config: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--config", "-c", help="Config file (default: $NEWSLETTER_CONFIG or ./config.yaml)."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
@@ -99,7 +99,7 @@ def error(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True)
 
 
-def _built(issue_file: Path, out: Optional[Path], check: Literal["auto", "required", "off"]) -> "CheckOutput":
+def _built(issue_file: Path, out: Path | None, check: Literal["auto", "required", "off"]) -> CheckOutput:
     """Build ``issue_file`` into ``out`` (default: output.dir), run the render check in mode
     ``check`` and print the build's warnings."""
     from newsletter import rendercheck
@@ -114,7 +114,9 @@ def _built(issue_file: Path, out: Optional[Path], check: Literal["auto", "requir
 @app.command()
 def build(
     issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")
+    ] = None,
 ) -> None:
     """Compile ISSUE_FILE into email.html, email.txt and email.eml, then run the render
     check (render_check.on_build)."""
@@ -129,7 +131,9 @@ def build(
 @app.command()
 def preview(
     issue_file: Annotated[Path, typer.Argument(help="The issue file to preview.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")
+    ] = None,
     open_browser: Annotated[bool, typer.Option("--open", help="Open the HTML in the web browser.")] = False,
 ) -> None:
     """Build ISSUE_FILE and show where its HTML is (or open it with --open)."""
@@ -144,14 +148,16 @@ def preview(
 @app.command()
 def check(
     issue_file: Annotated[Path, typer.Argument(help="The issue file, e.g. issues/2024-10-25.yaml.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")
+    ] = None,
 ) -> None:
     """Build ISSUE_FILE and open it in Chromium at 375 and 600 px, light and dark: overflow,
     font sizes, contrast, tap targets, axe-core, email-client support, screenshots."""
     _print_render_check(_built(issue_file, out, "auto").report)
 
 
-def _print_render_check(report: "RenderReport") -> None:
+def _print_render_check(report: RenderReport) -> None:
     from newsletter import rendercheck
 
     if report.skipped:
@@ -170,10 +176,22 @@ def _print_render_check(report: "RenderReport") -> None:
 
 @app.command()
 def gather(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Gather as of this time, ISO 8601 (e.g. 2024-10-25T21:00:00Z; default: now).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Issue file to write (default: issues/<date>.yaml).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an issue that is approved, sent or edited since it was gathered.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also say what was forgiven in the feeds and which items were left out, and why.")] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Gather as of this time, ISO 8601 (e.g. 2024-10-25T21:00:00Z; default: now)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Issue file to write (default: issues/<date>.yaml).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an issue that is approved, sent or edited since it was gathered.")
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Also say what was forgiven in the feeds and which items were left out, and why."
+        ),
+    ] = False,
 ) -> None:
     """Gather this week's round-up and teasers from the feeds into a draft issue file."""
     from newsletter import gather as gathering
@@ -208,7 +226,10 @@ def approve(
 @app.command("send-test")
 def send_test(
     issue_file: Annotated[Path, typer.Argument(help="The issue file to send as a test.")],
-    to: Annotated[Optional[list[str]], typer.Option("--to", help="Address to send to (repeatable; default: delivery.test_recipients).")] = None,
+    to: Annotated[
+        list[str] | None,
+        typer.Option("--to", help="Address to send to (repeatable; default: delivery.test_recipients)."),
+    ] = None,
 ) -> None:
     """Send ISSUE_FILE to the editors with a [TEST] subject (no ledger, no status change)."""
     from newsletter import send as send_job
@@ -221,12 +242,41 @@ def send_test(
 def send(
     issue_file: Annotated[Path, typer.Argument(help="The approved issue file to send.")],
     draft_ok: Annotated[bool, typer.Option("--draft-ok", help="Send even if the issue is still a draft.")] = False,
-    allow_changed: Annotated[bool, typer.Option("--allow-changed", help="Send the rest of the audience an issue that changed after its audience was frozen.")] = False,
-    allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Freeze and finish an issue that has no active subscribers to go to.")] = False,
-    show_status: Annotated[bool, typer.Option("--status", help="Show the send's state: recipients per state, batches in flight (age, owner) and ambiguous ones; send nothing.")] = False,
-    reconcile: Annotated[bool, typer.Option("--reconcile", help="Settle ambiguous recipients from the provider's events and list what is still unknown; send nothing.")] = False,
-    settle: Annotated[Optional[str], typer.Option("--settle-ambiguous", metavar="sent|resend", help="Decide ambiguous recipients by hand (after checking the provider's activity log): count them as sent, or send them again.")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", metavar="ID", help="With --settle-ambiguous: only this batch (see --status).")] = None,
+    allow_changed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-changed", help="Send the rest of the audience an issue that changed after its audience was frozen."
+        ),
+    ] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="Freeze and finish an issue that has no active subscribers to go to.")
+    ] = False,
+    show_status: Annotated[
+        bool,
+        typer.Option(
+            "--status",
+            help="Show the send's state: recipients per state, batches in flight (age, owner) and ambiguous ones; send nothing.",
+        ),
+    ] = False,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="Settle ambiguous recipients from the provider's events and list what is still unknown; send nothing.",
+        ),
+    ] = False,
+    settle: Annotated[
+        str | None,
+        typer.Option(
+            "--settle-ambiguous",
+            metavar="sent|resend",
+            help="Decide ambiguous recipients by hand (after checking the provider's activity log): count them as sent, or send them again.",
+        ),
+    ] = None,
+    batch: Annotated[
+        str | None,
+        typer.Option("--batch", metavar="ID", help="With --settle-ambiguous: only this batch (see --status)."),
+    ] = None,
 ) -> None:
     """Send ISSUE_FILE to every active subscriber, exactly once. Run it again to resume."""
     from newsletter import send as send_job
@@ -252,8 +302,14 @@ def send(
         if settle == "sent":
             return
     with _progress_reporter() as progress:
-        summary = send_job.send_issue(cfg, issue_file, progress=progress, allow_draft=draft_ok,
-                                      allow_changed=allow_changed, allow_empty=allow_empty)
+        summary = send_job.send_issue(
+            cfg,
+            issue_file,
+            progress=progress,
+            allow_draft=draft_ok,
+            allow_changed=allow_changed,
+            allow_empty=allow_empty,
+        )
     _print_summary(summary)
     if not summary.complete:
         raise typer.Exit(1)
@@ -274,10 +330,14 @@ def _print_status(status: send_job_types.SendStatus) -> None:
         return
     c, send = status.counts, status.send
     finished = f"finished {send.finished_at:%Y-%m-%d %H:%M} UTC" if send.finished_at else "not finished"
-    console.print(f"{status.issue}: {status.file_status}; audience {send.audience:,} frozen "
-                  f"{send.created_at:%Y-%m-%d %H:%M} UTC, {finished}")
-    console.print(f"  sent {c.sent:,}, rejected {c.rejected:,}, skipped {c.skipped:,}, pending {c.pending:,}, "
-                  f"in flight {c.in_flight:,}, ambiguous {c.ambiguous:,}")
+    console.print(
+        f"{status.issue}: {status.file_status}; audience {send.audience:,} frozen "
+        f"{send.created_at:%Y-%m-%d %H:%M} UTC, {finished}"
+    )
+    console.print(
+        f"  sent {c.sent:,}, rejected {c.rejected:,}, skipped {c.skipped:,}, pending {c.pending:,}, "
+        f"in flight {c.in_flight:,}, ambiguous {c.ambiguous:,}"
+    )
     from newsletter.store.ledger import owner_is_dead
 
     for b in status.in_flight:
@@ -285,24 +345,35 @@ def _print_status(status: send_job_types.SendStatus) -> None:
             lease = "its process is gone: ambiguous at the next send or --reconcile"
         else:
             lease = "live" if b.live(status.now) else "lease expired: its owner died"
-        console.print(f"  in flight: batch {b.batch_id}, {b.rows:,} recipients, for "
-                      f"{_age(b.claimed_at, status.now)}, owner {escape(b.owner)} ({lease})")
+        console.print(
+            f"  in flight: batch {b.batch_id}, {b.rows:,} recipients, for "
+            f"{_age(b.claimed_at, status.now)}, owner {escape(b.owner)} ({lease})"
+        )
     for b in status.ambiguous:
-        console.print(f"  ambiguous: batch {b.batch_id}, {b.rows:,} recipients, sent "
-                      f"{_age(b.claimed_at, status.now)} ago: {escape(b.reason or '')}")
+        console.print(
+            f"  ambiguous: batch {b.batch_id}, {b.rows:,} recipients, sent "
+            f"{_age(b.claimed_at, status.now)} ago: {escape(b.reason or '')}"
+        )
 
 
 def _print_reconciliation(result: send_job_types.Reconciliation, grace_minutes: float) -> None:
-    console.print(f"{result.issue}: settled from the provider's events: {result.settled.sent:,} sent, "
-                  f"{result.settled.rejected:,} dropped (rejected); still ambiguous: {result.remaining:,}")
+    console.print(
+        f"{result.issue}: settled from the provider's events: {result.settled.sent:,} sent, "
+        f"{result.settled.rejected:,} dropped (rejected); still ambiguous: {result.remaining:,}"
+    )
     for b in result.waiting:
         console.print(f"  waiting for events (grace {grace_minutes:g} min): batch {b.batch_id}, {b.rows:,} recipients")
     for b in result.unknown:
-        console.print(f"  unknown after {grace_minutes:g} min: batch {b.batch_id}, {b.rows:,} recipients: "
-                      f"{escape(b.reason or '')}")
+        console.print(
+            f"  unknown after {grace_minutes:g} min: batch {b.batch_id}, {b.rows:,} recipients: "
+            f"{escape(b.reason or '')}"
+        )
     if result.unknown:
-        err_console.print("[yellow]no event arrived for these:[/yellow] check the provider's activity log, then "
-                          "`newsletter send ISSUE --settle-ambiguous sent|resend --batch ID`", soft_wrap=True)
+        err_console.print(
+            "[yellow]no event arrived for these:[/yellow] check the provider's activity log, then "
+            "`newsletter send ISSUE --settle-ambiguous sent|resend --batch ID`",
+            soft_wrap=True,
+        )
     if result.complete:
         console.print("every recipient is settled: the issue is marked sent")
 
@@ -318,8 +389,10 @@ def _print_summary(summary: SendSummary) -> None:
         f"ambiguous {summary.ambiguous:,}"
     )
     if summary.reconciled.total:
-        console.print(f"settled from the provider's events: {summary.reconciled.sent:,} sent, "
-                      f"{summary.reconciled.rejected:,} dropped")
+        console.print(
+            f"settled from the provider's events: {summary.reconciled.sent:,} sent, "
+            f"{summary.reconciled.rejected:,} dropped"
+        )
     if summary.stopped:
         err_console.print(f"[red]stopped:[/red] {escape(summary.stopped)}", soft_wrap=True)
     if summary.ambiguous:
@@ -331,7 +404,9 @@ def _print_summary(summary: SendSummary) -> None:
             "answer was lost, or a sending process died). They are never resent silently. SendGrid's event "
             "webhook settles them on its own; `newsletter send ISSUE --reconcile` shows what is left, and "
             "after checking the provider's activity log, `--settle-ambiguous sent|resend [--batch ID]` "
-            "decides the rest.", soft_wrap=True)
+            "decides the rest.",
+            soft_wrap=True,
+        )
     if summary.complete:
         console.print("every recipient is settled: the issue is marked sent")
 
@@ -342,8 +417,14 @@ def _progress_reporter() -> Iterator[Callable[[int, int], None]]:
     if err_console.is_terminal:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TimeRemainingColumn
 
-        with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                      TaskProgressColumn(), TimeRemainingColumn(), console=err_console) as bar:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+        ) as bar:
             task = bar.add_task("sending", total=None)
 
             def update(done: int, total: int) -> None:
@@ -364,7 +445,7 @@ def _progress_reporter() -> Iterator[Callable[[int, int], None]]:
 
 @app.command()
 def run(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Run as of this time, ISO 8601 (default: now).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Run as of this time, ISO 8601 (default: now).")] = None,
 ) -> None:
     """Run the weekly job once: gather, write the issue, build, send (idempotent)."""
     from newsletter import weekly
@@ -378,7 +459,7 @@ def run(
 
 @app.command()
 def draft(
-    as_of: Annotated[Optional[str], typer.Option("--as-of", help="Run as of this time, ISO 8601 (default: now).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="Run as of this time, ISO 8601 (default: now).")] = None,
 ) -> None:
     """Approve mode's draft job once: gather the coming edition and send the editors a test."""
     from newsletter import weekly
@@ -389,7 +470,9 @@ def draft(
 
 @app.command()
 def demo(
-    folder: Annotated[Path, typer.Option("--dir", help="Folder for the demo's issues, database and outbox.")] = Path("demo"),
+    folder: Annotated[Path, typer.Option("--dir", help="Folder for the demo's issues, database and outbox.")] = Path(
+        "demo"
+    ),
 ) -> None:
     """Run the whole weekly job once on the embedded defaults (sample feeds, demo subscribers, outbox).
 
@@ -408,7 +491,9 @@ def demo(
 
 @app.command("schedule")
 def schedule_command(
-    status: Annotated[bool, typer.Option("--status", help="Print the next run times (local and UTC) and exit.")] = False,
+    status: Annotated[
+        bool, typer.Option("--status", help="Print the next run times (local and UTC) and exit.")
+    ] = False,
 ) -> None:
     """Run the weekly job on its schedule, in the foreground (for systemd or a container)."""
     from newsletter import schedule as scheduling
@@ -416,27 +501,32 @@ def schedule_command(
     cfg = settings()
     if status:
         zone = cfg.schedule_zone
-        console.print(f"mode {cfg.schedule.mode}, time zone {zone.key}, "
-                      f"misfire grace {cfg.schedule.misfire_grace_minutes} min")
+        console.print(
+            f"mode {cfg.schedule.mode}, time zone {zone.key}, misfire grace {cfg.schedule.misfire_grace_minutes} min"
+        )
         for run_ in scheduling.next_runs(cfg):
             console.print(f"{run_.job:13} {run_.local:%a %Y-%m-%d %H:%M %Z}   {run_.utc:%Y-%m-%d %H:%M} UTC")
-        console.print(f"resume: every {cfg.schedule.resume_every} min, until {cfg.schedule.resume_deadline:g} h "
-                      "after a send's audience was frozen")
+        console.print(
+            f"resume: every {cfg.schedule.resume_every} min, until {cfg.schedule.resume_deadline:g} h "
+            "after a send's audience was frozen"
+        )
         from newsletter import weekly
 
         with _database() as engine:
             unfinished = weekly.resumable(cfg, engine)
         for u in unfinished:
             until = f"{u.deadline.astimezone(zone):%a %Y-%m-%d %H:%M %Z}"
-            console.print(f"unfinished {escape(u.send.issue)}: {u.progress}; "
-                          + ("another process is sending it" if u.busy else f"resumed until {until}"))
+            console.print(
+                f"unfinished {escape(u.send.issue)}: {u.progress}; "
+                + ("another process is sending it" if u.busy else f"resumed until {until}")
+            )
         if not unfinished:
             console.print("no unfinished sends")
         return
     scheduling.run_scheduler(cfg)
 
 
-def _as_of(text: Optional[str], cfg: Settings) -> Optional["dt.datetime"]:
+def _as_of(text: str | None, cfg: Settings) -> dt.datetime | None:
     """The one reading of ``--as-of`` (gather, run, draft): ISO 8601, in the publication's
     time zone when it has no offset; a bad value is a usage error."""
     if not text:
@@ -461,8 +551,12 @@ def _print_report(report: WeekReport) -> None:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option("--port", min=1, max=65535, help="Port to listen on (default: web.port).")] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (default: web.host, 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=1, max=65535, help="Port to listen on (default: web.port).")
+    ] = None,
 ) -> None:
     """Run the web app: unsubscribe, sign-up, archive, SendGrid webhook, editors' preview."""
     from newsletter.web import server
@@ -473,9 +567,12 @@ def serve(
 # --- database and subscribers (newsletter/store) -------------------------------------
 
 db_app = typer.Typer(help="Create, migrate and inspect the database.", no_args_is_help=True)
-subscribers_app = typer.Typer(help="The subscriber list: add, import, export, list, remove, expire.", no_args_is_help=True)
+subscribers_app = typer.Typer(
+    help="The subscriber list: add, import, export, list, remove, expire.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(subscribers_app, name="subscribers")
+
 
 @contextmanager
 def _database() -> Iterator[Engine]:
@@ -487,7 +584,7 @@ def _database() -> Iterator[Engine]:
 
 
 StatusOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--status", help="Only this status: pending, active, unsubscribed, bounced, complained."),
 ]
 
@@ -523,7 +620,12 @@ def subscribers_add(
     name: Annotated[str, typer.Option("--name", help="The subscriber's name.")] = "",
     status: Annotated[str, typer.Option("--status", help="active, or pending (until they confirm).")] = "active",
     source: Annotated[str, typer.Option("--source", help="Where the subscriber came from.")] = "cli",
-    resubscribe: Annotated[bool, typer.Option("--resubscribe", help="Re-activate someone who opted out or was removed (only with their fresh consent).")] = False,
+    resubscribe: Annotated[
+        bool,
+        typer.Option(
+            "--resubscribe", help="Re-activate someone who opted out or was removed (only with their fresh consent)."
+        ),
+    ] = False,
 ) -> None:
     """Add one subscriber."""
     from newsletter.store import subscribers
@@ -536,8 +638,15 @@ def subscribers_add(
 @subscribers_app.command("import")
 def subscribers_import(
     file: Annotated[Path, typer.Argument(help="A UTF-8 CSV file whose header names the columns (email required).")],
-    resubscribe: Annotated[bool, typer.Option("--resubscribe", help="Re-activate people who opted out or were removed (only with their fresh consent).")] = False,
-    rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Write the rejected rows, with line and reason, to this CSV file.")] = None,
+    resubscribe: Annotated[
+        bool,
+        typer.Option(
+            "--resubscribe", help="Re-activate people who opted out or were removed (only with their fresh consent)."
+        ),
+    ] = False,
+    rejects: Annotated[
+        Path | None, typer.Option("--rejects", help="Write the rejected rows, with line and reason, to this CSV file.")
+    ] = None,
     source: Annotated[str, typer.Option("--source", help="Source for rows without a source column.")] = "import",
 ) -> None:
     """Import subscribers from a CSV file of any size; rerunning it is safe."""
@@ -545,7 +654,11 @@ def subscribers_import(
 
     with _database() as engine, err_console.status("importing...") as status:
         result = importer.import_csv(
-            engine, file, resubscribe=resubscribe, rejects_path=rejects, source=source,
+            engine,
+            file,
+            resubscribe=resubscribe,
+            rejects_path=rejects,
+            source=source,
             progress=lambda r: status.update(f"importing {escape(str(file))}: {r.rows:,} rows read"),
         )
     shown = 20
@@ -558,15 +671,19 @@ def subscribers_import(
         err_console.print(f"... {hidden:,} more" + (f" (all rejects are in {escape(str(rejects))})" if rejects else ""))
     console.print(f"imported {escape(str(file))}: {result.summary()}")
     if result.rejected:
-        warn(f"{file}: {result.rejected:,} of {result.rows:,} rows rejected; the others were imported "
-             f"(exit code {EXIT_PARTIAL_IMPORT})")
+        warn(
+            f"{file}: {result.rejected:,} of {result.rows:,} rows rejected; the others were imported "
+            f"(exit code {EXIT_PARTIAL_IMPORT})"
+        )
         raise typer.Exit(EXIT_PARTIAL_IMPORT)
 
 
 @subscribers_app.command("export")
 def subscribers_export(
     status: StatusOption = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write to this file (default: standard output).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write to this file (default: standard output).")
+    ] = None,
 ) -> None:
     """Export subscribers as CSV, safe to open in a spreadsheet."""
     from newsletter.store import export
@@ -582,7 +699,7 @@ def subscribers_export(
 @subscribers_app.command("list")
 def subscribers_list(
     status: StatusOption = None,
-    search: Annotated[Optional[str], typer.Option("--search", help="Part of the address or the name.")] = None,
+    search: Annotated[str | None, typer.Option("--search", help="Part of the address or the name.")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most this many.")] = 50,
 ) -> None:
     """List subscribers (oldest first)."""
@@ -631,7 +748,10 @@ def subscribers_unsubscribe(email: Annotated[str, typer.Argument(help="The addre
 @subscribers_app.command("remove")
 def subscribers_remove(
     email: Annotated[str, typer.Argument(help="The address to erase.")],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal: scripts, cron).")] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Do not ask for confirmation (needed without a terminal: scripts, cron)."),
+    ] = False,
 ) -> None:
     """Erase EMAIL's personal data; a hashed entry keeps it from being re-added."""
     from newsletter.store import subscribers
@@ -652,8 +772,10 @@ def subscribers_expire() -> None:
 
     with _database() as engine:
         done = subscribers.expire_pending(engine)
-    console.print(f"forgot {done.subscribers:,} unconfirmed sign-ups, and {done.consents:,} unconfirmed "
-                  "sign-ups of people already on the list")
+    console.print(
+        f"forgot {done.subscribers:,} unconfirmed sign-ups, and {done.consents:,} unconfirmed "
+        "sign-ups of people already on the list"
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:

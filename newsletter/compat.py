@@ -251,11 +251,17 @@ def report(html: str) -> list[ClientNote]:
             numbers = re.findall(r"#(\d+)", value)
             note = " ".join(_plain(feature.get("notes_by_num", {}).get(n, "")) for n in numbers).strip()
             fallback = FALLBACK.get(slug, "")
-            notes.append(ClientNote(
-                feature=slug, title=feature["title"], client=client,
-                support="unsupported" if value[0] == "n" else "partial",
-                note=note, fallback=fallback or "", carries_content=slug in FALLBACK and fallback is None,
-            ))
+            notes.append(
+                ClientNote(
+                    feature=slug,
+                    title=feature["title"],
+                    client=client,
+                    support="unsupported" if value[0] == "n" else "partial",
+                    note=note,
+                    fallback=fallback or "",
+                    carries_content=slug in FALLBACK and fallback is None,
+                )
+            )
     return notes
 
 
@@ -269,10 +275,20 @@ def checks(notes: Iterable[ClientNote]) -> list[Check]:
     out: list[Check] = []
     for n in notes:
         if n.carries_content and n.support == "unsupported":
-            out.append(Check("error", f"{n.client} does not support {n.title} ({n.feature}), "
-                                      f"which carries content{': ' + n.note if n.note else ''}"))
+            out.append(
+                Check(
+                    "error",
+                    f"{n.client} does not support {n.title} ({n.feature}), "
+                    f"which carries content{': ' + n.note if n.note else ''}",
+                )
+            )
         elif not n.carries_content and not n.fallback:
             support = "not supported" if n.support == "unsupported" else "only partly supported"
-            out.append(Check("warning", f"{n.client}: {n.title} ({n.feature}) is {support}; check how "
-                                        f"the email degrades there{': ' + n.note if n.note else ''}"))
+            out.append(
+                Check(
+                    "warning",
+                    f"{n.client}: {n.title} ({n.feature}) is {support}; check how "
+                    f"the email degrades there{': ' + n.note if n.note else ''}",
+                )
+            )
     return out

@@ -189,9 +189,7 @@ class Utm(Section):
 class RoundupSource(Section):
     feed: FeedLocation
     # Every key given must match: title_prefix and category ignore case.
-    match: dict[Literal["title_prefix", "category", "title_regex"], str] = {
-        "title_prefix": "Diplomacy Watch:"
-    }
+    match: dict[Literal["title_prefix", "category", "title_regex"], str] = {"title_prefix": "Diplomacy Watch:"}
     body: Literal["full", "excerpt"] = "full"
     max_age_days: int = Field(default=7, gt=0)
     label: str | None = None  # the section label shown above it; default: its first category
@@ -358,8 +356,10 @@ class Web(Section):
     @model_validator(mode="after")
     def _local_without_proxies(self) -> Web:
         if self.preview.access == "local" and self.trusted_proxies:
-            raise ValueError("preview.access local is for a server no proxy forwards to; "
-                             "with trusted_proxies use access: credentials")
+            raise ValueError(
+                "preview.access local is for a server no proxy forwards to; "
+                "with trusted_proxies use access: credentials"
+            )
         return self
 
 
@@ -385,7 +385,7 @@ class WeeklyTime(Section):
     def _time(cls, value: str) -> str:
         match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", value.strip())
         if not match:
-            raise ValueError(f"invalid time {value!r}: use 24-hour HH:MM, e.g. \"09:00\"")
+            raise ValueError(f'invalid time {value!r}: use 24-hour HH:MM, e.g. "09:00"')
         return f"{int(match.group(1)):02d}:{match.group(2)}"
 
     @property
@@ -419,7 +419,7 @@ class Schedule(Section):
     @model_validator(mode="after")
     def _draft_in_approve_mode(self) -> Schedule:
         if self.mode == "approve" and self.draft is None:
-            raise ValueError("mode approve needs a draft time, e.g. draft: {day: thu, time: \"15:00\"}")
+            raise ValueError('mode approve needs a draft time, e.g. draft: {day: thu, time: "15:00"}')
         return self
 
 

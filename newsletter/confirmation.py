@@ -36,7 +36,7 @@ def confirmation_email(settings: Settings, confirm_url: str) -> RenderedEmail:
         '<!doctype html><html><head><meta charset="utf-8">'
         f"<title>Confirm your subscription to {name}</title></head>"
         '<body style="font-family:Georgia,serif;color:#222;max-width:560px;margin:0 auto;padding:24px">'
-        f"<h1 style=\"font-size:22px\">Confirm your subscription to {name}</h1>"
+        f'<h1 style="font-size:22px">Confirm your subscription to {name}</h1>'
         "<p>Please confirm that you want to receive the newsletter.</p>"
         f'<p><a href="{url}" style="display:inline-block;background:{accent};color:#fff;'
         'padding:12px 20px;text-decoration:none;border-radius:4px">Confirm my subscription</a></p>'
@@ -63,11 +63,20 @@ def send_confirmation(settings: Settings, sender: Sender, subscriber: Subscriber
     """Email ``subscriber`` the link that confirms their sign-up (``token`` is secret)."""
     pub = settings.publication
     email = confirmation_email(settings, links.confirm(pub, token))
-    recipient = Recipient(email=subscriber.email, name=subscriber.name,
-                          unsubscribe_url=links.unsubscribe(pub, subscriber.token))
-    result = sender.send(Batch(issue=KIND, batch_id=new_batch_id(), email=email,
-                               deliveries=[Delivery(key=subscriber.id, recipient=recipient)]))
+    recipient = Recipient(
+        email=subscriber.email, name=subscriber.name, unsubscribe_url=links.unsubscribe(pub, subscriber.token)
+    )
+    result = sender.send(
+        Batch(
+            issue=KIND,
+            batch_id=new_batch_id(),
+            email=email,
+            deliveries=[Delivery(key=subscriber.id, recipient=recipient)],
+        )
+    )
     if subscriber.id not in result.sent:
         reasons = {**result.rejected, **result.retry}
-        raise DeliveryError(f"confirmation email to subscriber {subscriber.id} not sent: "
-                            f"{reasons.get(subscriber.id, 'no reason given')}")
+        raise DeliveryError(
+            f"confirmation email to subscriber {subscriber.id} not sent: "
+            f"{reasons.get(subscriber.id, 'no reason given')}"
+        )

@@ -14,7 +14,7 @@ from newsletter.config import OutboxBackend, Settings
 from newsletter.store import subscribers
 from newsletter.store.db import open_database, upgrade_database
 
-SAMPLE_AS_OF = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.timezone.utc)  # the sample feeds' week
+SAMPLE_AS_OF = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.UTC)  # the sample feeds' week
 DEMO_SUBSCRIBERS = [
     ("ada@example.com", "Ada Lovelace"),
     ("grace@example.org", "Grace Hopper"),
@@ -35,14 +35,17 @@ class DemoRun:
 def demo_settings(settings: Settings, folder: Path) -> Settings:
     """``settings`` with the issues, database and outbox moved into ``folder``."""
     folder = folder.resolve()
-    return settings.model_copy(update={
-        "issues_dir": folder / "issues",
-        "output": settings.output.model_copy(update={"dir": folder / "build"}),
-        "database": settings.database.model_copy(update={"url": f"sqlite:///{folder / 'newsletter.db'}"}),
-        "delivery": settings.delivery.model_copy(update={
-            "backend": "outbox", "outbox": OutboxBackend(dir=folder / "outbox")}),
-        "schedule": settings.schedule.model_copy(update={"mode": "auto"}),
-    })
+    return settings.model_copy(
+        update={
+            "issues_dir": folder / "issues",
+            "output": settings.output.model_copy(update={"dir": folder / "build"}),
+            "database": settings.database.model_copy(update={"url": f"sqlite:///{folder / 'newsletter.db'}"}),
+            "delivery": settings.delivery.model_copy(
+                update={"backend": "outbox", "outbox": OutboxBackend(dir=folder / "outbox")}
+            ),
+            "schedule": settings.schedule.model_copy(update={"mode": "auto"}),
+        }
+    )
 
 
 def run_demo(settings: Settings, folder: Path) -> DemoRun:

@@ -29,8 +29,9 @@ def save(issue: Issue, path: Path) -> None:
 def set_status(path: Path, status: IssueStatus, **stamps: dt.datetime) -> Issue:
     """Set ``status`` (and ``approved_at``/``sent_at``) in the editor's file ``path``,
     changing those lines only: comments, quoting and order stay as the editor left them."""
-    set_top_level_keys(path, {"status": status, **stamps}, after=("status", "approved_at", "sent_at"),
-                       error=IssueFileError)
+    set_top_level_keys(
+        path, {"status": status, **stamps}, after=("status", "approved_at", "sent_at"), error=IssueFileError
+    )
     return load(path)
 
 

@@ -52,11 +52,8 @@ class UtmTagger:
             return url
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
-        if parts.scheme not in ("http", "https") or not any(
-            host == h or host.endswith("." + h) for h in self.hosts
-        ):
+        if parts.scheme not in ("http", "https") or not any(host == h or host.endswith("." + h) for h in self.hosts):
             return url
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                 if k not in self.params]
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in self.params]
         query.extend(self.params.items())
         return urlunsplit(parts._replace(query=urlencode(query)))

@@ -68,7 +68,6 @@ class Roundup(Content):
     body_html: str = ""
 
 
-
 class Teaser(Content):
     """One of the week's other articles: label, image, title, excerpt, "Keep reading"."""
 
@@ -82,7 +81,6 @@ class Teaser(Content):
     excerpt: str = ""
 
 
-
 class Appeal(Content):
     """An optional donation request between the teasers and the footer."""
 
@@ -90,7 +88,6 @@ class Appeal(Content):
     body: str = Field(min_length=1)  # Markdown
     button_label: str = Field(min_length=1)
     button_url: Url
-
 
 
 class Gathered(Content):
@@ -126,10 +123,7 @@ class Issue(Content):
     @classmethod
     def _slug(cls, value: str) -> str:
         if not SLUG.fullmatch(value):
-            raise ValueError(
-                "must be lowercase letters, digits and hyphens (like 2024-10-25), "
-                f"got {value!r}"
-            )
+            raise ValueError(f"must be lowercase letters, digits and hyphens (like 2024-10-25), got {value!r}")
         return value
 
     @field_validator("subject", "preheader")
@@ -145,9 +139,7 @@ class Issue(Content):
 
     def content_fields(self) -> dict[str, object]:
         """The editable content, for checksums: everything but status and bookkeeping."""
-        return self.model_dump(
-            mode="json", exclude={"status", "approved_at", "sent_at", "gathered"}
-        )
+        return self.model_dump(mode="json", exclude={"status", "approved_at", "sent_at", "gathered"})
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,26 @@ import lxml.html
 from lxml import etree
 
 WIDTH = 72
-_BLOCKS = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "li", "blockquote",
-           "figure", "figcaption", "hr", "table", "tr", "pre"}
+_BLOCKS = {
+    "p",
+    "div",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "ul",
+    "ol",
+    "li",
+    "blockquote",
+    "figure",
+    "figcaption",
+    "hr",
+    "table",
+    "tr",
+    "pre",
+}
 _SPACE = re.compile(r"\s+")
 _BR = "\x00"  # a hard line break (<br>); plain newlines in HTML are just spaces
 
@@ -25,8 +43,12 @@ def wrap(text: str, width: int = WIDTH, prefix: str = "", first: str | None = No
     if not text:
         return ""
     return textwrap.fill(
-        text, width=width, initial_indent=prefix if first is None else first,
-        subsequent_indent=prefix, break_long_words=False, break_on_hyphens=False,
+        text,
+        width=width,
+        initial_indent=prefix if first is None else first,
+        subsequent_indent=prefix,
+        break_long_words=False,
+        break_on_hyphens=False,
     )
 
 
@@ -96,8 +118,10 @@ def _block(el: etree._Element, tag: str, out: list[str], link: Callable[[str], s
     if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
         title = _SPACE.sub(" ", _inline(el, link)).strip()
         if title:
-            out.append(f"{prefix}{title.upper() if tag in ('h1', 'h2') else title}\n"
-                       f"{prefix}{'-' * min(len(title), WIDTH - len(prefix))}")
+            out.append(
+                f"{prefix}{title.upper() if tag in ('h1', 'h2') else title}\n"
+                f"{prefix}{'-' * min(len(title), WIDTH - len(prefix))}"
+            )
     elif tag in ("ul", "ol"):
         items = [c for c in el if isinstance(c.tag, str) and c.tag == "li"]
         for n, item in enumerate(items, 1):

@@ -176,7 +176,7 @@ def _luminance(color: str) -> float:
         c = v / 255
         return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
 
-    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
     return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
 
 
@@ -189,7 +189,7 @@ def contrast(a: str, b: str) -> float:
 def legible_on(color: str, background: str, ratio: float = 4.5) -> str:
     """``color`` mixed with white until it reaches ``ratio`` against a dark ``background``
     (the accent colour on the dark palette)."""
-    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    rgb = [int(color[i : i + 2], 16) for i in (1, 3, 5)]
     for step in range(0, 101, 5):
         mixed = "#" + "".join(f"{round(c + (255 - c) * step / 100):02x}" for c in rgb)
         if contrast(mixed, background) >= ratio:
@@ -323,8 +323,9 @@ def inline_css(html: str, css: str) -> str:
 # --- checks ---------------------------------------------------------------------------
 
 
-def check_email(email: RenderedEmail, size: int, settings: Settings, *,
-                unwritten_alt: Collection[str] = ()) -> list[Check]:
+def check_email(
+    email: RenderedEmail, size: int, settings: Settings, *, unwritten_alt: Collection[str] = ()
+) -> list[Check]:
     """What a professional sender checks before an email goes out: ``email`` still holds
     the placeholders, ``size`` is the byte size of a personalized HTML part. An image
     needs an alt attribute (``alt=""`` marks it decorative), and the issue's own images
@@ -337,11 +338,21 @@ def check_email(email: RenderedEmail, size: int, settings: Settings, *,
     checks: list[Check] = []
     limits = settings.limits
     if size > limits.html_max_bytes:
-        checks.append(Check("error", f"HTML is {size:,} bytes, over the {limits.html_max_bytes:,}-byte "
-                                     "limit: Gmail clips it and hides the footer and unsubscribe link"))
+        checks.append(
+            Check(
+                "error",
+                f"HTML is {size:,} bytes, over the {limits.html_max_bytes:,}-byte "
+                "limit: Gmail clips it and hides the footer and unsubscribe link",
+            )
+        )
     elif size > limits.html_warn_bytes:
-        checks.append(Check("warning", f"HTML is {size:,} bytes, over {limits.html_warn_bytes:,}: "
-                                       f"close to Gmail's clipping limit ({limits.html_max_bytes:,})"))
+        checks.append(
+            Check(
+                "warning",
+                f"HTML is {size:,} bytes, over {limits.html_warn_bytes:,}: "
+                f"close to Gmail's clipping limit ({limits.html_max_bytes:,})",
+            )
+        )
     doc = lxml.html.document_fromstring(html)
     for img in doc.iter("img"):
         if img.get("alt") is None or img.get("src") in unwritten_alt:
@@ -362,8 +373,9 @@ def check_email(email: RenderedEmail, size: int, settings: Settings, *,
         elif not href.startswith(("https://", "mailto:", *tokens)):
             checks.append(Check("warning", f"link with an unexpected scheme: {href}"))
     if not unsubscribe_links:
-        checks.append(Check("error", "no unsubscribe link in the HTML part (templates must link "
-                                     "placeholders.unsubscribe_url)"))
+        checks.append(
+            Check("error", "no unsubscribe link in the HTML part (templates must link placeholders.unsubscribe_url)")
+        )
     if unsubscribe_url not in text:
         checks.append(Check("error", "no unsubscribe link in the text part"))
     address = " ".join(settings.publication.postal_address.split())
@@ -491,9 +503,7 @@ def list_unsubscribe(email: RenderedEmail, recipient: Recipient) -> str:
     return value
 
 
-def personalize(
-    email: RenderedEmail, recipient: Recipient, now: dt.datetime | None = None
-) -> EmailMessage:
+def personalize(email: RenderedEmail, recipient: Recipient, now: dt.datetime | None = None) -> EmailMessage:
     """The complete MIME message for one recipient (multipart/alternative, UTF-8)."""
     if "\n" in email.subject or "\r" in email.subject:
         raise HeaderError(f"the subject contains a line break: {email.subject!r}")
@@ -507,7 +517,7 @@ def personalize(
         msg["To"] = _address(recipient.name, recipient.email, "recipient")
         if email.reply_to:
             msg["Reply-To"] = _address("", email.reply_to, "sender.reply_to")
-        msg["Date"] = format_datetime(now or dt.datetime.now(dt.timezone.utc))
+        msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
         msg["Message-ID"] = make_msgid(domain=email.from_address.rpartition("@")[2])
         if email.list_id:
             msg["List-Id"] = email.list_id
@@ -539,8 +549,7 @@ def build_to_dir(issue_path: Path, settings: Settings, out_dir: Path) -> BuildOu
     html, text = personalize_parts(built.email, recipient)
     eml = personalize(built.email, recipient).as_bytes()
     files: list[tuple[Path, int]] = []
-    for name, data in (("email.html", html.encode("utf-8")), ("email.txt", text.encode("utf-8")),
-                       ("email.eml", eml)):
+    for name, data in (("email.html", html.encode("utf-8")), ("email.txt", text.encode("utf-8")), ("email.eml", eml)):
         path = out_dir / name
         atomic_write(path, data)
         files.append((path, len(data)))

@@ -28,8 +28,14 @@ Scheme = Literal["light", "dark"]
 WIDTHS = (375, 600)
 SCHEMES: tuple[Scheme, ...] = ("light", "dark")
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 REPORT_NAME = "check.json"
 MIN_TARGET_PX = 24  # WCAG 2.2 success criterion 2.5.8 (target size, minimum)
 MIN_FONT_PX = 12
@@ -45,8 +51,10 @@ CHECK_VERSION = 1
 
 # Remote images are never fetched: each is a neutral 3:2 placeholder, shown at the
 # image's own width, so the layout is close to the one readers get, offline.
-_PLACEHOLDER = ('<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="800" viewBox="0 0 1200 800">'
-                '<rect width="1200" height="800" fill="#b9b4aa"/></svg>')
+_PLACEHOLDER = (
+    '<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="800" viewBox="0 0 1200 800">'
+    '<rect width="1200" height="800" fill="#b9b4aa"/></svg>'
+)
 
 # Runs in the page: every measurement of one render, in one round trip.
 _MEASURE = r"""() => {
@@ -204,8 +212,13 @@ def run_check(html: str, out_dir: Path, chromium: Path = CHROMIUM) -> RenderRepo
         return RenderReport(html_sha256=digest, compat=notes, checks=checks, skipped=missing)
     renders = _renders(html, out_dir, chromium)
     checks = _render_checks(renders) + checks
-    report = RenderReport(html_sha256=digest, renders=renders, compat=notes, checks=checks,
-                          seconds=round(time.perf_counter() - started, 2))
+    report = RenderReport(
+        html_sha256=digest,
+        renders=renders,
+        compat=notes,
+        checks=checks,
+        seconds=round(time.perf_counter() - started, 2),
+    )
     atomic_write(out_dir / REPORT_NAME, report.to_json().encode("utf-8"))
     return report
 
@@ -262,13 +275,19 @@ async def _browse(html: str, out_dir: Path, chromium: Path) -> list[Render]:
             measured = await page.evaluate(_MEASURE)
             if n == 0:  # inject axe-core; the whole rule set only on the first light render
                 full = scheme == SCHEMES[0]
-                options: dict[str, Any] = ({"resultTypes": ["violations"], "rules": AXE_RULES_OFF} if full else
-                                           {"resultTypes": ["violations"],
-                                            "runOnly": {"type": "rule", "values": LAYOUT_RULES}})
+                options: dict[str, Any] = (
+                    {"resultTypes": ["violations"], "rules": AXE_RULES_OFF}
+                    if full
+                    else {"resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}}
+                )
                 results = (await Axe().run(page, options=options)).response
             else:
-                results = (await Axe(axe_script="void 0").run(page, options={
-                    "resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}})).response
+                results = (
+                    await Axe(axe_script="void 0").run(
+                        page,
+                        options={"resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}},
+                    )
+                ).response
             name = screenshot_name(width, scheme)
             await page.screenshot(path=str(out_dir / name), full_page=True)
             renders.append(_render(width, scheme, name, measured, results))
@@ -296,8 +315,10 @@ def _render(width: int, scheme: Scheme, name: str, measured: dict[str, Any], axe
         low_contrast=[t for t in measured["texts"] if t["ratio"] < t["needed"]],
         small_targets=list(measured["targets"]),
         images=list(measured["images"]),
-        axe=[AxeViolation(rule=v["id"], impact=v.get("impact") or "minor", help=v["help"], nodes=len(v["nodes"]))
-             for v in axe["violations"]],
+        axe=[
+            AxeViolation(rule=v["id"], impact=v.get("impact") or "minor", help=v["help"], nodes=len(v["nodes"]))
+            for v in axe["violations"]
+        ],
         quirks_mode=measured["compat_mode"] != "CSS1Compat",
     )
 
@@ -309,26 +330,48 @@ def _render_checks(renders: list[Render]) -> list[Check]:
         if r.quirks_mode:
             checks.append(Check("error", f"{where}: no <!doctype html>: the email renders in quirks mode"))
         if r.width == min(WIDTHS) and r.overflow_px:
-            checks.append(Check("error", f"{where}: {r.overflow_px} px of horizontal overflow: readers must scroll sideways"))
+            checks.append(
+                Check("error", f"{where}: {r.overflow_px} px of horizontal overflow: readers must scroll sideways")
+            )
         for t in r.low_contrast[:3]:
-            checks.append(Check("error", f"{where}: contrast {t['ratio']}:1 (AA needs {t['needed']}:1) for "
-                                         f"{t['text']!r} ({t['color']} on {t['background']})"))
+            checks.append(
+                Check(
+                    "error",
+                    f"{where}: contrast {t['ratio']}:1 (AA needs {t['needed']}:1) for "
+                    f"{t['text']!r} ({t['color']} on {t['background']})",
+                )
+            )
         if len(r.low_contrast) > 3:
             checks.append(Check("error", f"{where}: and {len(r.low_contrast) - 3} more texts below AA contrast"))
         for v in r.axe:
             level: Literal["error", "warning"] = "error" if v.impact in SERIOUS else "warning"
-            checks.append(Check(level, f"{where}: axe {v.impact} {v.rule}: {v.help} ({v.nodes} element"
-                                       f"{'s' if v.nodes != 1 else ''})"))
+            checks.append(
+                Check(
+                    level,
+                    f"{where}: axe {v.impact} {v.rule}: {v.help} ({v.nodes} element{'s' if v.nodes != 1 else ''})",
+                )
+            )
         if r.smallest_font_px < MIN_FONT_PX:
-            checks.append(Check("warning", f"{where}: smallest text is {r.smallest_font_px:g} px: "
-                                           f"{r.smallest_font_text!r}"))
+            checks.append(
+                Check("warning", f"{where}: smallest text is {r.smallest_font_px:g} px: {r.smallest_font_text!r}")
+            )
         for t in r.small_targets:
-            checks.append(Check("warning", f"{where}: tap target {t['width']}x{t['height']} px, under "
-                                           f"{MIN_TARGET_PX}x{MIN_TARGET_PX}: {t['text']!r}"))
+            checks.append(
+                Check(
+                    "warning",
+                    f"{where}: tap target {t['width']}x{t['height']} px, under "
+                    f"{MIN_TARGET_PX}x{MIN_TARGET_PX}: {t['text']!r}",
+                )
+            )
         for img in r.images if r.width == max(WIDTHS) else []:
             if img["attribute"] and img["attribute"] != str(img["rendered"]):
-                checks.append(Check("warning", f"{where}: image width=\"{img['attribute']}\" but shown "
-                                               f"{img['rendered']} px wide (Outlook uses the attribute): {img['src']}"))
+                checks.append(
+                    Check(
+                        "warning",
+                        f'{where}: image width="{img["attribute"]}" but shown '
+                        f"{img['rendered']} px wide (Outlook uses the attribute): {img['src']}",
+                    )
+                )
     return _dedupe(checks)
 
 
@@ -366,17 +409,22 @@ def summary(report: RenderReport) -> list[str]:
     lines: list[str] = []
     for r in report.renders:
         serious = sum(1 for v in r.axe if v.impact in SERIOUS)
-        lines.append(f"{r.width} px {r.scheme}: overflow {r.overflow_px} px, smallest text {r.smallest_font_px:g} px, "
-                     f"{len(r.low_contrast)} below AA contrast, {len(r.small_targets)} small tap targets, "
-                     f"axe {serious} serious/critical of {len(r.axe)}; {r.screenshot}")
+        lines.append(
+            f"{r.width} px {r.scheme}: overflow {r.overflow_px} px, smallest text {r.smallest_font_px:g} px, "
+            f"{len(r.low_contrast)} below AA contrast, {len(r.small_targets)} small tap targets, "
+            f"axe {serious} serious/critical of {len(r.axe)}; {r.screenshot}"
+        )
     by_client: dict[str, list[compat.ClientNote]] = {}
     for n in report.compat:
         by_client.setdefault(n.client, []).append(n)
     for client, notes in by_client.items():
         unsupported = [f"{n.title} ({n.fallback or 'check by hand'})" for n in notes if n.support == "unsupported"]
         partial = sum(1 for n in notes if n.support == "partial")
-        lines.append(f"{client}: " + ("; ".join(unsupported) if unsupported else "nothing unsupported")
-                     + f"; {partial} partly supported")
+        lines.append(
+            f"{client}: "
+            + ("; ".join(unsupported) if unsupported else "nothing unsupported")
+            + f"; {partial} partly supported"
+        )
     return lines
 
 
@@ -396,8 +444,9 @@ def sample_html(build: Any, settings: Any) -> str:
     return html
 
 
-def check_issue(issue_path: Path, settings: Any, out_dir: Path,
-                mode: Literal["auto", "required", "off"] = "auto") -> CheckOutput:
+def check_issue(
+    issue_path: Path, settings: Any, out_dir: Path, mode: Literal["auto", "required", "off"] = "auto"
+) -> CheckOutput:
     """Build ``issue_path`` into ``out_dir`` and run the render check on it."""
     from newsletter import render
 

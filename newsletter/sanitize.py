@@ -6,6 +6,7 @@ and the same HTML reduced to clean text for excerpts.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Iterable
@@ -14,16 +15,53 @@ from urllib.parse import urlsplit, urlunsplit
 
 import nh3
 
-ALLOWED_TAGS = frozenset({
-    "p", "h2", "h3", "h4", "ul", "ol", "li", "a", "strong", "em", "b", "i",
-    "blockquote", "img", "br", "hr", "figure", "figcaption",
-})
+ALLOWED_TAGS = frozenset(
+    {
+        "p",
+        "h2",
+        "h3",
+        "h4",
+        "ul",
+        "ol",
+        "li",
+        "a",
+        "strong",
+        "em",
+        "b",
+        "i",
+        "blockquote",
+        "img",
+        "br",
+        "hr",
+        "figure",
+        "figcaption",
+    }
+)
 # Dropped together with everything inside them: their text is code, not prose.
-DROPPED_WITH_CONTENT = frozenset({
-    "script", "style", "iframe", "form", "object", "embed", "noscript", "template",
-    "textarea", "select", "button", "svg", "math", "title", "frame", "frameset",
-    "applet", "audio", "video", "canvas",
-})
+DROPPED_WITH_CONTENT = frozenset(
+    {
+        "script",
+        "style",
+        "iframe",
+        "form",
+        "object",
+        "embed",
+        "noscript",
+        "template",
+        "textarea",
+        "select",
+        "button",
+        "svg",
+        "math",
+        "title",
+        "frame",
+        "frameset",
+        "applet",
+        "audio",
+        "video",
+        "canvas",
+    }
+)
 # style is read on images (to drop hidden ones and learn their size), then removed.
 ALLOWED_ATTRIBUTES = {"a": {"href", "title"}, "img": {"src", "alt", "width", "height", "title", "style"}}
 IMG_ATTRIBUTE_ORDER = ("src", "alt", "width", "height", "title")
@@ -31,13 +69,29 @@ LINK_SCHEMES = frozenset({"http", "https", "mailto"})
 
 # Share buttons, counters and beacons that feeds put among an article's images: never
 # content, never a lead image. Hosts match themselves and their subdomains.
-TRACKING_IMAGE_HOSTS = frozenset({
-    "feedburner.com", "feedproxy.google.com", "feedblitz.com", "feedsportal.com",
-    "feeds.wordpress.com", "pixel.wp.com", "stats.wordpress.com", "google-analytics.com",
-    "googletagmanager.com", "doubleclick.net", "scorecardresearch.com", "quantserve.com",
-    "pixel.facebook.com", "bat.bing.com", "analytics.twitter.com", "ad.doubleclick.net",
-    "feeds.feedblitz.com", "pixel.mathtag.com", "counter.yadro.ru",
-})
+TRACKING_IMAGE_HOSTS = frozenset(
+    {
+        "feedburner.com",
+        "feedproxy.google.com",
+        "feedblitz.com",
+        "feedsportal.com",
+        "feeds.wordpress.com",
+        "pixel.wp.com",
+        "stats.wordpress.com",
+        "google-analytics.com",
+        "googletagmanager.com",
+        "doubleclick.net",
+        "scorecardresearch.com",
+        "quantserve.com",
+        "pixel.facebook.com",
+        "bat.bing.com",
+        "analytics.twitter.com",
+        "ad.doubleclick.net",
+        "feeds.feedblitz.com",
+        "pixel.mathtag.com",
+        "counter.yadro.ru",
+    }
+)
 TRACKING_IMAGE_PATHS = ("/~ff/", "/~r/", "/~a/", "/~f/", "/~i/")  # FeedBurner's flares
 TRACKING_HOST_LABELS = frozenset({"analytics", "pixel", "tracking", "tracker", "beacon"})
 
@@ -155,9 +209,7 @@ def sanitize_html(fragment: str, base_url: str, https_hosts: Iterable[str] = ())
         previous, cleaned = cleaned, _EMPTY_BLOCK.sub("", _EMPTY_LINK.sub("", cleaned))
     hosts = tuple(https_hosts)
     if hosts:
-        cleaned = _URL_ATTR.sub(
-            lambda m: f'{m.group(1)}="{upgrade_https(m.group(2), hosts)}"', cleaned
-        )
+        cleaned = _URL_ATTR.sub(lambda m: f'{m.group(1)}="{upgrade_https(m.group(2), hosts)}"', cleaned)
     return cleaned.strip()
 
 
@@ -166,13 +218,17 @@ def _clean_images(fragment: str) -> str:
     out: list[str] = []
     pos = 0
     for figure in _FIGURE.finditer(fragment):
-        out.append(_IMG_TAG.sub(lambda m: _real_image(m.group(0), ""), fragment[pos:figure.start()]))
+        out.append(_IMG_TAG.sub(_real_image_match, fragment[pos : figure.start()]))
         caption = _FIGCAPTION.search(figure.group(0))
         alt = html.escape(html_to_text(caption.group(1))) if caption else ""
-        out.append(_IMG_TAG.sub(lambda m: _real_image(m.group(0), alt), figure.group(0)))
+        out.append(_IMG_TAG.sub(functools.partial(_real_image_match, alt=alt), figure.group(0)))
         pos = figure.end()
-    out.append(_IMG_TAG.sub(lambda m: _real_image(m.group(0), ""), fragment[pos:]))
+    out.append(_IMG_TAG.sub(_real_image_match, fragment[pos:]))
     return "".join(out)
+
+
+def _real_image_match(match: re.Match[str], alt: str = "") -> str:
+    return _real_image(match.group(0), alt)
 
 
 def _real_image(tag: str, fallback_alt: str) -> str:
@@ -215,12 +271,12 @@ def _unwrap_dead_links(fragment: str) -> str:
     for match in _A_OPEN.finditer(fragment):
         if ' href="' in match.group(0):
             continue
-        out.append(fragment[pos:match.start()])
+        out.append(fragment[pos : match.start()])
         close = fragment.find("</a>", match.end())
         if close == -1:
             pos = match.end()
             continue
-        out.append(fragment[match.end():close])
+        out.append(fragment[match.end() : close])
         pos = close + len("</a>")
     out.append(fragment[pos:])
     return "".join(out)

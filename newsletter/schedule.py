@@ -34,7 +34,7 @@ EXPIRE_JOB = "daily-expire"
 EXPIRE_AT = (3, 30)  # local time of the daily job that forgets unconfirmed sign-ups
 # The resume job fires at fixed multiples of its interval from this instant, so its run
 # times do not depend on when it was installed, and --status can tell them.
-RESUME_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
+RESUME_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 # How the resume job logs each outcome; the rest (refused, gave-up) are errors.
 RESUME_LEVELS = {"sent": logging.INFO, "busy": logging.INFO, "incomplete": logging.WARNING}
 JOBS_TABLE = "apscheduler_jobs"
@@ -55,14 +55,12 @@ class WallClockTrigger(CronTrigger):  # type: ignore[misc]  # APScheduler 3 ship
 
 def trigger(when: WeeklyTime, settings: Settings) -> CronTrigger:
     """A weekly trigger at ``when``, local wall-clock time in the schedule's time zone."""
-    return WallClockTrigger(day_of_week=when.day, hour=when.hour, minute=when.minute,
-                            timezone=settings.schedule_zone)
+    return WallClockTrigger(day_of_week=when.day, hour=when.hour, minute=when.minute, timezone=settings.schedule_zone)
 
 
 def resume_trigger(settings: Settings) -> IntervalTrigger:
     """Every ``schedule.resume_every`` minutes."""
-    return IntervalTrigger(minutes=settings.schedule.resume_every, start_date=RESUME_EPOCH,
-                           timezone=dt.timezone.utc)
+    return IntervalTrigger(minutes=settings.schedule.resume_every, start_date=RESUME_EPOCH, timezone=dt.UTC)
 
 
 def expire_trigger(settings: Settings) -> CronTrigger:
@@ -92,7 +90,7 @@ class NextRun:
 def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3) -> list[NextRun]:
     """The next ``count`` fire times of each weekly job and the next one of the resume
     and expire jobs, soonest first."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     runs: list[NextRun] = []
     for job_id, (_func, trig) in jobs(settings).items():
         previous = None
@@ -101,13 +99,14 @@ def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3
             fire = trig.get_next_fire_time(previous, at)
             if fire is None:
                 break
-            runs.append(NextRun(job_id, fire.astimezone(settings.schedule_zone), fire.astimezone(dt.timezone.utc)))
+            runs.append(NextRun(job_id, fire.astimezone(settings.schedule_zone), fire.astimezone(dt.UTC)))
             previous = at = fire
     return sorted(runs, key=lambda r: r.utc)
 
 
-def make_scheduler(settings: Settings, scheduler_class: type[BaseScheduler] | None = None,
-                   jobstore_url: str | None = None) -> BaseScheduler:
+def make_scheduler(
+    settings: Settings, scheduler_class: type[BaseScheduler] | None = None, jobstore_url: str | None = None
+) -> BaseScheduler:
     """A scheduler whose job store is the project's database, refused like every command
     refuses it when it is missing, unreachable or behind (``database.auto_upgrade``
     upgrades it instead)."""
@@ -142,8 +141,12 @@ def install_jobs(scheduler: BaseScheduler, settings: Settings) -> list[str]:
             changes.append(f"removed {job.id}")
     for job_id, (func, trig) in wanted.items():
         stored = scheduler.get_job(job_id)
-        if stored is not None and str(stored.trigger) == str(trig) and list(stored.args) == args \
-                and str(stored.trigger.timezone) == str(trig.timezone):
+        if (
+            stored is not None
+            and str(stored.trigger) == str(trig)
+            and list(stored.args) == args
+            and str(stored.trigger.timezone) == str(trig.timezone)
+        ):
             continue
         scheduler.add_job(func, trig, id=job_id, name=job_id, args=args, replace_existing=True)
         changes.append(f"{'updated' if stored else 'added'} {job_id}")
@@ -216,8 +219,13 @@ def scheduled_resume(config_path: str) -> None:
         log.error("weekly resume job failed: %s", exc)
         return
     for report in reports:
-        log.log(RESUME_LEVELS.get(report.outcome, logging.ERROR), "weekly resume job: %s: %s: %s",
-                report.issue, report.outcome, report.message)
+        log.log(
+            RESUME_LEVELS.get(report.outcome, logging.ERROR),
+            "weekly resume job: %s: %s: %s",
+            report.issue,
+            report.outcome,
+            report.message,
+        )
 
 
 def scheduled_expire(config_path: str) -> None:
@@ -233,8 +241,11 @@ def scheduled_expire(config_path: str) -> None:
     except NewsletterError as exc:
         log.error("daily expire job failed: %s", exc)
         return
-    log.info("daily expire job: forgot %d unconfirmed sign-ups and %d unconfirmed sign-ups of people "
-             "already on the list", done.subscribers, done.consents)
+    log.info(
+        "daily expire job: forgot %d unconfirmed sign-ups and %d unconfirmed sign-ups of people already on the list",
+        done.subscribers,
+        done.consents,
+    )
 
 
 def _run_logged(what: str, call: Any) -> None:

@@ -73,7 +73,7 @@ def backoff(attempt: int, retry_after: float | None, rng: random.Random) -> floa
     or exponential backoff with full jitter, capped."""
     if retry_after is not None and retry_after >= 0:
         return min(retry_after, BACKOFF_CAP) + rng.uniform(0, 1)
-    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt))
+    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
 
 def approve(path: Path, now: dt.datetime | None = None) -> Issue:
@@ -81,7 +81,7 @@ def approve(path: Path, now: dt.datetime | None = None) -> Issue:
     issue = issuefile.load(path)
     if issue.status == "sent":
         raise SendError(f"{path}: already sent")
-    return issuefile.set_status(path, "approved", approved_at=now or dt.datetime.now(dt.timezone.utc))
+    return issuefile.set_status(path, "approved", approved_at=now or dt.datetime.now(dt.UTC))
 
 
 def _build(issue: Issue, path: Path, settings: Settings) -> render.RenderedEmail:
@@ -110,8 +110,9 @@ def _render_check(email: render.RenderedEmail, path: Path, settings: Settings) -
         raise BuildError(f"{path}: not sending: {report.errors[0]}{more}")
 
 
-def send_test(settings: Settings, path: Path, recipients: list[str] | None = None,
-              sender: Sender | None = None) -> list[str]:
+def send_test(
+    settings: Settings, path: Path, recipients: list[str] | None = None, sender: Sender | None = None
+) -> list[str]:
     """Send the issue to the editors (``delivery.test_recipients``) with a ``[TEST]``
     subject; no ledger, no change to the issue. Returns the addresses sent to."""
     from newsletter.senders import sender_for
@@ -123,13 +124,18 @@ def send_test(settings: Settings, path: Path, recipients: list[str] | None = Non
     email = _build(issue, path, settings)
     email = replace(email, subject=f"[TEST] {email.subject}")
     deliveries = [
-        Delivery(key=n, recipient=Recipient(email=a, name="", unsubscribe_url=links.unsubscribe(
-            settings.publication, render.SAMPLE_RECIPIENT_TOKEN)))
+        Delivery(
+            key=n,
+            recipient=Recipient(
+                email=a, name="", unsubscribe_url=links.unsubscribe(settings.publication, render.SAMPLE_RECIPIENT_TOKEN)
+            ),
+        )
         for n, a in enumerate(addresses)
     ]
     with sender_for(settings, sender) as backend:
-        result = backend.send(Batch(issue=f"{issue.slug}-test", batch_id=ledger.new_batch_id(), email=email,
-                                    deliveries=deliveries))
+        result = backend.send(
+            Batch(issue=f"{issue.slug}-test", batch_id=ledger.new_batch_id(), email=email, deliveries=deliveries)
+        )
     if result.rejected or result.retry or result.ambiguous:
         reasons = {**result.rejected, **result.retry, **result.ambiguous}
         raise DeliveryError(f"test send failed for {addresses[next(iter(reasons))]}: {next(iter(reasons.values()))}")
@@ -161,9 +167,17 @@ class _Run:
     pending, while a heartbeat renews the leases of the batches this process owns; then
     it waits for batches other live processes are sending."""
 
-    def __init__(self, engine: Engine, send: ledger.Send, email: render.RenderedEmail, settings: Settings,
-                 sender: Sender, progress: Progress | None, sleep: Callable[[float], object],
-                 rng: random.Random) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        send: ledger.Send,
+        email: render.RenderedEmail,
+        settings: Settings,
+        sender: Sender,
+        progress: Progress | None,
+        sleep: Callable[[float], object],
+        rng: random.Random,
+    ) -> None:
         self.engine, self.send, self.email, self.settings = engine, send, email, settings
         self.sender, self.progress, self.sleep, self.rng = sender, progress, sleep, rng
         delivery = settings.delivery
@@ -189,8 +203,15 @@ class _Run:
         after = 0  # the last row this worker claimed: see ledger.claim_batch
         while not self.stop.is_set():
             batch_id = ledger.new_batch_id()
-            claimed, skipped = ledger.claim_batch(self.engine, self.send.id, self.batch_size, batch_id,
-                                                  owner=self.owner, lease_seconds=self.lease, after=after)
+            claimed, skipped = ledger.claim_batch(
+                self.engine,
+                self.send.id,
+                self.batch_size,
+                batch_id,
+                owner=self.owner,
+                lease_seconds=self.lease,
+                after=after,
+            )
             if skipped:
                 self._advance(skipped, 0)
             if not claimed:
@@ -208,12 +229,16 @@ class _Run:
     def _deliver(self, batch_id: str, claimed: list[ledger.Claimed]) -> bool:
         """Deliver one claimed batch; True when the batch was closed with its last write."""
         pub = self.settings.publication
-        waiting = {c.key: Delivery(key=c.key, recipient=Recipient(
-            email=c.email, name=c.name, unsubscribe_url=links.unsubscribe(pub, c.token))) for c in claimed}
+        waiting = {
+            c.key: Delivery(
+                key=c.key,
+                recipient=Recipient(email=c.email, name=c.name, unsubscribe_url=links.unsubscribe(pub, c.token)),
+            )
+            for c in claimed
+        }
         attempt = 0
         while waiting:
-            batch = Batch(issue=self.send.issue, batch_id=batch_id, email=self.email,
-                          deliveries=list(waiting.values()))
+            batch = Batch(issue=self.send.issue, batch_id=batch_id, email=self.email, deliveries=list(waiting.values()))
             try:
                 result = self.sender.send(batch)
             except AmbiguousDeliveryError as exc:
@@ -245,8 +270,13 @@ class _Run:
             for reason, keys in _by_reason(result.ambiguous).items():
                 ledger.mark_ambiguous(self.engine, batch_id, keys, reason)
             if result.ambiguous:
-                self._ambiguous(batch_id, len(result.ambiguous), next(iter(result.ambiguous.values())),
-                                whole=not result.sent, counted=True)
+                self._ambiguous(
+                    batch_id,
+                    len(result.ambiguous),
+                    next(iter(result.ambiguous.values())),
+                    whole=not result.sent,
+                    counted=True,
+                )
             elif result.sent:
                 with self.lock:
                     self.ambiguous_streak = 0
@@ -272,8 +302,10 @@ class _Run:
         if not counted:
             self._advance(rows, 0)
         if streak >= self.max_ambiguous:
-            self.halt(f"{streak} batches in a row may or may not have arrived ({reason}); stopped rather "
-                      "than risk more: see `newsletter send --status ISSUE`, then `--reconcile`")
+            self.halt(
+                f"{streak} batches in a row may or may not have arrived ({reason}); stopped rather "
+                "than risk more: see `newsletter send --status ISSUE`, then `--reconcile`"
+            )
 
     def _advance(self, done: int, sent: int) -> None:
         with self.lock:
@@ -375,13 +407,35 @@ def send_issue(
     """
     issue = issuefile.load(path)
     with database(settings, engine) as db:
-        return _send(settings, path, issue, db, sender, progress, allow_draft=allow_draft,
-                     allow_changed=allow_changed, allow_empty=allow_empty, sleep=sleep, rng=rng)
+        return _send(
+            settings,
+            path,
+            issue,
+            db,
+            sender,
+            progress,
+            allow_draft=allow_draft,
+            allow_changed=allow_changed,
+            allow_empty=allow_empty,
+            sleep=sleep,
+            rng=rng,
+        )
 
 
-def _send(settings: Settings, path: Path, issue: Issue, engine: Engine, sender: Sender | None,
-          progress: Progress | None, *, allow_draft: bool, allow_changed: bool, allow_empty: bool,
-          sleep: Callable[[float], object], rng: random.Random | None) -> SendSummary:
+def _send(
+    settings: Settings,
+    path: Path,
+    issue: Issue,
+    engine: Engine,
+    sender: Sender | None,
+    progress: Progress | None,
+    *,
+    allow_draft: bool,
+    allow_changed: bool,
+    allow_empty: bool,
+    sleep: Callable[[float], object],
+    rng: random.Random | None,
+) -> SendSummary:
     from newsletter.senders import sender_for
 
     existing = ledger.get_send(engine, issue.slug)
@@ -396,9 +450,11 @@ def _send(settings: Settings, path: Path, issue: Issue, engine: Engine, sender: 
     pinned = content_hash(email)
     if existing is not None and (changed := _changes(existing, email, pinned)):
         if not allow_changed:
-            raise SendError(f"{path}: changed since its audience was frozen at "
-                            f"{existing.created_at:%Y-%m-%d %H:%M} UTC: {'; '.join(changed)}. Restore it, "
-                            "or pass --allow-changed to send the rest the new version")
+            raise SendError(
+                f"{path}: changed since its audience was frozen at "
+                f"{existing.created_at:%Y-%m-%d %H:%M} UTC: {'; '.join(changed)}. Restore it, "
+                "or pass --allow-changed to send the rest the new version"
+            )
         log.warning("%s: sending a changed issue to the rest of the audience: %s", path, "; ".join(changed))
     with sender_for(settings, sender) as backend:
         backend.check()  # before the audience is frozen: a sender that cannot send freezes nothing
@@ -425,14 +481,19 @@ def _finish(engine: Engine, send: ledger.Send, path: Path, summary: SendSummary)
     if summary.complete and ledger.finish_send(engine, send.id):
         current = issuefile.load(path)
         if current.status != "sent":
-            issuefile.set_status(path, "sent", sent_at=dt.datetime.now(dt.timezone.utc))
+            issuefile.set_status(path, "sent", sent_at=dt.datetime.now(dt.UTC))
 
 
 def _summary(engine: Engine, send: ledger.Send, slug: str) -> SendSummary:
     counts = ledger.counts(engine, send.id)
     return SendSummary(
-        issue=slug, audience=send.audience, sent=counts.sent, skipped=counts.skipped,
-        rejected=counts.rejected, pending=counts.pending, ambiguous=counts.ambiguous,
+        issue=slug,
+        audience=send.audience,
+        sent=counts.sent,
+        skipped=counts.skipped,
+        rejected=counts.rejected,
+        pending=counts.pending,
+        ambiguous=counts.ambiguous,
         in_flight=counts.in_flight,
         ambiguous_batches=ledger.batches(engine, send.id, "ambiguous") if counts.ambiguous else [],
     )
@@ -446,8 +507,9 @@ def _existing_send(settings: Settings, path: Path, engine: Engine) -> tuple[Issu
     return issue, send
 
 
-def settle(settings: Settings, path: Path, as_state: str, *, batch_id: str | None = None,
-           engine: Engine | None = None) -> int:
+def settle(
+    settings: Settings, path: Path, as_state: str, *, batch_id: str | None = None, engine: Engine | None = None
+) -> int:
     """An operator settles a send's ambiguous rows (all, or one batch's) as ``sent`` or
     ``pending`` (send them again). Rows still in flight (a live process, or a dead one
     whose batch was not reported yet) are not touched."""
@@ -456,8 +518,7 @@ def settle(settings: Settings, path: Path, as_state: str, *, batch_id: str | Non
         # Only rows already reported ambiguous: a dead process's batch that nobody has been
         # shown yet (``--status``, ``--reconcile`` and every send report it) stays out.
         if batch_id is not None and not any(b.batch_id == batch_id for b in ledger.batches(db, send.id, "ambiguous")):
-            raise SendError(f"{path}: no ambiguous recipients in batch {batch_id!r} "
-                            "(see `newsletter send --status`)")
+            raise SendError(f"{path}: no ambiguous recipients in batch {batch_id!r} (see `newsletter send --status`)")
         settled = ledger.settle_ambiguous(db, send.id, as_state, batch_id=batch_id)
         _finish(db, send, path, _summary(db, send, send.issue))
     return settled
@@ -480,11 +541,12 @@ class Reconciliation:
         return sum(b.rows for b in self.waiting + self.unknown)
 
 
-def reconcile(settings: Settings, path: Path, *, engine: Engine | None = None,
-              now: dt.datetime | None = None) -> Reconciliation:
+def reconcile(
+    settings: Settings, path: Path, *, engine: Engine | None = None, now: dt.datetime | None = None
+) -> Reconciliation:
     """Settle a send's ambiguous rows that the provider's events prove (see
     ``ledger.reconcile``); report the rest, split by ``delivery.ambiguous_grace``."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     with database(settings, engine) as db:
         _issue, send = _existing_send(settings, path, db)
         ledger.expire_dead_owners(db, send.id, now)
@@ -494,7 +556,8 @@ def reconcile(settings: Settings, path: Path, *, engine: Engine | None = None,
         _finish(db, send, path, summary)
     grace = dt.timedelta(minutes=settings.delivery.ambiguous_grace)
     return Reconciliation(
-        issue=send.issue, settled=settled,
+        issue=send.issue,
+        settled=settled,
         waiting=[b for b in left if b.claimed_at + grace > now],
         unknown=[b for b in left if b.claimed_at + grace <= now],
         complete=summary.complete,
@@ -517,10 +580,17 @@ class SendStatus:
 def status(settings: Settings, path: Path, *, engine: Engine | None = None) -> SendStatus:
     """Per-state counts, the batches in flight (age, owner, lease) and the ambiguous ones."""
     issue = issuefile.load(path)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with database(settings, engine) as db:
         send = ledger.get_send(db, issue.slug)
         if send is None:
             return SendStatus(issue.slug, issue.status, None, ledger.Counts(), [], [], now)
-        return SendStatus(issue.slug, issue.status, send, ledger.counts(db, send.id),
-                          ledger.batches(db, send.id, "in_flight"), ledger.batches(db, send.id, "ambiguous"), now)
+        return SendStatus(
+            issue.slug,
+            issue.status,
+            send,
+            ledger.counts(db, send.id),
+            ledger.batches(db, send.id, "in_flight"),
+            ledger.batches(db, send.id, "ambiguous"),
+            now,
+        )

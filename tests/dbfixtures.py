@@ -23,8 +23,15 @@ from newsletter.store.db import create_store_engine, upgrade
 from newsletter.store.tables import metadata
 
 __all__ = [
-    "POSTGRES_URL", "blank_database_url", "both_engines", "database_url", "engine", "postgres_server",
-    "postgres_run_url", "scoped_url", "sqlite_template",
+    "POSTGRES_URL",
+    "blank_database_url",
+    "both_engines",
+    "database_url",
+    "engine",
+    "postgres_run_url",
+    "postgres_server",
+    "scoped_url",
+    "sqlite_template",
 ]
 
 POSTGRES_URL = os.environ.get("NEWSLETTER_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -9,7 +9,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-
 from typing import Any
 
 import pytest
@@ -51,8 +50,9 @@ def test_top_level_help(capsys) -> None:
 
 def test_build_writes_three_files_and_prints_sizes(project: Path, capsys) -> None:
     out = project / "out"
-    code = main(["--config", str(project / "config.yaml"), "build", str(project / "issues/2024-10-25.yaml"),
-                 "--out", str(out)])
+    code = main(
+        ["--config", str(project / "config.yaml"), "build", str(project / "issues/2024-10-25.yaml"), "--out", str(out)]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     for name in ("email.html", "email.txt", "email.eml"):
@@ -83,7 +83,10 @@ def test_over_size_build_fails_and_writes_nothing(project: Path, write_config, c
 
 def test_warning_is_printed_but_build_succeeds(project: Path, write_config, capsys) -> None:
     config = write_config({"limits": {"html_warn_bytes": 20_000}})
-    assert main(["--config", str(config), "build", str(project / "issues/2024-10-25.yaml"), "--out", str(project / "o")]) == 0
+    assert (
+        main(["--config", str(config), "build", str(project / "issues/2024-10-25.yaml"), "--out", str(project / "o")])
+        == 0
+    )
     assert "warning:" in capsys.readouterr().err
 
 
@@ -97,7 +100,9 @@ def test_warning_is_printed_but_build_succeeds(project: Path, write_config, caps
         ("missing-template", "email.txt.j2: template not found"),
     ],
 )
-def test_bad_input_gives_one_line_and_nonzero_exit(project: Path, write_config, capsys, setup: str, expected: str) -> None:
+def test_bad_input_gives_one_line_and_nonzero_exit(
+    project: Path, write_config, capsys, setup: str, expected: str
+) -> None:
     config = project / "config.yaml"
     issue = project / "issues/2024-10-25.yaml"
     if setup == "missing-config":
@@ -107,8 +112,12 @@ def test_bad_input_gives_one_line_and_nonzero_exit(project: Path, write_config, 
     elif setup == "missing-issue":
         issue = project / "issues/nope.yaml"
     elif setup == "bad-issue":
-        issue.write_text(issue.read_text(encoding="utf-8").replace(
-            "    url: https://news.example.org/security-strategy-rare-earths\n", ""), encoding="utf-8")
+        issue.write_text(
+            issue.read_text(encoding="utf-8").replace(
+                "    url: https://news.example.org/security-strategy-rare-earths\n", ""
+            ),
+            encoding="utf-8",
+        )
     elif setup == "missing-template":
         (project / "templates/email.txt.j2").unlink()
     out = project / "out"
@@ -123,9 +132,19 @@ def test_bad_input_gives_one_line_and_nonzero_exit(project: Path, write_config, 
 
 def test_debug_shows_the_traceback(project: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(project / "missing.yaml"), "--debug", "build",
-         str(EXAMPLE_ISSUE)],
-        capture_output=True, text=True, cwd=project,
+        [
+            sys.executable,
+            "-m",
+            "newsletter",
+            "--config",
+            str(project / "missing.yaml"),
+            "--debug",
+            "build",
+            str(EXAMPLE_ISSUE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=project,
     )
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
@@ -134,7 +153,9 @@ def test_debug_shows_the_traceback(project: Path) -> None:
 def test_config_from_environment_variable(project: Path, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "newsletter", "build", "issues/2024-10-25.yaml", "--out", "o"],
-        capture_output=True, text=True, cwd=project,
+        capture_output=True,
+        text=True,
+        cwd=project,
         env={"NEWSLETTER_CONFIG": str(project / "config.yaml"), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
@@ -147,36 +168,62 @@ def test_usage_error_exit_code(capsys) -> None:
 
 
 def test_preview_prints_a_file_url(project: Path, capsys) -> None:
-    code = main(["--config", str(project / "config.yaml"), "preview", str(project / "issues/2024-10-25.yaml"),
-                 "--out", str(project / "p")])
+    code = main(
+        [
+            "--config",
+            str(project / "config.yaml"),
+            "preview",
+            str(project / "issues/2024-10-25.yaml"),
+            "--out",
+            str(project / "p"),
+        ]
+    )
     assert code == 0
     assert f"file://{project}/p/email.html" in capsys.readouterr().out
 
 
 def test_console_script_is_installed() -> None:
-    result = subprocess.run([str(Path(sys.executable).parent / "newsletter"), "--help"], capture_output=True,
-                            text=True, cwd=ROOT)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "newsletter"), "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0 and "build" in result.stdout
 
 
 # --- one way to print errors (issue 13, items 8 and 11) --------------------------------
 
-@pytest.mark.parametrize("args, expected", [
-    (["run", "--as-of", "next week"],
-     "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter run --help')"),
-    (["draft", "--as-of", "next week"],
-     "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter draft --help')"),
-    (["gather", "--as-of", "next week"],
-     "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter gather --help')"),
-    (["send", "issues/2024-10-25.yaml", "--settle-ambiguous", "maybe"],
-     "error: --settle-ambiguous: use sent or resend (see 'newsletter send --help')"),
-    (["serve", "--port", "http"], "error: --port: "),
-    (["build", "--colour", "x.yaml"], "error: No such option: --colour (Possible options: --out)"),
-], ids=["run", "draft", "gather", "send", "serve", "unknown-option"])
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (
+            ["run", "--as-of", "next week"],
+            "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter run --help')",
+        ),
+        (
+            ["draft", "--as-of", "next week"],
+            "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter draft --help')",
+        ),
+        (
+            ["gather", "--as-of", "next week"],
+            "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter gather --help')",
+        ),
+        (
+            ["send", "issues/2024-10-25.yaml", "--settle-ambiguous", "maybe"],
+            "error: --settle-ambiguous: use sent or resend (see 'newsletter send --help')",
+        ),
+        (["serve", "--port", "http"], "error: --port: "),
+        (["build", "--colour", "x.yaml"], "error: No such option: --colour (Possible options: --out)"),
+    ],
+    ids=["run", "draft", "gather", "send", "serve", "unknown-option"],
+)
 def test_a_bad_option_value_is_one_line(project: Path, args: list[str], expected: str) -> None:
     """The same mistake gives the same words from every command: no usage box."""
-    result = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(project / "config.yaml"), *args],
-                            capture_output=True, text=True, cwd=project)
+    result = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(project / "config.yaml"), *args],
+        capture_output=True,
+        text=True,
+        cwd=project,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith(expected), result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -185,9 +232,19 @@ def test_a_bad_option_value_is_one_line(project: Path, args: list[str], expected
 
 def test_debug_after_the_command_shows_the_traceback(project: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "newsletter", "--config", str(project / "config.yaml"), "build",
-         str(project / "issues/missing.yaml"), "--debug"],
-        capture_output=True, text=True, cwd=project,
+        [
+            sys.executable,
+            "-m",
+            "newsletter",
+            "--config",
+            str(project / "config.yaml"),
+            "build",
+            str(project / "issues/missing.yaml"),
+            "--debug",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=project,
     )
     assert result.returncode != 0
     assert "No such option" not in result.stderr
@@ -208,8 +265,10 @@ def test_draft_does_not_suggest_force(project: Path, write_config, capsys) -> No
     before = path.read_bytes()
     assert main(["--config", str(config), "draft", "--as-of", "2024-10-24T12:00:00Z"]) == 0
     out = capsys.readouterr().out
-    assert out.strip() == (f"2024-10-25: skipped: {path}: not written by gather (it has no gathered: record); "
-                           "not replaced; the editors' version is kept")
+    assert out.strip() == (
+        f"2024-10-25: skipped: {path}: not written by gather (it has no gathered: record); "
+        "not replaced; the editors' version is kept"
+    )
     assert "--force" not in out
     assert path.read_bytes() == before
 
@@ -217,9 +276,11 @@ def test_draft_does_not_suggest_force(project: Path, write_config, capsys) -> No
 def test_approve_changes_only_the_status_lines(project: Path, capsys) -> None:
     """An editor's comments, quoting and layout survive approval (issue 13, item 7)."""
     path = project / "issues/2024-10-25.yaml"
-    edited = path.read_text(encoding="utf-8").replace(
-        "status: draft\n", "status: draft   # Amira: check the Kazan figures first\n"
-    ).replace("  title: ", "  # the headline the desk agreed on\n  title: ", 1)
+    edited = (
+        path.read_text(encoding="utf-8")
+        .replace("status: draft\n", "status: draft   # Amira: check the Kazan figures first\n")
+        .replace("  title: ", "  # the headline the desk agreed on\n  title: ", 1)
+    )
     path.write_text(edited, encoding="utf-8")
     assert main(["approve", str(path)]) == 0
     after = path.read_text(encoding="utf-8")

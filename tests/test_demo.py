@@ -19,7 +19,10 @@ from .conftest import FIXTURES, ROOT
 def _demo(tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "newsletter", "--config", str(ROOT / "config.yaml"), "demo", "--dir", "demo"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
     )
 
 

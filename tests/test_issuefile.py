@@ -113,7 +113,7 @@ def test_save_round_trips_and_is_atomic(tmp_path: Path) -> None:
 def test_edited_since_gathered(tmp_path: Path) -> None:
     issue = issuefile.load(EXAMPLE_ISSUE)
     assert issuefile.edited_since_gathered(issue)  # hand-written: never gathered
-    stamped = issuefile.stamp_gathered(issue, dt.datetime(2024, 10, 25, 21, tzinfo=dt.timezone.utc))
+    stamped = issuefile.stamp_gathered(issue, dt.datetime(2024, 10, 25, 21, tzinfo=dt.UTC))
     path = tmp_path / "x.yaml"
     issuefile.save(stamped, path)
     reloaded = issuefile.load(path)
@@ -137,14 +137,18 @@ def test_a_duplicate_key_names_both_lines(tmp_path: Path) -> None:
     path.write_text(text + "status: approved\n", encoding="utf-8")
     with pytest.raises(IssueFileError) as err:
         issuefile.load(path)
-    assert str(err.value) == (f"{path}: line {len(text.splitlines()) + 1}, column 1: duplicate key 'status' "
-                              f"(first on line {first})")
+    assert str(err.value) == (
+        f"{path}: line {len(text.splitlines()) + 1}, column 1: duplicate key 'status' (first on line {first})"
+    )
 
 
 def test_an_alias_bomb_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "bomb.yaml"
-    path.write_text("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{k}: &{k} [{', '.join(['*' + p] * 10)}]\n" for p, k in zip("abcdefgh", "bcdefghi")), encoding="utf-8")
+    path.write_text(
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{k}: &{k} [{', '.join(['*' + p] * 10)}]\n" for p, k in zip("abcdefgh", "bcdefghi", strict=False)),
+        encoding="utf-8",
+    )
     with pytest.raises(IssueFileError, match=r"bomb\.yaml: line 3, column \d+: more than 16 aliases"):
         issuefile.load(path)
 
@@ -155,8 +159,9 @@ def test_set_status_keeps_every_other_line(tmp_path: Path, style: str) -> None:
     editor's (indented lists, comments, quotes, folded >- blocks)."""
     path = tmp_path / "issue.yaml"
     if style == "gathered":
-        issuefile.save(issuefile.stamp_gathered(issuefile.load(EXAMPLE_ISSUE), dt.datetime(2024, 10, 25, tzinfo=dt.UTC)),
-                       path)
+        issuefile.save(
+            issuefile.stamp_gathered(issuefile.load(EXAMPLE_ISSUE), dt.datetime(2024, 10, 25, tzinfo=dt.UTC)), path
+        )
     else:
         path.write_bytes(EXAMPLE_ISSUE.read_bytes())
     before = path.read_text(encoding="utf-8").splitlines()
@@ -164,8 +169,8 @@ def test_set_status_keeps_every_other_line(tmp_path: Path, style: str) -> None:
     issue = issuefile.set_status(path, "sent", sent_at=sent_at)
     after = path.read_text(encoding="utf-8").splitlines()
     at = before.index("status: draft")
-    assert after[:at] == before[:at] and after[at + 2:] == before[at + 1:]
-    assert after[at:at + 2] == ["status: sent", "sent_at: 2024-10-25 13:00:05+00:00"]
+    assert after[:at] == before[:at] and after[at + 2 :] == before[at + 1 :]
+    assert after[at : at + 2] == ["status: sent", "sent_at: 2024-10-25 13:00:05+00:00"]
     assert issue.status == "sent" and issue.sent_at == sent_at
     assert issuefile.checksum(issue) == issuefile.checksum(issuefile.load(EXAMPLE_ISSUE))
     assert [p.name for p in tmp_path.iterdir()] == ["issue.yaml"]  # no temporary file left
@@ -178,5 +183,5 @@ def test_approve_then_send_keeps_the_stamps_in_order(tmp_path: Path) -> None:
     issuefile.set_status(path, "sent", sent_at=dt.datetime(2024, 10, 25, 13, tzinfo=dt.UTC))
     lines = path.read_text(encoding="utf-8").splitlines()
     at = lines.index("status: sent")
-    assert lines[at + 1:at + 3] == ["approved_at: 2024-10-25 09:00:00+00:00", "sent_at: 2024-10-25 13:00:00+00:00"]
+    assert lines[at + 1 : at + 3] == ["approved_at: 2024-10-25 09:00:00+00:00", "sent_at: 2024-10-25 13:00:00+00:00"]
     assert len(lines) == len(EXAMPLE_ISSUE.read_text(encoding="utf-8").splitlines()) + 2

@@ -16,8 +16,11 @@ from newsletter.models import Recipient
 
 from .conftest import EXAMPLE_ISSUE
 
-RECIPIENT = Recipient(email="zoe@example.org", name="Zoë Ångström",
-                      unsubscribe_url="https://news.example.org/newsletter/unsubscribe/tok123")
+RECIPIENT = Recipient(
+    email="zoe@example.org",
+    name="Zoë Ångström",
+    unsubscribe_url="https://news.example.org/newsletter/unsubscribe/tok123",
+)
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def test_multipart_alternative_text_then_html(rendered: render.RenderedEmail) ->
 
 
 def test_headers(rendered: render.RenderedEmail) -> None:
-    now = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.UTC)
     raw = render.personalize(rendered, RECIPIENT, now=now).as_bytes()
     msg = _parse(render.personalize(rendered, RECIPIENT, now=now))
     assert msg["Subject"] == rendered.subject
@@ -64,8 +67,7 @@ def test_headers(rendered: render.RenderedEmail) -> None:
 def test_non_ascii_subject_is_rfc2047_encoded(rendered: render.RenderedEmail) -> None:
     from dataclasses import replace
 
-    raw = render.personalize(replace(rendered, subject="Diplomacy Watch: Kyïv — «нейтралітет»"),
-                             RECIPIENT).as_bytes()
+    raw = render.personalize(replace(rendered, subject="Diplomacy Watch: Kyïv — «нейтралітет»"), RECIPIENT).as_bytes()
     subject_line = next(l for l in raw.split(b"\n") if l.startswith(b"Subject:"))
     assert subject_line.isascii() and b"=?utf-8?" in subject_line
     assert _parse(render.personalize(replace(rendered, subject="Kyïv «x»"), RECIPIENT))["Subject"] == "Kyïv «x»"
@@ -84,8 +86,9 @@ def test_mailto_unsubscribe_is_optional_second_entry(rendered: render.RenderedEm
     from dataclasses import replace
 
     msg = render.personalize(replace(rendered, unsubscribe_mailto="leave@news.example.org"), RECIPIENT)
-    assert msg["List-Unsubscribe"] == ("<https://news.example.org/newsletter/unsubscribe/tok123>, "
-                                       "<mailto:leave@news.example.org?subject=unsubscribe>")
+    assert msg["List-Unsubscribe"] == (
+        "<https://news.example.org/newsletter/unsubscribe/tok123>, <mailto:leave@news.example.org?subject=unsubscribe>"
+    )
 
 
 def test_message_ids_are_unique(rendered: render.RenderedEmail) -> None:

@@ -73,7 +73,7 @@ def test_no_script_and_no_remote_css(built: render.Built) -> None:
 def test_media_queries_keep_important(built: render.Built) -> None:
     styles = " ".join(s.text_content() for s in _doc(built.email.html).iter("style"))
     assert "@media only screen and (max-width: 480px)" in styles or "@media only screen and (max-width:480px)" in styles
-    mobile = styles[styles.index("max-width: 480px"):]
+    mobile = styles[styles.index("max-width: 480px") :]
     assert "font-size: 25px !important" in mobile
     assert "prefers-color-scheme: dark" in styles
     assert "!important" in styles
@@ -116,7 +116,10 @@ def test_placeholder_tokens_carry_a_nonce_from_the_issue(settings: Settings, bui
     assert tokens == render.placeholder_tokens(nonce)
     again = render.build_issue(issuefile.load(EXAMPLE_ISSUE), settings)
     assert (again.email.html, again.email.text, again.email.placeholders) == (
-        built.email.html, built.email.text, tokens)
+        built.email.html,
+        built.email.text,
+        tokens,
+    )
     # Approving changes the issue file, not its content: the email stays byte-identical.
     approved = issuefile.load(EXAMPLE_ISSUE).model_copy(update={"status": "approved"})
     assert render.build_issue(approved, settings).email.html == built.email.html
@@ -144,8 +147,9 @@ def test_lookalike_in_content_is_no_unsubscribe_link(project: Path, settings: Se
 
 
 def test_personalize_parts_substitutes_and_escapes(built: render.Built) -> None:
-    recipient = Recipient(email="ann&bob@example.com", name="<Ann>",
-                          unsubscribe_url="https://x.example/unsubscribe/TOKEN")
+    recipient = Recipient(
+        email="ann&bob@example.com", name="<Ann>", unsubscribe_url="https://x.example/unsubscribe/TOKEN"
+    )
     html, text = render.personalize_parts(built.email, recipient)
     assert "%%" not in html and "%%" not in text
     assert 'href="https://x.example/unsubscribe/TOKEN"' in html
@@ -178,8 +182,11 @@ def test_utm_only_on_own_domain(built: render.Built) -> None:
     hrefs = [a.get("href") for a in _doc(built.email.html).iter("a")]
     social = [h for h in hrefs if h.startswith("https://mastodon.example")]
     assert social == ["https://mastodon.example/@statecraft"]
-    assert all("utm_campaign=diplomacy-watch-2024-10-25" in h for h in hrefs
-               if h.startswith("https://news.example.org/") and "feeds/" not in h)
+    assert all(
+        "utm_campaign=diplomacy-watch-2024-10-25" in h
+        for h in hrefs
+        if h.startswith("https://news.example.org/") and "feeds/" not in h
+    )
 
 
 def test_excerpt_mode_adds_keep_reading(write_config) -> None:
@@ -189,17 +196,18 @@ def test_excerpt_mode_adds_keep_reading(write_config) -> None:
     doc = _doc(built.email.html)
     assert not doc.cssselect(".body-text h2")  # the round-up's sub-headings are cut
     buttons = [a for a in doc.iter("a") if a.text_content().strip() == "Keep reading"]
-    assert buttons and buttons[0].get("href").startswith(
-        "https://news.example.org/diplomacy-watch-north-korea-troops?")
+    assert buttons and buttons[0].get("href").startswith("https://news.example.org/diplomacy-watch-north-korea-troops?")
     assert "Keep reading: https://news.example.org/diplomacy-watch-north-korea-troops" in built.email.text
 
 
 def test_hostile_body_html_in_an_issue_file_is_sanitized(settings: Settings) -> None:
     issue = issuefile.load(EXAMPLE_ISSUE)
     assert issue.roundup is not None
-    body = ('<p onclick="steal()">Hi <a href="javascript:alert(1)">x</a></p>'
-            '<script>alert(2)</script><iframe src="https://evil.example.net"></iframe>'
-            '<img src="https://pixel.tracker.example.net/p.gif" width="1" height="1">')
+    body = (
+        '<p onclick="steal()">Hi <a href="javascript:alert(1)">x</a></p>'
+        '<script>alert(2)</script><iframe src="https://evil.example.net"></iframe>'
+        '<img src="https://pixel.tracker.example.net/p.gif" width="1" height="1">'
+    )
     hostile = issue.model_copy(update={"roundup": issue.roundup.model_copy(update={"body_html": body})})
     html = render.build_issue(hostile, settings).email.html
     assert "<script" not in html and "onclick" not in html and "javascript:" not in html
@@ -221,8 +229,7 @@ def test_warning_between_the_limits(write_config) -> None:
 
 def test_template_without_unsubscribe_or_address_fails_the_checks(project: Path, settings: Settings) -> None:
     footer = project / "templates/partials/footer.mjml.j2"
-    footer.write_text('<mj-section><mj-column><mj-text>Bye</mj-text></mj-column></mj-section>\n',
-                      encoding="utf-8")
+    footer.write_text("<mj-section><mj-column><mj-text>Bye</mj-text></mj-column></mj-section>\n", encoding="utf-8")
     built = render.build_issue(issuefile.load(EXAMPLE_ISSUE), settings)
     assert "no unsubscribe link in the HTML part (templates must link placeholders.unsubscribe_url)" in built.errors
     assert "the postal address is missing from the HTML part (CAN-SPAM)" in built.errors
@@ -254,7 +261,9 @@ def test_body_images_without_alt_pass_the_alt_check(settings: Settings) -> None:
 
 def test_template_errors_name_the_template(project: Path, settings: Settings) -> None:
     (project / "templates/partials/teaser.mjml.j2").write_text("{{ teaser.nonexistent_field }}", encoding="utf-8")
-    with pytest.raises(TemplateError, match="email.mjml.j2: 'newsletter.models.Teaser object' has no attribute 'nonexistent_field'"):
+    with pytest.raises(
+        TemplateError, match="email.mjml.j2: 'newsletter.models.Teaser object' has no attribute 'nonexistent_field'"
+    ):
         render.build_issue(issuefile.load(EXAMPLE_ISSUE), settings)
     (project / "templates/partials/teaser.mjml.j2").write_text("{% if %}", encoding="utf-8")
     with pytest.raises(TemplateError, match=r"teaser\.mjml\.j2:1: "):
@@ -284,8 +293,9 @@ def test_build_makes_no_network_connection(settings: Settings, monkeypatch) -> N
 
 def test_remote_css_import_in_a_template_is_dropped(project: Path, settings: Settings, monkeypatch) -> None:
     css = project / "templates/inline.css.j2"
-    css.write_text("@import url(https://fonts.example.net/x.css);\n" + css.read_text(encoding="utf-8"),
-                   encoding="utf-8")
+    css.write_text(
+        "@import url(https://fonts.example.net/x.css);\n" + css.read_text(encoding="utf-8"), encoding="utf-8"
+    )
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("network"))
     html = render.build_issue(issuefile.load(EXAMPLE_ISSUE), settings).email.html
     assert "fonts.example.net" not in html
@@ -294,9 +304,24 @@ def test_remote_css_import_in_a_template_is_dropped(project: Path, settings: Set
 def test_render_mjml_has_only_known_mjml_tags(settings: Settings) -> None:
     """mjml-python passes unknown tags silently: validate our own templates here."""
     source = render.render_mjml(issuefile.load(EXAMPLE_ISSUE), settings)
-    known = {"mjml", "mj-head", "mj-title", "mj-preview", "mj-raw", "mj-attributes", "mj-all",
-             "mj-body", "mj-section", "mj-column", "mj-text", "mj-image", "mj-button",
-             "mj-divider", "mj-class", "mj-style"}
+    known = {
+        "mjml",
+        "mj-head",
+        "mj-title",
+        "mj-preview",
+        "mj-raw",
+        "mj-attributes",
+        "mj-all",
+        "mj-body",
+        "mj-section",
+        "mj-column",
+        "mj-text",
+        "mj-image",
+        "mj-button",
+        "mj-divider",
+        "mj-class",
+        "mj-style",
+    }
     tags = set(re.findall(r"<(mj[\w-]*)", source))
     assert tags <= known, tags - known
     for line in source.splitlines():  # MRML mangles attributes holding newlines or tabs
@@ -355,11 +380,14 @@ def test_preheader_comes_first_with_filler_and_no_white_text(built: render.Built
     first = doc.find_class("preheader")[0]
     assert first.get("aria-hidden") == "true" and first.text == first_text
     text = first.text_content()
-    assert text.startswith(issue.preheader) and text[len(issue.preheader):].strip("\u034f\u200c\u00a0") == ""
+    assert text.startswith(issue.preheader) and text[len(issue.preheader) :].strip("\u034f\u200c\u00a0") == ""
     assert len(text) - len(issue.preheader) >= 200
     assert "#ffffff" not in first.get("style") and "color" not in first.get("style")
     # the only preheader: mjml's own (white text) is not used
-    assert sum(issue.preheader in d.text_content() for d in doc.iter("div") if "display:none" in (d.get("style") or "")) == 1
+    assert (
+        sum(issue.preheader in d.text_content() for d in doc.iter("div") if "display:none" in (d.get("style") or ""))
+        == 1
+    )
 
 
 def test_small_print_is_readable(built: render.Built) -> None:
@@ -372,7 +400,7 @@ def test_small_print_is_readable(built: render.Built) -> None:
 
 def test_dark_palette_for_apple_mail_and_outlook_com(built: render.Built) -> None:
     css = "".join(s.text or "" for s in _doc(built.email.html).iter("style"))
-    dark = css[css.index("@media (prefers-color-scheme: dark)"):]
+    dark = css[css.index("@media (prefers-color-scheme: dark)") :]
     assert ".card, .card > table { background: #262523 !important; }" in dark
     assert "[data-ogsb] .card, [data-ogsb] .card > table { background: #262523 !important; }" in dark
     assert "[data-ogsc] .card div," in dark
@@ -395,7 +423,11 @@ def test_gathered_image_alt_does_not_repeat_the_title(settings: Settings) -> Non
     issue = gather_issue(settings, dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.UTC)).issue
     images = [(t.title, t.image) for t in issue.teasers if t.image]
     assert images and all(image.alt != title for title, image in images)
-    assert issue.roundup and issue.roundup.image and issue.roundup.image.alt == "Soldiers on a training ground in eastern Ukraine"
+    assert (
+        issue.roundup
+        and issue.roundup.image
+        and issue.roundup.image.alt == "Soldiers on a training ground in eastern Ukraine"
+    )
     built = render.build_issue(issue, settings)
     for img in _doc(built.email.html).iter("img"):
         if not img.get("alt"):  # a decorative image is not a link without a name
@@ -408,8 +440,10 @@ def test_gathered_image_alt_does_not_repeat_the_title(settings: Settings) -> Non
 
 def test_known_issue_two_and_three_value_padding_ignored_when_sizing_images() -> None:
     def width(padding: str) -> str:
-        html = render.compile_mjml(f'<mjml><mj-body><mj-section><mj-column><mj-image padding="{padding}" '
-                                   'src="https://example.org/a.jpg" /></mj-column></mj-section></mj-body></mjml>')
+        html = render.compile_mjml(
+            f'<mjml><mj-body><mj-section><mj-column><mj-image padding="{padding}" '
+            'src="https://example.org/a.jpg" /></mj-column></mj-section></mj-body></mjml>'
+        )
         return re.search(r'<img[^>]* width="(\d+)"', html).group(1)
 
     assert width("0px 28px 0px 28px") == "544"
@@ -419,8 +453,10 @@ def test_known_issue_two_and_three_value_padding_ignored_when_sizing_images() ->
 
 def test_known_issue_mj_body_attributes_in_mj_attributes_ignored() -> None:
     section = "<mj-section><mj-column><mj-text>x</mj-text></mj-column></mj-section>"
-    ignored = render.compile_mjml('<mjml><mj-head><mj-attributes><mj-body background-color="#f3f1ec" width="500px" />'
-                                  f"</mj-attributes></mj-head><mj-body>{section}</mj-body></mjml>")
+    ignored = render.compile_mjml(
+        '<mjml><mj-head><mj-attributes><mj-body background-color="#f3f1ec" width="500px" />'
+        f"</mj-attributes></mj-head><mj-body>{section}</mj-body></mjml>"
+    )
     direct = render.compile_mjml(f'<mjml><mj-body background-color="#f3f1ec" width="500px">{section}</mj-body></mjml>')
     assert "#f3f1ec" not in ignored and "max-width:500px" not in ignored
     assert "#f3f1ec" in direct and "max-width:500px" in direct

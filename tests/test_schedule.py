@@ -18,7 +18,7 @@ from newsletter.cli import main
 from newsletter.config import Settings, load_settings
 from newsletter.errors import ConfigError
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 RUNS: list[str] = []  # what record_run saw, for the in-process scheduler tests
 
 
@@ -38,8 +38,11 @@ def _settings(write_config, **schedule_overrides) -> Settings:
 
 def _fires(settings: Settings, start: dt.datetime, count: int = 3) -> list[tuple[str, str]]:
     """The weekly send's next fire times, local and UTC."""
-    return [(r.local.strftime("%a %Y-%m-%d %H:%M %Z"), r.utc.strftime("%Y-%m-%d %H:%M"))
-            for r in schedule.next_runs(settings, start, count) if r.job == schedule.SEND_JOB]
+    return [
+        (r.local.strftime("%a %Y-%m-%d %H:%M %Z"), r.utc.strftime("%Y-%m-%d %H:%M"))
+        for r in schedule.next_runs(settings, start, count)
+        if r.job == schedule.SEND_JOB
+    ]
 
 
 def test_new_york_spring_forward(write_config) -> None:
@@ -132,7 +135,8 @@ def test_the_expire_job_forgets_unconfirmed_sign_ups(write_config, tmp_path: Pat
     finally:
         engine.dispose()
     assert [r.getMessage() for r in caplog.records if r.name == "newsletter.schedule"] == [
-        "daily expire job: forgot 1 unconfirmed sign-ups and 0 unconfirmed sign-ups of people already on the list"]
+        "daily expire job: forgot 1 unconfirmed sign-ups and 0 unconfirmed sign-ups of people already on the list"
+    ]
 
 
 def test_the_expire_job_logs_an_unreachable_database_and_carries_on(write_config, caplog) -> None:
@@ -146,22 +150,29 @@ def test_the_expire_job_logs_an_unreachable_database_and_carries_on(write_config
     assert record.getMessage().startswith("daily expire job failed: cannot reach database")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"send": {"day": "fry", "time": "09:00"}}, "schedule.send.day: unknown day 'fry'"),
-    ({"send": {"day": "fri", "time": "9am"}}, "schedule.send.time: invalid time '9am'"),
-    ({"send": {"day": "fri", "time": "24:00"}}, "schedule.send.time: invalid time '24:00'"),
-    ({"timezone": "America/Gotham"}, "schedule.timezone: unknown time zone 'America/Gotham'"),
-    ({"mode": "approve"}, "schedule: mode approve needs a draft time"),
-    ({"misfire_grace_minutes": 0}, "schedule.misfire_grace_minutes"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"send": {"day": "fry", "time": "09:00"}}, "schedule.send.day: unknown day 'fry'"),
+        ({"send": {"day": "fri", "time": "9am"}}, "schedule.send.time: invalid time '9am'"),
+        ({"send": {"day": "fri", "time": "24:00"}}, "schedule.send.time: invalid time '24:00'"),
+        ({"timezone": "America/Gotham"}, "schedule.timezone: unknown time zone 'America/Gotham'"),
+        ({"mode": "approve"}, "schedule: mode approve needs a draft time"),
+        ({"misfire_grace_minutes": 0}, "schedule.misfire_grace_minutes"),
+    ],
+)
 def test_invalid_schedule_is_a_clear_error(write_config, overrides, message) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("'", "'")):
         _settings(write_config, **overrides)
 
 
 def test_status_command_prints_local_and_utc(write_config, capsys) -> None:
-    path = write_config({"schedule": {"timezone": "Europe/London", "send": {"day": "mon", "time": "06:15"}},
-                         "database": {"auto_upgrade": True}})
+    path = write_config(
+        {
+            "schedule": {"timezone": "Europe/London", "send": {"day": "mon", "time": "06:15"}},
+            "database": {"auto_upgrade": True},
+        }
+    )
     assert main(["--config", str(path), "schedule", "--status"]) == 0
     out = capsys.readouterr().out
     assert "resume: every 15 min, until 24 h after a send's audience was frozen" in out
@@ -196,8 +207,12 @@ def test_a_job_one_second_ahead_runs(settings: Settings, tmp_path: Path) -> None
     scheduler.add_listener(lambda event: ran.set(), EVENT_JOB_EXECUTED)
     scheduler.start()
     try:
-        scheduler.add_job("tests.test_schedule:record_run", DateTrigger(dt.datetime.now(UTC) + dt.timedelta(seconds=1)),
-                          args=["soon"], id="soon")
+        scheduler.add_job(
+            "tests.test_schedule:record_run",
+            DateTrigger(dt.datetime.now(UTC) + dt.timedelta(seconds=1)),
+            args=["soon"],
+            id="soon",
+        )
         assert ran.wait(10)
         assert RUNS == ["soon"]
     finally:
@@ -236,8 +251,9 @@ def test_a_changed_schedule_replaces_the_stored_job(settings: Settings, write_co
     first.start(paused=True)
     schedule.install_jobs(first, settings)
     first.shutdown()
-    changed = load_settings(write_config({"schedule": {"send": {"day": "sat", "time": "10:30"}, "resume_every": 5}}),
-                            env={})
+    changed = load_settings(
+        write_config({"schedule": {"send": {"day": "sat", "time": "10:30"}, "resume_every": 5}}), env={}
+    )
     second = _scheduler(changed, db)
     second.start(paused=True)
     try:
@@ -255,12 +271,19 @@ def _missed(settings: Settings, tmp_path: Path, late: dt.timedelta, every: dt.ti
 
     scheduler = _scheduler(settings, tmp_path / "jobs.db")
     events: list[str] = []
-    scheduler.add_listener(lambda e: events.append("missed" if e.code == EVENT_JOB_MISSED else "ran"),
-                           EVENT_JOB_EXECUTED | EVENT_JOB_MISSED)
+    scheduler.add_listener(
+        lambda e: events.append("missed" if e.code == EVENT_JOB_MISSED else "ran"),
+        EVENT_JOB_EXECUTED | EVENT_JOB_MISSED,
+    )
     scheduler.start(paused=True)
     try:
-        scheduler.add_job("tests.test_schedule:record_run", IntervalTrigger(seconds=every.total_seconds()), args=["weekly"],
-                          id="weekly", next_run_time=dt.datetime.now(UTC) - late)
+        scheduler.add_job(
+            "tests.test_schedule:record_run",
+            IntervalTrigger(seconds=every.total_seconds()),
+            args=["weekly"],
+            id="weekly",
+            next_run_time=dt.datetime.now(UTC) - late,
+        )
         scheduler.resume()
         assert _wait(lambda: bool(events), 5)
         time.sleep(0.3)  # time for a second (wrong) run to show up
@@ -297,14 +320,18 @@ def test_the_weekly_send_job_runs_from_the_scheduler(write_config, tmp_path: Pat
     scheduler.start()
     try:
         with caplog.at_level(logging.INFO, logger="newsletter.schedule"):
-            scheduler.add_job("newsletter.schedule:scheduled_send",
-                              DateTrigger(dt.datetime.now(UTC) + dt.timedelta(seconds=1)),
-                              args=[str(config)], id=schedule.SEND_JOB)
+            scheduler.add_job(
+                "newsletter.schedule:scheduled_send",
+                DateTrigger(dt.datetime.now(UTC) + dt.timedelta(seconds=1)),
+                args=[str(config)],
+                id=schedule.SEND_JOB,
+            )
             assert done.wait(20)
     finally:
         scheduler.shutdown(wait=True)
-    assert any("weekly send job: skipped" in r.getMessage() and "no round-up" in r.getMessage()
-               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert any(
+        "weekly send job: skipped" in r.getMessage() and "no round-up" in r.getMessage() for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
 
 
 def test_schedule_process_starts_and_stops_cleanly_on_sigterm(write_config, tmp_path: Path) -> None:
@@ -317,9 +344,13 @@ def test_schedule_process_starts_and_stops_cleanly_on_sigterm(write_config, tmp_
 
     config = write_config({"database": {"url": f"sqlite:///{tmp_path / 'nl.db'}"}})
     upgrade_database(load_settings(config, env={}))
-    proc = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config), "schedule"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "schedule"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines: list[str] = []
     assert proc.stdout is not None
     watchdog = threading.Timer(30, proc.kill)  # a hung scheduler fails the test, not the run
@@ -355,8 +386,12 @@ def test_schedule_refuses_a_missing_or_outdated_database(write_config, tmp_path:
     import sys
 
     # A scheduler that starts runs until stopped: the timeout fails the test instead.
-    done = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(config), "schedule"],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "schedule"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     err = done.stderr
     assert done.returncode == 1
     assert ("does not exist yet" if state == "missing" else "has no schema yet") in err
@@ -379,7 +414,8 @@ def test_the_resume_job_logs_an_unreachable_database_and_carries_on(write_config
     [record] = [r for r in caplog.records if r.name == "newsletter.schedule"]
     assert record.levelno == logging.ERROR and record.exc_info is None
     assert record.getMessage().startswith(
-        "weekly resume job failed: cannot reach database postgresql+psycopg://nobody@127.0.0.1:1/none")
+        "weekly resume job failed: cannot reach database postgresql+psycopg://nobody@127.0.0.1:1/none"
+    )
 
 
 def test_run_with_an_unreachable_database_is_one_clear_line(write_config, project: Path, capsys) -> None:

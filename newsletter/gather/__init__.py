@@ -79,14 +79,13 @@ def gather_issue(
     notes: list[str] = []
 
     with FeedFetcher(sources.fetch, agent, transport) as fetcher:
+
         def entries_of(feed: str) -> FeedEntries:
             if feed not in loaded:  # a feed named twice is fetched once
                 parsed = parse_feed(fetcher.fetch(feed))
                 loaded[feed] = extract_feed(parsed, rules)
                 notes.extend(parsed.forgiven)
-                notes.extend(
-                    f"{feed}: left out {item.title!r}: {item.reason}" for item in loaded[feed].skipped
-                )
+                notes.extend(f"{feed}: left out {item.title!r}: {item.reason}" for item in loaded[feed].skipped)
             return loaded[feed]
 
         roundup_feed = entries_of(sources.roundup.feed)
@@ -107,9 +106,7 @@ def gather_issue(
         warnings.append(f"{message}; this issue has teasers only")
     teasers = pick_teasers(teaser_entries, sources.teasers, as_of, history, choice.entry)
     if choice.entry is None and not teasers:
-        raise NoRoundupError(
-            f"{sources.roundup.feed}: {choice.reason}, and no teasers are new this week either"
-        )
+        raise NoRoundupError(f"{sources.roundup.feed}: {choice.reason}, and no teasers are new this week either")
     if choice.entry is not None and not teasers and sources.teasers.count:
         warnings.append("no new teasers this week: the issue has the round-up only")
     return GatherResult(make_issue(settings, as_of, choice.entry, teasers), warnings, notes)

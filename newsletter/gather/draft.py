@@ -15,8 +15,8 @@ from newsletter import issuefile
 from newsletter.config import Settings
 from newsletter.errors import IssueFileError, IssueKeptError
 from newsletter.gather.extract import FeedEntry, FeedImage, first_real_image
-from newsletter.sanitize import cut_words, html_to_text, sanitize_html
 from newsletter.models import Image, Issue, Roundup, Teaser
+from newsletter.sanitize import cut_words, html_to_text, sanitize_html
 
 DEK_WORDS = 60  # a dek is a sentence or two; longer summaries are cut
 PREHEADER_CHARS = 150  # what inbox previews show, roughly
@@ -28,8 +28,11 @@ def _image(image: FeedImage | None, title: str = "") -> Image | None:
         return None
     try:
         return Image(  # alt that repeats the title beside it would be read twice: none instead
-            src=image.src, alt="" if image.alt == title else image.alt, credit=image.credit,
-            width=image.width, height=image.height,
+            src=image.src,
+            alt="" if image.alt == title else image.alt,
+            credit=image.credit,
+            width=image.width,
+            height=image.height,
         )
     except ValidationError:
         return None

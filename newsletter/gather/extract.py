@@ -17,7 +17,11 @@ from urllib.parse import urljoin, urlsplit
 
 from newsletter.gather.parse import ParsedFeed, RawItem
 from newsletter.sanitize import (
-    cut_words, html_to_text, is_tracking_image, unescape_markup, upgrade_https,
+    cut_words,
+    html_to_text,
+    is_tracking_image,
+    unescape_markup,
+    upgrade_https,
 )
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif")
@@ -204,22 +208,20 @@ def _alt(title: str, *candidates: str | None) -> str:
     return ""
 
 
-def _media_image(
-    entry: dict[str, Any], base: str, raw: RawItem, title: str, rules: EntryRules
-) -> FeedImage | None:
+def _media_image(entry: dict[str, Any], base: str, raw: RawItem, title: str, rules: EntryRules) -> FeedImage | None:
     """The item's declared image (media:content, media:thumbnail, an image enclosure), the
     widest first; never a share button or beacon, nor narrower than the rules allow."""
     credits = entry.get("media_credit") or []
-    credit = next(
-        (" ".join(str(c.get("content") or "").split()) for c in credits if c.get("content")), None
-    )
+    credit = next((" ".join(str(c.get("content") or "").split()) for c in credits if c.get("content")), None)
     candidates: list[dict[str, Any]] = []
     for media in entry.get("media_content") or []:
         kind = str(media.get("medium") or "")
         mime = str(media.get("type") or "")
         url = str(media.get("url") or "")
-        if kind == "image" or mime.startswith("image/") or (
-            not kind and not mime and urlsplit(url).path.lower().endswith(_IMAGE_EXTENSIONS)
+        if (
+            kind == "image"
+            or mime.startswith("image/")
+            or (not kind and not mime and urlsplit(url).path.lower().endswith(_IMAGE_EXTENSIONS))
         ):
             candidates.append(media)
     candidates.extend(entry.get("media_thumbnail") or [])
@@ -236,9 +238,7 @@ def _media_image(
             continue
         if width is not None and width < rules.min_image_width:
             continue
-        return FeedImage(
-            upgrade_https(src, rules.https_hosts), alt, credit, width, _int(media.get("height"))
-        )
+        return FeedImage(upgrade_https(src, rules.https_hosts), alt, credit, width, _int(media.get("height")))
     return None
 
 
@@ -304,7 +304,7 @@ def _entry(
     if link and not from_guid:
         link = urljoin(base, link).replace(" ", "%20")
     if not title:
-        return SkippedItem(f"item {len(link) and link or '(untitled)'}", "it has no title", categories)
+        return SkippedItem(f"item {(len(link) and link) or '(untitled)'}", "it has no title", categories)
     if not _is_http(link) or any(c.isspace() for c in link):
         return SkippedItem(title, "it has no usable link (no http or https address)", categories)
     link = upgrade_https(link, rules.https_hosts)

@@ -65,9 +65,7 @@ def is_local(source: str) -> bool:
 
 
 def _size_error(source: str, max_bytes: int) -> FeedError:
-    return FeedError(
-        f"{source}: larger than the {max_bytes:,}-byte limit (sources.fetch.max_bytes)"
-    )
+    return FeedError(f"{source}: larger than the {max_bytes:,}-byte limit (sources.fetch.max_bytes)")
 
 
 class _Deadline:
@@ -145,11 +143,11 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 def _use_backend(client: httpx.Client, backend: httpcore.NetworkBackend) -> None:
     """Give every transport of ``client`` (direct and proxies from the environment) the
     deadline-bound sockets. httpx has no public switch for httpcore's network backend."""
-    transports = [client._transport, *client._mounts.values()]  # noqa: SLF001
+    transports = [client._transport, *client._mounts.values()]
     for transport in transports:
         pool = getattr(transport, "_pool", None)
         if pool is not None and hasattr(pool, "_network_backend"):
-            pool._network_backend = backend  # noqa: SLF001
+            pool._network_backend = backend
 
 
 class FeedFetcher:
@@ -233,8 +231,7 @@ class FeedFetcher:
             return self._stream(source, cached.conditional_headers(), cached)
         except httpx.TimeoutException:
             raise FeedError(
-                f"{source}: timed out after {timeout:g} s "
-                "(sources.fetch.timeout_seconds, for the whole fetch)"
+                f"{source}: timed out after {timeout:g} s (sources.fetch.timeout_seconds, for the whole fetch)"
             ) from None
         except httpx.TooManyRedirects:
             raise FeedError(f"{source}: more than {MAX_REDIRECTS} redirects") from None
@@ -258,9 +255,7 @@ class FeedFetcher:
                 if body is not None and headers:
                     return FetchedFeed(source, str(response.url), body, cached.content_type(), True)
                 if not headers:
-                    raise FeedError(
-                        f"{source}: HTTP 304 Not Modified to a request that had nothing cached"
-                    )
+                    raise FeedError(f"{source}: HTTP 304 Not Modified to a request that had nothing cached")
                 # The cache vanished between runs: ask once more, unconditionally.
                 cached.forget()
                 return self._stream(source, {}, cached)
@@ -291,8 +286,7 @@ def _decoded(source: str, encoding: str, raw: Iterable[bytes], limit: int) -> It
     if len(codings) > 1 or (codings and codings[0] not in ("gzip", "x-gzip", "deflate")):
         # No real feed server stacks encodings; a bomb does. Unknown ones we cannot read.
         raise FeedError(
-            f"{source}: refused: Content-Encoding {encoding.strip()!r} "
-            "(only one layer of gzip or deflate is decoded)"
+            f"{source}: refused: Content-Encoding {encoding.strip()!r} (only one layer of gzip or deflate is decoded)"
         )
     size = 0
     if not codings:
@@ -382,15 +376,17 @@ class _Cache:
         self.meta_path.unlink(missing_ok=True)
         self.body_path.unlink(missing_ok=True)
 
-    def store(
-        self, body: bytes, *, etag: str | None, last_modified: str | None, content_type: str | None
-    ) -> None:
+    def store(self, body: bytes, *, etag: str | None, last_modified: str | None, content_type: str | None) -> None:
         try:
             if not etag and not last_modified:
                 self.forget()  # nothing to revalidate with: do not keep a stale copy
                 return
-            meta = {"source": self.source, "etag": etag or "", "last_modified": last_modified or "",
-                    "content_type": content_type or ""}
+            meta = {
+                "source": self.source,
+                "etag": etag or "",
+                "last_modified": last_modified or "",
+                "content_type": content_type or "",
+            }
             atomic_write(self.body_path, body)
             atomic_write(self.meta_path, json.dumps(meta, indent=1))
             self._meta = meta

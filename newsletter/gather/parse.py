@@ -13,14 +13,15 @@ import re
 import time
 import unicodedata
 import xml.sax
-from xml.parsers import expat
 from dataclasses import dataclass, field
 from typing import Any
+from xml.parsers import expat
 
 import feedparser
-from feedparser.datetimes.rfc822 import _parse_date_rfc822, months as english_months
 from defusedxml import DefusedXmlException, EntitiesForbidden
 from defusedxml.expatreader import DefusedExpatParser
+from feedparser.datetimes.rfc822 import _parse_date_rfc822
+from feedparser.datetimes.rfc822 import months as english_months
 from lxml import etree
 
 from newsletter.errors import FeedError
@@ -36,8 +37,12 @@ _ATOM_CONTENT = f"{{{_ATOM}}}content"
 _BODY_TAGS = frozenset({"{http://purl.org/rss/1.0/modules/content/}encoded", _ATOM_CONTENT})
 _LIFTABLE_TYPES = frozenset({"", "html", "text", "text/html", "text/plain"})
 # RSS 0.9x/2.0 items, RSS 1.0 items, Atom entries.
-_ITEM_ELEMENTS = ("item", "{http://purl.org/rss/1.0/}item", f"{{{_ATOM}}}entry",
-                  "{http://my.netscape.com/rdf/simple/0.9/}item")
+_ITEM_ELEMENTS = (
+    "item",
+    "{http://purl.org/rss/1.0/}item",
+    f"{{{_ATOM}}}entry",
+    "{http://my.netscape.com/rdf/simple/0.9/}item",
+)
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,28 @@ class ParsedFeed:
 # RFC 822 dates written with another language's month names ("Seg, 24 Set 2018 10:00:00
 # -0300"): Portuguese, Spanish, French, German, Italian, Dutch; accents removed.
 _LOCAL_MONTHS = {
-    "ene": 1, "gen": 1, "fev": 2, "maa": 3, "mrt": 3, "abr": 4, "avr": 4, "mag": 5,
-    "mei": 5, "giu": 6, "juin": 6, "juil": 7, "lug": 7, "ago": 8, "aou": 8, "set": 9,
-    "out": 10, "okt": 10, "ott": 10, "dez": 12, "dic": 12, "mai": 5,
+    "ene": 1,
+    "gen": 1,
+    "fev": 2,
+    "maa": 3,
+    "mrt": 3,
+    "abr": 4,
+    "avr": 4,
+    "mag": 5,
+    "mei": 5,
+    "giu": 6,
+    "juin": 6,
+    "juil": 7,
+    "lug": 7,
+    "ago": 8,
+    "aou": 8,
+    "set": 9,
+    "out": 10,
+    "okt": 10,
+    "ott": 10,
+    "dez": 12,
+    "dic": 12,
+    "mai": 5,
 }
 
 
@@ -85,8 +109,7 @@ def _localized_rfc822(text: str) -> time.struct_time | None:
         return None  # feedparser's own handlers read English
     word = unicodedata.normalize("NFKD", parts[1].lower().rstrip("."))
     word = "".join(c for c in word if c.isascii() and c.isalpha())
-    month = (_LOCAL_MONTHS.get(word[:4]) or _LOCAL_MONTHS.get(word[:3])
-             or english_months.get(word[:3]))
+    month = _LOCAL_MONTHS.get(word[:4]) or _LOCAL_MONTHS.get(word[:3]) or english_months.get(word[:3])
     if month is None:
         return None
     english = [parts[0], list(english_months)[month - 1], *parts[2:]]
@@ -111,7 +134,7 @@ class _PrologReader(DefusedExpatParser):  # type: ignore[misc]  # defusedxml shi
 
 
 class _StopAtRoot(xml.sax.handler.ContentHandler):
-    def startElement(self, name: str, attrs: Any) -> None:  # noqa: N802 (SAX's name)
+    def startElement(self, name: str, attrs: Any) -> None:
         raise _RootReached
 
 
@@ -129,8 +152,7 @@ def refuse_entities(body: bytes, source: str) -> None:
         return
     except EntitiesForbidden:
         raise FeedError(
-            f"{source}: refused: the feed declares XML entities in its DOCTYPE "
-            "(a possible entity-expansion attack)"
+            f"{source}: refused: the feed declares XML entities in its DOCTYPE (a possible entity-expansion attack)"
         ) from None
     except DefusedXmlException:
         raise FeedError(f"{source}: refused: the feed refers to an external XML entity") from None
@@ -139,8 +161,7 @@ def refuse_entities(body: bytes, source: str) -> None:
         # hidden behind the error is refused all the same.
         if _ENTITY_DECL.search(body[:65536]):
             raise FeedError(
-                f"{source}: refused: the feed declares XML entities in its DOCTYPE "
-                "(a possible entity-expansion attack)"
+                f"{source}: refused: the feed declares XML entities in its DOCTYPE (a possible entity-expansion attack)"
             ) from None
 
 
@@ -148,13 +169,14 @@ def forgive_leading_space(body: bytes) -> tuple[bytes, list[str]]:
     """``body`` without whitespace before its XML declaration (which XML forbids and
     feedparser recovers from), and a note saying so."""
     bom = _UTF8_BOM if body.startswith(_UTF8_BOM) else b""
-    rest = body[len(bom):]
+    rest = body[len(bom) :]
     stripped = rest.lstrip(b" \t\r\n")
     if stripped is rest or len(stripped) == len(rest) or not stripped.startswith(b"<"):
         return body, []
     skipped = len(rest) - len(stripped)
-    return bom + stripped, [f"{skipped} byte{'s' if skipped > 1 else ''} of whitespace before "
-                            "the XML declaration ignored"]
+    return bom + stripped, [
+        f"{skipped} byte{'s' if skipped > 1 else ''} of whitespace before the XML declaration ignored"
+    ]
 
 
 def parse_feed(fetched: FetchedFeed) -> ParsedFeed:
@@ -259,9 +281,7 @@ def _same_codec(a: str, b: str) -> bool:
 def _lift_bodies(body: bytes, content_type: str | None) -> tuple[bytes, list[RawItem]] | None:
     """The document without its full bodies (as UTF-8), and the bodies by item; None when
     feedparser had better see the document as it is (not well-formed, unclear encoding)."""
-    parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-    )
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     try:
         root = etree.fromstring(body, parser=parser)
     except (etree.XMLSyntaxError, ValueError):
@@ -312,9 +332,7 @@ def _first_text(element: etree._Element, media_tag: str) -> str | None:
 
 def _raw_items(body: bytes, expected: int) -> list[RawItem]:
     """Ids and media titles straight from the XML; empty when lxml disagrees on the items."""
-    parser = etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, recover=True
-    )
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, recover=True)
     try:
         root = etree.fromstring(body, parser=parser)
     except (etree.XMLSyntaxError, ValueError):

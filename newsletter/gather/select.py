@@ -19,12 +19,39 @@ from newsletter.gather.extract import FeedEntry, SkippedItem
 from newsletter.issuefile import list_issues
 
 # Query parameters that say how a reader arrived, not what they asked for.
-TRACKING_PARAMS = frozenset({
-    "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "twclid",
-    "ttclid", "li_fat_id", "igshid", "mc_cid", "mc_eid", "_ga", "_gl", "_hsenc", "_hsmi",
-    "mkt_tok", "oly_anon_id", "oly_enc_id", "rb_clickid", "s_cid", "vero_conv", "vero_id",
-    "wickedid", "ref_src", "cmpid", "ncid", "sr_share",
-})
+TRACKING_PARAMS = frozenset(
+    {
+        "fbclid",
+        "gclid",
+        "dclid",
+        "gbraid",
+        "wbraid",
+        "msclkid",
+        "yclid",
+        "twclid",
+        "ttclid",
+        "li_fat_id",
+        "igshid",
+        "mc_cid",
+        "mc_eid",
+        "_ga",
+        "_gl",
+        "_hsenc",
+        "_hsmi",
+        "mkt_tok",
+        "oly_anon_id",
+        "oly_enc_id",
+        "rb_clickid",
+        "s_cid",
+        "vero_conv",
+        "vero_id",
+        "wickedid",
+        "ref_src",
+        "cmpid",
+        "ncid",
+        "sr_share",
+    }
+)
 TRACKING_PREFIXES = ("utm_", "pk_", "mtm_", "hsa_")
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 
@@ -114,9 +141,7 @@ def matches_roundup(entry: Matchable, match: MatchRules) -> bool:
     if category is not None and " ".join(category.split()).casefold() not in entry.categories:
         return False
     pattern = match.get("title_regex")
-    if pattern is not None and not re.search(pattern, entry.title):
-        return False
-    return True
+    return not (pattern is not None and not re.search(pattern, entry.title))
 
 
 def describe_match(match: MatchRules) -> str:
@@ -156,16 +181,12 @@ def pick_roundup(
     if not recent:
         newest = matching[0]
         when = f"{newest.published:%Y-%m-%d}" if newest.published else "undated"
-        return RoundupChoice(
-            None, f"no round-up {window} (the newest, {newest.title!r}, is {when})"
-        )
+        return RoundupChoice(None, f"no round-up {window} (the newest, {newest.title!r}, is {when})")
     for entry in recent:
         if history.sent_in(entry) is None:
             return RoundupChoice(entry)
     sent = history.sent_in(recent[0])
-    return RoundupChoice(
-        None, f"no new round-up {window}: {recent[0].title!r} was already sent in {sent}"
-    )
+    return RoundupChoice(None, f"no new round-up {window}: {recent[0].title!r} was already sent in {sent}")
 
 
 def pick_teasers(

@@ -61,8 +61,10 @@ class MemorySender(SenderBase):
             batches = list(self.batches)
         return [
             (b.issue, d.recipient.email)
-            for b in batches for d in b.deliveries
-            if d.recipient.email not in self.reject and d.recipient.email not in self.retry
+            for b in batches
+            for d in b.deliveries
+            if d.recipient.email not in self.reject
+            and d.recipient.email not in self.retry
             and d.recipient.email not in self.ambiguous
         ]
 

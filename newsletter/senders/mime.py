@@ -25,8 +25,10 @@ from newsletter.render import RenderedEmail
 _MAX_LINE = 998
 _MAX_HEADER = 900
 # A plain dot-atom address: what the fast path writes into To: and the envelope as is.
-_SIMPLE_ADDRESS = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-                             r"@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_SIMPLE_ADDRESS = re.compile(
+    r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$"
+)
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
 _SWAPPED = (b"To", b"Date", b"Message-ID", b"List-Unsubscribe")
 
@@ -65,7 +67,7 @@ class MessageTemplate:
             return False
         # The header block in personalize's order, the swapped lines as slots.
         self._head: list[bytes | str] = [
-            name.decode("ascii") if name in _SWAPPED else line for name, line in zip(names, lines)
+            name.decode("ascii") if name in _SWAPPED else line for name, line in zip(names, lines, strict=False)
         ]
         tokens = {t.encode("ascii"): p for t, p in self._tokens.items()}
         pattern = re.compile(b"|".join(re.escape(t) for t in tokens))
@@ -78,14 +80,15 @@ class MessageTemplate:
         self._body: list[bytes | str] = []
         position = 0
         for m in pattern.finditer(body):
-            self._body.append(body[position:m.start()])
+            self._body.append(body[position : m.start()])
             self._body.append(tokens[m.group(0)])
             position = m.end()
         self._body.append(body[position:])
         # For each body line that holds placeholders: its length without them, and how many.
         self._slot_lines = [
             (len(pattern.sub(b"", line)), len(pattern.findall(line)))
-            for line in body.split(b"\n") if pattern.search(line)
+            for line in body.split(b"\n")
+            if pattern.search(line)
         ]
         self._ascii = raw.isascii()
         return True
@@ -101,14 +104,16 @@ class MessageTemplate:
         return fast or render.personalize(self.email, recipient, now).as_bytes(policy=self._policy)
 
     def _fast_bytes(self, recipient: Recipient, now: dt.datetime | None) -> bytes | None:
-        if not (_SIMPLE_ADDRESS.fullmatch(recipient.email) and _PRINTABLE_ASCII.fullmatch(recipient.name)
-                and _PRINTABLE_ASCII.fullmatch(recipient.unsubscribe_url)):
+        if not (
+            _SIMPLE_ADDRESS.fullmatch(recipient.email)
+            and _PRINTABLE_ASCII.fullmatch(recipient.name)
+            and _PRINTABLE_ASCII.fullmatch(recipient.unsubscribe_url)
+        ):
             return None
         values = render.substitutions(self.email, recipient)
         to = formataddr((recipient.name, recipient.email))
         unsubscribe = render.list_unsubscribe(self.email, recipient)
-        if not (len(to) < _MAX_HEADER and len(unsubscribe) < _MAX_HEADER
-                and _PRINTABLE_ASCII.fullmatch(unsubscribe)):
+        if not (len(to) < _MAX_HEADER and len(unsubscribe) < _MAX_HEADER and _PRINTABLE_ASCII.fullmatch(unsubscribe)):
             return None
         longest = max(map(len, values.values()))
         if any(length + count * longest > _MAX_LINE for length, count in self._slot_lines):
@@ -117,17 +122,14 @@ class MessageTemplate:
             return None
         headers = {
             "To": to,
-            "Date": format_datetime(now or dt.datetime.now(dt.timezone.utc)),
+            "Date": format_datetime(now or dt.datetime.now(dt.UTC)),
             "Message-ID": make_msgid(domain=self._domain),
             "List-Unsubscribe": unsubscribe,
         }
         head = self._eol.join(
-            line if isinstance(line, bytes) else f"{line}: {headers[line]}".encode("ascii")
-            for line in self._head
+            line if isinstance(line, bytes) else f"{line}: {headers[line]}".encode("ascii") for line in self._head
         )
-        body = b"".join(
-            part if isinstance(part, bytes) else values[part].encode("ascii") for part in self._body
-        )
+        body = b"".join(part if isinstance(part, bytes) else values[part].encode("ascii") for part in self._body)
         return head + self._eol * 2 + body
 
 

@@ -42,8 +42,7 @@ class OutboxSender(SenderBase):
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
-            raise PermanentDeliveryError(
-                f"outbox: cannot write in {self.directory}: {exc.strerror or exc}") from None
+            raise PermanentDeliveryError(f"outbox: cannot write in {self.directory}: {exc.strerror or exc}") from None
 
     def path_for(self, issue: str, key: int, address: str) -> Path:
         """Where the message for ledger row ``key`` of ``issue`` is written."""

@@ -42,8 +42,20 @@ DELIVERY_ARG = "newsletter_delivery"
 _PERMANENT = {400, 401, 403, 404, 405, 413, 415}
 _UNSUBSCRIBE_POST = "List-Unsubscribe=One-Click"
 # Headers SendGrid sets itself and refuses in ``headers``.
-_RESERVED = {"x-sg-id", "x-sg-eid", "received", "dkim-signature", "content-type",
-             "content-transfer-encoding", "to", "from", "subject", "reply-to", "cc", "bcc"}
+_RESERVED = {
+    "x-sg-id",
+    "x-sg-eid",
+    "received",
+    "dkim-signature",
+    "content-type",
+    "content-transfer-encoding",
+    "to",
+    "from",
+    "subject",
+    "reply-to",
+    "cc",
+    "bcc",
+}
 
 
 def _keep_key_out_of_logs() -> None:
@@ -84,7 +96,8 @@ class SendgridSender(SenderBase):
         if len(batch.deliveries) > MAX_PERSONALIZATIONS:
             raise PermanentDeliveryError(
                 f"sendgrid: a batch of {len(batch.deliveries)} recipients is over the "
-                f"{MAX_PERSONALIZATIONS} SendGrid accepts in one request")
+                f"{MAX_PERSONALIZATIONS} SendGrid accepts in one request"
+            )
         mail = batch.email
         if any(c in mail.subject + mail.from_name for c in "\r\n"):
             raise PermanentDeliveryError("sendgrid: the subject or sender name contains a line break")
@@ -94,8 +107,11 @@ class SendgridSender(SenderBase):
         issue, batch_id = batch.issue, batch.batch_id
         personalizations = [
             {
-                "to": [{"email": r.email if r.email.isascii() else api_address(r.email), "name": r.name}
-                       if r.name else {"email": r.email if r.email.isascii() else api_address(r.email)}],
+                "to": [
+                    {"email": r.email if r.email.isascii() else api_address(r.email), "name": r.name}
+                    if r.name
+                    else {"email": r.email if r.email.isascii() else api_address(r.email)}
+                ],
                 "substitutions": substitutions(mail, r),
                 "headers": {
                     "List-Unsubscribe": list_unsubscribe(mail, r),
@@ -165,8 +181,9 @@ class SendgridSender(SenderBase):
         except (ValueError, AttributeError):
             return
         if isinstance(scopes, list) and "mail.send" not in scopes:
-            raise PermanentDeliveryError(f"sendgrid: the API key may not send mail (it lacks the mail.send "
-                                         f"scope on {self.host})")
+            raise PermanentDeliveryError(
+                f"sendgrid: the API key may not send mail (it lacks the mail.send scope on {self.host})"
+            )
 
     def send(self, batch: Batch) -> BatchResult:
         rejected = self.refused(batch)
@@ -204,7 +221,8 @@ class SendgridSender(SenderBase):
         body = _Body(orjson.dumps(self.payload(batch, refused={})))
         try:
             response = self._client.client.mail.send.post(
-                request_body=body, request_headers=_JSON, timeout=self.timeout)
+                request_body=body, request_headers=_JSON, timeout=self.timeout
+            )
         except python_http_client.exceptions.HTTPError as exc:
             if exc.status_code == 400 and (reasons := _refused_personalizations(exc.body, len(batch.deliveries))):
                 raise _Refused(reasons) from None
@@ -213,20 +231,22 @@ class SendgridSender(SenderBase):
             raise DeliveryError(self._redact(f"sendgrid: cannot reach {self.host}: {exc.reason}")) from None
         except TimeoutError:  # socket.timeout is TimeoutError
             raise AmbiguousDeliveryError(
-                f"sendgrid: the request was sent but no answer came from {self.host} within "
-                f"{self.timeout:g} s") from None
+                f"sendgrid: the request was sent but no answer came from {self.host} within {self.timeout:g} s"
+            ) from None
         except (OSError, http.client.HTTPException) as exc:  # reset, closed, cut mid-answer
             raise AmbiguousDeliveryError(
                 f"sendgrid: the request was sent but the connection to {self.host} broke before "
-                f"the answer ({type(exc).__name__})") from None
+                f"the answer ({type(exc).__name__})"
+            ) from None
         status = response.status_code
         if not 200 <= status < 300:
             raise self._http_error(status, response.body, response.headers)
         message_id: str | None = response.headers.get("X-Message-Id")
         return message_id
 
-    def _http_error(self, status: int, body: bytes | str | None, headers: Any,
-                    permanent: bool = False) -> DeliveryError:
+    def _http_error(
+        self, status: int, body: bytes | str | None, headers: Any, permanent: bool = False
+    ) -> DeliveryError:
         detail = self._redact(_error_messages(body))
         message = f"sendgrid: {self.host} answered {status}" + (f": {detail}" if detail else "")
         if permanent:
@@ -239,7 +259,6 @@ class SendgridSender(SenderBase):
 
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "[API key]") if self._api_key else text
-
 
 
 class _Body(bytes):
@@ -294,7 +313,7 @@ def address_problem(address: str) -> str | None:
     room for a non-ASCII local part (SMTPUTF8), and the domain must encode to IDNA."""
     if address.isascii():
         return None
-    local, _, domain = address.rpartition("@")
+    local, _, _domain = address.rpartition("@")
     if not local.isascii():
         return "a non-ASCII local part (SMTPUTF8) is not accepted by the SendGrid API"
     try:
@@ -313,7 +332,8 @@ def _error_messages(body: bytes | str | None) -> str:
         errors = json.loads(text).get("errors") or []
         parts = [
             f"{e['field']}: {e['message']}" if e.get("field") else str(e.get("message"))
-            for e in errors if isinstance(e, dict)
+            for e in errors
+            if isinstance(e, dict)
         ]
     except (ValueError, AttributeError):
         parts = []

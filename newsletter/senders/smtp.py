@@ -8,6 +8,7 @@ never retried blindly; a login or TLS failure stops the send.
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
 import threading
@@ -90,8 +91,13 @@ class SmtpSender(SenderBase):
         if config.username_env:
             username = settings.secret(config.username_env, "the SMTP user name")
             password = settings.secret(config.password_env, "the SMTP password")
-        return cls(config, username=username, password=password,
-                   max_batch_size=settings.delivery.batch_size, tls_context=tls_context)
+        return cls(
+            config,
+            username=username,
+            password=password,
+            max_batch_size=settings.delivery.batch_size,
+            tls_context=tls_context,
+        )
 
     @property
     def server(self) -> str:
@@ -117,8 +123,8 @@ class SmtpSender(SenderBase):
         except smtplib.SMTPAuthenticationError as exc:
             self._discard(conn)
             raise PermanentDeliveryError(
-                f"smtp: {self.server} refused the login of {self._username!r}: "
-                f"{_reply(exc.smtp_code, exc.smtp_error)}") from None
+                f"smtp: {self.server} refused the login of {self._username!r}: {_reply(exc.smtp_code, exc.smtp_error)}"
+            ) from None
         except smtplib.SMTPNotSupportedError as exc:
             self._discard(conn)
             what = "STARTTLS" if self.security == "starttls" and "STARTTLS" in str(exc) else "AUTH"
@@ -126,7 +132,8 @@ class SmtpSender(SenderBase):
         except (ssl.SSLCertVerificationError, ssl.CertificateError) as exc:
             self._discard(conn)
             raise PermanentDeliveryError(
-                f"smtp: TLS with {self.server} failed: {getattr(exc, 'verify_message', None) or exc}") from None
+                f"smtp: TLS with {self.server} failed: {getattr(exc, 'verify_message', None) or exc}"
+            ) from None
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
             self._discard(conn)
             raise DeliveryError(f"smtp: {self.server} closed the connection during TLS ({exc})") from None
@@ -135,8 +142,9 @@ class SmtpSender(SenderBase):
             raise PermanentDeliveryError(f"smtp: TLS with {self.server} failed: {exc.reason or exc}") from None
         except smtplib.SMTPResponseException as exc:  # e.g. a 421/554 greeting
             self._discard(conn)
-            raise DeliveryError(f"smtp: {self.server} refused the connection: "
-                                f"{_reply(exc.smtp_code, exc.smtp_error)}") from None
+            raise DeliveryError(
+                f"smtp: {self.server} refused the connection: {_reply(exc.smtp_code, exc.smtp_error)}"
+            ) from None
         except smtplib.SMTPException as exc:  # e.g. no AUTH mechanism in common
             self._discard(conn)
             if self._username is not None and "auth" in str(exc).lower():
@@ -159,10 +167,8 @@ class SmtpSender(SenderBase):
             return
         with self._lock:
             self._open.discard(conn)
-        try:
+        with contextlib.suppress(OSError):
             conn.close()
-        except OSError:
-            pass
 
     def _connection(self) -> smtplib.SMTP:
         conn: smtplib.SMTP | None = getattr(self._local, "conn", None)
@@ -184,8 +190,9 @@ class SmtpSender(SenderBase):
 
     # --- one message ----------------------------------------------------------------------
 
-    def _transaction(self, conn: smtplib.SMTP, sender: str, to: str, data: bytes,
-                     options: Sequence[str]) -> tuple[str, int, str] | None:
+    def _transaction(
+        self, conn: smtplib.SMTP, sender: str, to: str, data: bytes, options: Sequence[str]
+    ) -> tuple[str, int, str] | None:
         """MAIL, RCPT, DATA. None when accepted, else (command, code, reply) of the
         refusal. Raises _Lost when the connection breaks."""
         stage_sent = False
@@ -218,8 +225,7 @@ class SmtpSender(SenderBase):
                 conn.close()
         return code, _reply(code, reply)
 
-    def _send_chunk(self, template: MessageTemplate, sender: str,
-                    deliveries: Sequence[Delivery]) -> _Outcome:
+    def _send_chunk(self, template: MessageTemplate, sender: str, deliveries: Sequence[Delivery]) -> _Outcome:
         out = _Outcome([], {}, {}, {})
         for index, delivery in enumerate(deliveries):
             try:
@@ -262,8 +268,7 @@ class SmtpSender(SenderBase):
                     continue
                 if command == "MAIL" and 500 <= code < 600:
                     # The sender is refused: no recipient will get through.
-                    out.error = PermanentDeliveryError(
-                        f"smtp: {self.server} refused the sender {sender}: {reply}")
+                    out.error = PermanentDeliveryError(f"smtp: {self.server} refused the sender {sender}: {reply}")
                     for rest in deliveries[index:]:
                         out.retry[rest.key] = str(out.error)
                     return out
@@ -286,7 +291,7 @@ class SmtpSender(SenderBase):
         except HeaderError as exc:
             raise PermanentDeliveryError(f"smtp: sender.from_address: {exc}") from None
         size = -(-len(deliveries) // self.connections)
-        chunks = [deliveries[i:i + size] for i in range(0, len(deliveries), size)]
+        chunks = [deliveries[i : i + size] for i in range(0, len(deliveries), size)]
         futures = [self._pool.submit(self._send_chunk, template, sender, chunk) for chunk in chunks]
         result = BatchResult()
         errors: list[DeliveryError] = []

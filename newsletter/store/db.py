@@ -142,8 +142,7 @@ def _translator(where: str, timeout: float) -> Any:
             lowered = message.lower()
             if "locked" in lowered or "busy" in lowered:
                 raise StoreError(
-                    f"{where} is locked by another process (waited {timeout:g} s); "
-                    "try again when it has finished"
+                    f"{where} is locked by another process (waited {timeout:g} s); try again when it has finished"
                 ) from original
             if "no such table" in lowered:
                 raise StoreError(f"{where} has no {message.split(':')[-1].strip()} table: {UPGRADE_HINT}") from original
@@ -172,9 +171,8 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
     On SQLite this takes the write lock up front (``BEGIN IMMEDIATE``): a transaction
     that reads first and upgrades to writing later can fail at once with "locked".
     """
-    with engine.connect() as conn:
-        with writing(conn).begin():
-            yield conn
+    with engine.connect() as conn, writing(conn).begin():
+        yield conn
 
 
 @contextmanager
@@ -269,8 +267,10 @@ def open_database(settings: Settings) -> Engine:
             raise _unknown(where, state)
         if not state.up_to_date:
             if not auto:
-                have = "has no schema yet" if state.current is None else (
-                    f"is at schema revision {state.current}, behind {state.head}"
+                have = (
+                    "has no schema yet"
+                    if state.current is None
+                    else (f"is at schema revision {state.current}, behind {state.head}")
                 )
                 raise StoreError(f"{where} {have}: {UPGRADE_HINT}")
             upgrade(engine)

@@ -37,9 +37,21 @@ _DROPPED: Final = {
     "spam reporting address": "complained",
     "unsubscribed address": "unsubscribed",
 }
-STAT_EVENTS: Final = frozenset({"processed", "delivered", "deferred", "open", "click", "bounce",
-                                "dropped", "spamreport", "unsubscribe", "group_unsubscribe",
-                                "group_resubscribe"})
+STAT_EVENTS: Final = frozenset(
+    {
+        "processed",
+        "delivered",
+        "deferred",
+        "open",
+        "click",
+        "bounce",
+        "dropped",
+        "spamreport",
+        "unsubscribe",
+        "group_unsubscribe",
+        "group_resubscribe",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +121,7 @@ def parse_event(raw: Mapping[str, Any]) -> Event | None:
     timestamp = raw.get("timestamp")
     if isinstance(timestamp, (int, float)) and not isinstance(timestamp, bool):
         try:
-            occurred_at = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
+            occurred_at = dt.datetime.fromtimestamp(timestamp, dt.UTC)
         except (OverflowError, OSError, ValueError):
             occurred_at = None
     reason = _first(raw, ("reason", "response", "url") if name != "click" else ("url",), 500)
@@ -134,31 +146,32 @@ def _subscriber(conn: Connection, email: str | None) -> tuple[int, str] | None:
         key = key_for(email)
     except SubscriberError:
         return None
-    row = conn.execute(
-        select(subscribers.c.id, subscribers.c.status).where(subscribers.c.email_key == key)
-    ).first()
+    row = conn.execute(select(subscribers.c.id, subscribers.c.status).where(subscribers.c.email_key == key)).first()
     return None if row is None else (int(row.id), str(row.status))
 
 
 def _set_status(conn: Connection, subscriber_id: int, current: str, status: str, now: dt.datetime) -> bool:
     if _RANK.get(status, 0) <= _RANK.get(current, 0):
         return False
-    values: dict[str, Any] = {"status": status, "updated_at": now,
-                              "confirmation_hash": None, "confirmation_expires_at": None}
+    values: dict[str, Any] = {
+        "status": status,
+        "updated_at": now,
+        "confirmation_hash": None,
+        "confirmation_expires_at": None,
+    }
     if status == "unsubscribed":
         values["unsubscribed_at"] = now
     conn.execute(update(subscribers).where(subscribers.c.id == subscriber_id).values(**values))
     return True
 
 
-def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]],
-                 *, now: dt.datetime | None = None) -> Applied:
+def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]], *, now: dt.datetime | None = None) -> Applied:
     """Record and apply a webhook request's events in one transaction; an event whose
     ``sg_event_id`` was seen before is skipped, so SendGrid's retries change nothing.
     Then the ambiguous ledger rows of the batches these events name are reconciled."""
     from newsletter.store import ledger
 
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     applied = Applied()
     batches: set[str] = set()
     with write_transaction(engine) as conn:
@@ -171,11 +184,19 @@ def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]],
             found = _subscriber(conn, event.email)
             # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
             inserted = conn.execute(
-                insert_ignoring_conflicts(conn, webhook_events, "sg_event_id").values(
-                    sg_event_id=event.sg_event_id, event=event.event, issue=event.issue,
-                    batch_id=event.batch_id, subscriber_id=found[0] if found else None,
-                    delivery_id=event.delivery_id, reason=event.reason, occurred_at=event.occurred_at, received_at=now,
-                ).returning(webhook_events.c.sg_event_id)
+                insert_ignoring_conflicts(conn, webhook_events, "sg_event_id")
+                .values(
+                    sg_event_id=event.sg_event_id,
+                    event=event.event,
+                    issue=event.issue,
+                    batch_id=event.batch_id,
+                    subscriber_id=found[0] if found else None,
+                    delivery_id=event.delivery_id,
+                    reason=event.reason,
+                    occurred_at=event.occurred_at,
+                    received_at=now,
+                )
+                .returning(webhook_events.c.sg_event_id)
             ).first()
             if inserted is None:
                 applied.duplicates += 1
@@ -208,10 +229,16 @@ def issue_stats(engine: Engine, issue: str) -> IssueStats:
         rows = conn.execute(
             select(table.c.event, func.count()).where(table.c.issue == issue).group_by(table.c.event)
         ).all()
-        unique: dict[str, int] = dict(conn.execute(
-            select(table.c.event, func.count(table.c.subscriber_id.distinct()))
-            .where(table.c.issue == issue, table.c.event.in_(("open", "click")))
-            .group_by(table.c.event)
-        ).all())
-    return IssueStats(issue=issue, events={str(e): int(n) for e, n in rows},
-                      unique_opens=int(unique.get("open", 0)), unique_clicks=int(unique.get("click", 0)))
+        unique: dict[str, int] = dict(
+            conn.execute(
+                select(table.c.event, func.count(table.c.subscriber_id.distinct()))
+                .where(table.c.issue == issue, table.c.event.in_(("open", "click")))
+                .group_by(table.c.event)
+            ).all()
+        )
+    return IssueStats(
+        issue=issue,
+        events={str(e): int(n) for e, n in rows},
+        unique_opens=int(unique.get("open", 0)),
+        unique_clicks=int(unique.get("click", 0)),
+    )

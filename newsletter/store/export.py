@@ -24,8 +24,18 @@ from newsletter.yamlfile import file_mode_for
 
 PAGE_SIZE = 5000
 COLUMNS = (
-    "email", "name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at",
-    "consent_at", "consent_ip", "consent_user_agent", "consent_form", "attributes",
+    "email",
+    "name",
+    "status",
+    "source",
+    "created_at",
+    "confirmed_at",
+    "unsubscribed_at",
+    "consent_at",
+    "consent_ip",
+    "consent_user_agent",
+    "consent_form",
+    "attributes",
 )  # never the token: it unsubscribes whoever holds it
 DATES = frozenset(name for name in COLUMNS if isinstance(subscribers.c[name].type, UtcDateTime))
 

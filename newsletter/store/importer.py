@@ -27,7 +27,7 @@ from typing import IO, Any
 from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Table, bindparam, delete, select, update
 
 from newsletter.errors import SubscriberError
-from newsletter.store.addresses import check_address, cell_problem, defuse_cell, shorten, suppression_hash
+from newsletter.store.addresses import cell_problem, check_address, defuse_cell, shorten, suppression_hash
 from newsletter.store.db import insert_ignoring_conflicts, writing
 from newsletter.store.subscribers import NAME_MAX, token_stream, utcnow
 from newsletter.store.tables import OPTED_OUT, STATUSES, subscribers, suppressions
@@ -41,11 +41,15 @@ ANALYZE_AFTER = 10_000  # rows changed by one import
 
 # header (lowercased, spaces and hyphens as underscores) -> field
 COLUMNS = {
-    "email": "email", "email_address": "email", "e_mail": "email",
-    "name": "name", "full_name": "name",
+    "email": "email",
+    "email_address": "email",
+    "e_mail": "email",
+    "name": "name",
+    "full_name": "name",
     "status": "status",
     "source": "source",
-    "subscribed_at": "created_at", "created_at": "created_at",
+    "subscribed_at": "created_at",
+    "created_at": "created_at",
     "confirmed_at": "confirmed_at",
     "unsubscribed_at": "unsubscribed_at",
     "consent_at": "consent_at",
@@ -58,8 +62,19 @@ DATES = ("created_at", "confirmed_at", "unsubscribed_at", "consent_at")
 TEXT_LIMITS = {"name": NAME_MAX, "source": 200, "consent_ip": 45, "consent_user_agent": 500, "consent_form": 200}
 STATUS_ALIASES = {"subscribed": "active", "confirmed": "active"}
 # the fields an import may change on an existing subscriber
-FIELDS = ("name", "status", "source", "created_at", "confirmed_at", "unsubscribed_at",
-          "consent_at", "consent_ip", "consent_user_agent", "consent_form", "attributes")
+FIELDS = (
+    "name",
+    "status",
+    "source",
+    "created_at",
+    "confirmed_at",
+    "unsubscribed_at",
+    "consent_at",
+    "consent_ip",
+    "consent_user_agent",
+    "consent_form",
+    "attributes",
+)
 _SUSPECT_START = frozenset("=+-@ \t\r\n")
 
 
@@ -155,7 +170,7 @@ def import_csv(
     now = now or utcnow()
     result = ImportResult(path=str(path))
     try:
-        binary = open(path, "rb")
+        binary = open(path, "rb")  # noqa: SIM115 (closed by the with below; only opening is caught)
     except OSError as exc:
         raise SubscriberError(f"{path}: cannot read: {exc.strerror}") from None
     with binary, _RejectsFile(rejects_path) as rejects_out:
@@ -379,9 +394,11 @@ def _date(value: str, column: str, latest: dt.datetime) -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise _RowError(f"bad date {shorten(value)!r} in column {column!r} (use ISO 8601, like 2024-01-05T10:00:00Z)") from None
+        raise _RowError(
+            f"bad date {shorten(value)!r} in column {column!r} (use ISO 8601, like 2024-01-05T10:00:00Z)"
+        ) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     if when > latest:
         raise _RowError(f"date {shorten(value)!r} in column {column!r} is in the future")
     return when
@@ -390,7 +407,9 @@ def _date(value: str, column: str, latest: dt.datetime) -> dt.datetime:
 class _Chunk:
     """Applies chunks of parsed rows to the database, in the caller's transaction."""
 
-    def __init__(self, conn: Connection, seen: Table, result: ImportResult, *, resubscribe: bool, now: dt.datetime) -> None:
+    def __init__(
+        self, conn: Connection, seen: Table, result: ImportResult, *, resubscribe: bool, now: dt.datetime
+    ) -> None:
         self.conn = conn
         self.seen = seen
         self.result = result
@@ -441,11 +460,15 @@ class _Chunk:
                 query = query.with_for_update()  # a web unsubscribe must not be overwritten
             before = {r.email_key: r._asdict() for r in conn.execute(query)}
         # earlier lines of this file with the same address: only existing subscribers
-        first_lines: dict[str, int] = dict(self._existing(self.seen.name, "email_key", found, ", line")) if found else {}
+        first_lines: dict[str, int] = (
+            dict(self._existing(self.seen.name, "email_key", found, ", line")) if found else {}
+        )
         # Hashing every address costs; most lists have no suppressed addresses at all.
         any_suppressed = conn.exec_driver_sql("SELECT 1 FROM suppressions LIMIT 1").first() is not None
         hashes = {suppression_hash(k): k for k in keys if k not in before} if any_suppressed else {}
-        suppressed = {hashes[h] for (h,) in self._existing("suppressions", "email_hash", list(hashes))} if hashes else set()
+        suppressed = (
+            {hashes[h] for (h,) in self._existing("suppressions", "email_hash", list(hashes))} if hashes else set()
+        )
 
         state: dict[str, dict[str, Any]] = {}  # the subscriber as this chunk leaves it
         new: dict[str, dict[str, Any]] = {}
@@ -464,8 +487,10 @@ class _Chunk:
                 self._merge(current, row)
                 continue
             if key in suppressed and not self.resubscribe:
-                reason = (f"{row.values['email']} was removed at their request and is suppressed "
-                          "(re-add only with fresh consent, using --resubscribe)")
+                reason = (
+                    f"{row.values['email']} was removed at their request and is suppressed "
+                    "(re-add only with fresh consent, using --resubscribe)"
+                )
                 self.reject(Reject(row.line, reason, row.cells), rejects_out)
                 continue
             first_lines[key] = row.line
@@ -480,13 +505,18 @@ class _Chunk:
                 current = state[key] = new[key] = self._new(row)
 
         if unsuppress:
-            conn.execute(delete(suppressions).where(suppressions.c.email_hash.in_([suppression_hash(k) for k in unsuppress])))
+            conn.execute(
+                delete(suppressions).where(suppressions.c.email_hash.in_([suppression_hash(k) for k in unsuppress]))
+            )
         updates = []
         for key, first_here in counted.items():
             if key in new:
                 continue
             old, current = before[key], state[key]
-            if all(old[f] == current[f] for f in FIELDS if f != "attributes") and (old["attributes"] or {}) == current["attributes"]:
+            if (
+                all(old[f] == current[f] for f in FIELDS if f != "attributes")
+                and (old["attributes"] or {}) == current["attributes"]
+            ):
                 result.unchanged += first_here
                 continue
             result.updated += first_here
@@ -525,8 +555,15 @@ class _Chunk:
         values = row.values
         if not current["source"] and "source" in values:
             current["source"] = values["source"]
-        for name in ("name", "created_at", "confirmed_at", "consent_at", "consent_ip",
-                     "consent_user_agent", "consent_form"):
+        for name in (
+            "name",
+            "created_at",
+            "confirmed_at",
+            "consent_at",
+            "consent_ip",
+            "consent_user_agent",
+            "consent_form",
+        ):
             if name in values:
                 current[name] = values[name]
         if "attributes" in values:
@@ -536,7 +573,15 @@ class _Chunk:
     def _merge(self, current: dict[str, Any], row: _Row) -> None:
         """A later line of the same address: it fills blanks; a stop signal still counts."""
         values = row.values
-        for name in ("name", "source", "confirmed_at", "consent_at", "consent_ip", "consent_user_agent", "consent_form"):
+        for name in (
+            "name",
+            "source",
+            "confirmed_at",
+            "consent_at",
+            "consent_ip",
+            "consent_user_agent",
+            "consent_form",
+        ):
             if name in values and not current[name]:
                 current[name] = values[name]
         for name, value in values.get("attributes", {}).items():
@@ -552,7 +597,10 @@ class _Chunk:
             return
         if have in OPTED_OUT and wanted not in OPTED_OUT and not self.resubscribe:
             self.result.not_reactivated += 1
-            self.notice(row.line, f"{row.values['email']} is {have}: not re-activated (use --resubscribe only with fresh consent)")
+            self.notice(
+                row.line,
+                f"{row.values['email']} is {have}: not re-activated (use --resubscribe only with fresh consent)",
+            )
             return
         current["status"] = wanted
         if wanted == "unsubscribed":
@@ -596,15 +644,25 @@ class _BulkInsert:
                 else:
                     values[i] = processor(value)
                     memo[i] = (value, values[i])
-            params.append(tuple(values) if self.order is not None else dict(zip(order, values)))
+            params.append(tuple(values) if self.order is not None else dict(zip(order, values, strict=False)))
         if params:
             self.conn.exec_driver_sql(self.sql, params)
 
 
 _BLANK: dict[str, Any] = {
-    "email": "", "email_key": "", "name": "", "status": None, "source": "", "created_at": None,
-    "confirmed_at": None, "unsubscribed_at": None, "consent_at": None, "consent_ip": None,
-    "consent_user_agent": None, "consent_form": None, "attributes": None,
+    "email": "",
+    "email_key": "",
+    "name": "",
+    "status": None,
+    "source": "",
+    "created_at": None,
+    "confirmed_at": None,
+    "unsubscribed_at": None,
+    "consent_at": None,
+    "consent_ip": None,
+    "consent_user_agent": None,
+    "consent_form": None,
+    "attributes": None,
 }
 
 

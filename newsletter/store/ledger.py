@@ -27,7 +27,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -43,7 +43,7 @@ DROPPED_EVENT = "dropped"
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,16 @@ def owner_is_dead(owner: str) -> bool:
     return False
 
 
-def _send_from_row(row: object) -> Send:
+def _send_from_row(row: Any) -> Send:
     return Send(
-        id=row.id, issue=row.issue, subject=row.subject, audience=row.audience,  # type: ignore[attr-defined]
-        created_at=row.created_at, finished_at=row.finished_at,  # type: ignore[attr-defined]
-        content_hash=row.content_hash, gave_up_at=row.gave_up_at,  # type: ignore[attr-defined]
+        id=row.id,
+        issue=row.issue,
+        subject=row.subject,
+        audience=row.audience,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+        content_hash=row.content_hash,
+        gave_up_at=row.gave_up_at,
     )
 
 
@@ -149,8 +154,15 @@ def get_send(engine: Engine, issue: str) -> Send | None:
     return _send_from_row(row) if row else None
 
 
-def start_send(engine: Engine, issue: str, subject: str, content_hash: str | None = None, *,
-               allow_empty: bool = False, now: dt.datetime | None = None) -> tuple[Send, bool]:
+def start_send(
+    engine: Engine,
+    issue: str,
+    subject: str,
+    content_hash: str | None = None,
+    *,
+    allow_empty: bool = False,
+    now: dt.datetime | None = None,
+) -> tuple[Send, bool]:
     """The issue's send, creating it and freezing the audience (every active subscriber)
     in one transaction if it does not exist yet, with the rendered email's hash pinned.
     An empty audience is refused (SendError, nothing frozen) unless ``allow_empty``.
@@ -166,8 +178,8 @@ def start_send(engine: Engine, issue: str, subject: str, content_hash: str | Non
             if row:
                 return _send_from_row(row), False
             send_id = conn.execute(
-                insert(sends).values(issue=issue, subject=subject, audience=0, created_at=now,
-                                     content_hash=content_hash)
+                insert(sends)
+                .values(issue=issue, subject=subject, audience=0, created_at=now, content_hash=content_hash)
                 .returning(sends.c.id)
             ).scalar_one()
             conn.execute(
@@ -189,8 +201,10 @@ def start_send(engine: Engine, issue: str, subject: str, content_hash: str | Non
                 # this, reading a claimed batch back ran as a parallel bitmap scan.
                 conn.exec_driver_sql("ANALYZE deliveries")
     except _EmptyAudience:
-        raise SendError(f"issue {issue}: there are no active subscribers; nothing was frozen and "
-                        "the issue stays unsent (add subscribers, or pass --allow-empty)") from None
+        raise SendError(
+            f"issue {issue}: there are no active subscribers; nothing was frozen and "
+            "the issue stays unsent (add subscribers, or pass --allow-empty)"
+        ) from None
     except IntegrityError:  # PostgreSQL: the other process's insert committed first
         found = get_send(engine, issue)
         assert found is not None
@@ -207,16 +221,24 @@ class _EmptyAudience(Exception):
 def pin_content(engine: Engine, send_id: int, subject: str, content_hash: str) -> None:
     """Pin a changed email to a send already under way (``send --allow-changed``)."""
     with write_transaction(engine) as conn:
-        conn.execute(update(sends).where(sends.c.id == send_id)
-                     .values(subject=subject, content_hash=content_hash))
+        conn.execute(update(sends).where(sends.c.id == send_id).values(subject=subject, content_hash=content_hash))
 
 
 def new_batch_id() -> str:
     return secrets.token_hex(8)
 
 
-def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, *, owner: str,
-                lease_seconds: float, now: dt.datetime | None = None, after: int = 0) -> tuple[list[Claimed], int]:
+def claim_batch(
+    engine: Engine,
+    send_id: int,
+    size: int,
+    batch_id: str,
+    *,
+    owner: str,
+    lease_seconds: float,
+    now: dt.datetime | None = None,
+    after: int = 0,
+) -> tuple[list[Claimed], int]:
     """Atomically take up to ``size`` pending rows, mark them in flight under ``batch_id``
     owned by ``owner`` with a lease of ``lease_seconds`` (durably, before any request),
     and return them with the subscriber's current data. Rows whose subscriber is no
@@ -235,7 +257,7 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, *, owner
     now = now or utcnow()
     with durable_transaction(engine) as conn:
         taken = 0
-        for bound in ((after, 0) if after else (0,)):
+        for bound in (after, 0) if after else (0,):
             pick = (
                 select(deliveries.c.id)
                 .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending", deliveries.c.id > bound)
@@ -253,12 +275,25 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, *, owner
                 break
         if not taken:
             return [], 0
-        conn.execute(insert(send_batches).values(
-            batch_id=batch_id, send_id=send_id, owner=owner, state="in_flight", claimed_at=now,
-            lease_until=now + dt.timedelta(seconds=lease_seconds)))
+        conn.execute(
+            insert(send_batches).values(
+                batch_id=batch_id,
+                send_id=send_id,
+                owner=owner,
+                state="in_flight",
+                claimed_at=now,
+                lease_until=now + dt.timedelta(seconds=lease_seconds),
+            )
+        )
         rows = conn.execute(
-            select(deliveries.c.id, deliveries.c.subscriber_id, subscribers.c.email,
-                   subscribers.c.name, subscribers.c.token, subscribers.c.status)
+            select(
+                deliveries.c.id,
+                deliveries.c.subscriber_id,
+                subscribers.c.email,
+                subscribers.c.name,
+                subscribers.c.token,
+                subscribers.c.status,
+            )
             .select_from(deliveries.outerjoin(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
             .where(deliveries.c.batch_id == batch_id)
             .order_by(deliveries.c.id)
@@ -266,8 +301,11 @@ def claim_batch(engine: Engine, send_id: int, size: int, batch_id: str, *, owner
         claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
         gone = [r[0] for r in rows if r[5] != "active"]
         if gone:
-            conn.execute(update(deliveries).where(deliveries.c.id.in_(gone))
-                         .values(state="skipped", settled_at=now, error="no longer active"))
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(gone))
+                .values(state="skipped", settled_at=now, error="no longer active")
+            )
         if not claimed:
             _close_batch(conn, batch_id, now)
     return claimed, len(gone)
@@ -277,10 +315,13 @@ def renew_leases(engine: Engine, owner: str, lease_seconds: float, now: dt.datet
     """Extend the lease of every batch ``owner`` is working on; the number renewed."""
     now = now or utcnow()
     with write_transaction(engine) as conn:
-        return int(conn.execute(
-            update(send_batches).where(send_batches.c.owner == owner, send_batches.c.state == "in_flight")
-            .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
-        ).rowcount)
+        return int(
+            conn.execute(
+                update(send_batches)
+                .where(send_batches.c.owner == owner, send_batches.c.state == "in_flight")
+                .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
+            ).rowcount
+        )
 
 
 def _open_rows(batch_id: str) -> list[ColumnElement[bool]]:
@@ -289,8 +330,15 @@ def _open_rows(batch_id: str) -> list[ColumnElement[bool]]:
     return [deliveries.c.batch_id == batch_id, deliveries.c.state.in_(("in_flight", "ambiguous"))]
 
 
-def mark_sent(engine: Engine, batch_id: str, keys: Sequence[int] | None, message_id: str | None = None,
-              now: dt.datetime | None = None, *, close: bool = False) -> None:
+def mark_sent(
+    engine: Engine,
+    batch_id: str,
+    keys: Sequence[int] | None,
+    message_id: str | None = None,
+    now: dt.datetime | None = None,
+    *,
+    close: bool = False,
+) -> None:
     """Settle accepted rows of ``batch_id`` as sent; ``keys=None``: all of its open rows.
     ``close``: the batch is done too (one transaction instead of two: the common case)."""
     now = now or utcnow()
@@ -306,8 +354,11 @@ def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: d
     now = now or utcnow()
     with write_transaction(engine) as conn:
         for key, reason in reasons.items():
-            conn.execute(update(deliveries).where(deliveries.c.id == key, *_open_rows(batch_id))
-                         .values(state="rejected", error=reason[:500], settled_at=now))
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id == key, *_open_rows(batch_id))
+                .values(state="rejected", error=reason[:500], settled_at=now)
+            )
 
 
 def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, reason: str) -> None:
@@ -318,16 +369,26 @@ def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, re
 
 def release(engine: Engine, batch_id: str, keys: Iterable[int], error: str | None = None) -> None:
     """Put in-flight rows back to pending: the failure proves the request delivered nothing."""
-    _update_rows(engine, batch_id, list(keys),
-                 {"state": "pending", "batch_id": None, "claimed_at": None, "error": error[:500] if error else None},
-                 only="in_flight")
+    _update_rows(
+        engine,
+        batch_id,
+        list(keys),
+        {"state": "pending", "batch_id": None, "claimed_at": None, "error": error[:500] if error else None},
+        only="in_flight",
+    )
 
 
-def _update_rows(engine: Engine, batch_id: str, keys: Sequence[int] | None, values: dict[str, object],
-                 only: str | None = None, close_at: dt.datetime | None = None) -> None:
+def _update_rows(
+    engine: Engine,
+    batch_id: str,
+    keys: Sequence[int] | None,
+    values: dict[str, object],
+    only: str | None = None,
+    close_at: dt.datetime | None = None,
+) -> None:
     if keys is not None and not keys:
         return
-    where = ([deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id))
+    where = [deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id)
     with write_transaction(engine) as conn:
         if keys is None:
             conn.execute(update(deliveries).where(*where).values(**values))
@@ -345,33 +406,36 @@ def finish_batch(engine: Engine, batch_id: str, now: dt.datetime | None = None) 
 
 
 def _close_batch(conn: Connection, batch_id: str, now: dt.datetime) -> None:
-    conn.execute(update(send_batches)
-                 .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight")
-                 .values(state="done", lease_until=now))
+    conn.execute(
+        update(send_batches)
+        .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight")
+        .values(state="done", lease_until=now)
+    )
 
 
 def _chunks(keys: list[int], size: int) -> Iterable[list[int]]:
     for start in range(0, len(keys), size):
-        yield keys[start:start + size]
+        yield keys[start : start + size]
 
 
 def counts(engine: Engine, send_id: int) -> Counts:
     with engine.connect() as conn:
         rows = conn.execute(
-            select(deliveries.c.state, func.count())
-            .where(deliveries.c.send_id == send_id)
-            .group_by(deliveries.c.state)
+            select(deliveries.c.state, func.count()).where(deliveries.c.send_id == send_id).group_by(deliveries.c.state)
         ).all()
-    return Counts(**{state: n for state, n in rows})
+    return Counts(**dict(rows))
 
 
 def has_rows(engine: Engine, send_id: int, state: str) -> bool:
     """Whether any row of the send is in ``state``: one index probe, where ``counts``
     reads every row (a million at the end of a big send)."""
     with engine.connect() as conn:
-        return conn.execute(
-            select(deliveries.c.id).where(deliveries.c.send_id == send_id, deliveries.c.state == state).limit(1)
-        ).first() is not None
+        return (
+            conn.execute(
+                select(deliveries.c.id).where(deliveries.c.send_id == send_id, deliveries.c.state == state).limit(1)
+            ).first()
+            is not None
+        )
 
 
 def batches(engine: Engine, send_id: int, state: str) -> list[BatchInfo]:
@@ -379,46 +443,67 @@ def batches(engine: Engine, send_id: int, state: str) -> list[BatchInfo]:
     ``ambiguous``), oldest first, with their owner, lease and the rows' reason."""
     with engine.connect() as conn:
         rows = conn.execute(
-            select(deliveries.c.batch_id, send_batches.c.owner, send_batches.c.state,
-                   func.count(), send_batches.c.claimed_at, send_batches.c.lease_until,
-                   func.max(deliveries.c.error))
+            select(
+                deliveries.c.batch_id,
+                send_batches.c.owner,
+                send_batches.c.state,
+                func.count(),
+                send_batches.c.claimed_at,
+                send_batches.c.lease_until,
+                func.max(deliveries.c.error),
+            )
             .select_from(deliveries.join(send_batches, send_batches.c.batch_id == deliveries.c.batch_id))
             .where(deliveries.c.send_id == send_id, deliveries.c.state == state)
-            .group_by(deliveries.c.batch_id, send_batches.c.owner, send_batches.c.state,
-                      send_batches.c.claimed_at, send_batches.c.lease_until)
+            .group_by(
+                deliveries.c.batch_id,
+                send_batches.c.owner,
+                send_batches.c.state,
+                send_batches.c.claimed_at,
+                send_batches.c.lease_until,
+            )
             .order_by(send_batches.c.claimed_at)
         ).all()
     return [BatchInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]) for r in rows]
 
 
-def expire_dead_owners(engine: Engine, send_id: int, now: dt.datetime | None = None,
-                       dead: Callable[[str], bool] = owner_is_dead) -> int:
+def expire_dead_owners(
+    engine: Engine, send_id: int, now: dt.datetime | None = None, dead: Callable[[str], bool] = owner_is_dead
+) -> int:
     """Batches whose owner died (lease expired, or its process is gone from this host):
     their in-flight rows become ambiguous, since the request may have left. Returns the
     number of rows made ambiguous. A live owner's batch is never touched."""
     now = now or utcnow()
     with engine.connect() as conn:
         candidates = conn.execute(
-            select(send_batches.c.batch_id, send_batches.c.owner, send_batches.c.lease_until)
-            .where(send_batches.c.send_id == send_id, send_batches.c.state == "in_flight")
+            select(send_batches.c.batch_id, send_batches.c.owner, send_batches.c.lease_until).where(
+                send_batches.c.send_id == send_id, send_batches.c.state == "in_flight"
+            )
         ).all()
     expired = [(b, o, lease) for b, o, lease in candidates if lease < now or dead(o)]
     made = 0
     for batch_id, owner, lease in expired:
-        reason = (f"the sending process {owner} stopped before the provider's answer came "
-                  f"(lease {'expired ' + lease.isoformat(timespec='seconds') if lease < now else 'of a dead process'})")
+        reason = (
+            f"the sending process {owner} stopped before the provider's answer came "
+            f"(lease {'expired ' + lease.isoformat(timespec='seconds') if lease < now else 'of a dead process'})"
+        )
         with durable_transaction(engine) as conn:
             won = conn.execute(
                 update(send_batches)
-                .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight",
-                       send_batches.c.owner == owner)
+                .where(
+                    send_batches.c.batch_id == batch_id,
+                    send_batches.c.state == "in_flight",
+                    send_batches.c.owner == owner,
+                )
                 .values(state="expired", reason=reason[:500])
             ).rowcount
             if won:
-                made += int(conn.execute(
-                    update(deliveries).where(deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight")
-                    .values(state="ambiguous", error=reason[:500])
-                ).rowcount)
+                made += int(
+                    conn.execute(
+                        update(deliveries)
+                        .where(deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight")
+                        .values(state="ambiguous", error=reason[:500])
+                    ).rowcount
+                )
     return made
 
 
@@ -440,14 +525,24 @@ def _event_for(row_event: Iterable[str]) -> ColumnElement[bool]:
     e = webhook_events
     return exists().where(
         e.c.event.in_(list(row_event)),
-        or_(e.c.delivery_id == deliveries.c.id,
-            and_(e.c.delivery_id.is_(None), e.c.batch_id == deliveries.c.batch_id,
-                 e.c.subscriber_id == deliveries.c.subscriber_id)),
+        or_(
+            e.c.delivery_id == deliveries.c.id,
+            and_(
+                e.c.delivery_id.is_(None),
+                e.c.batch_id == deliveries.c.batch_id,
+                e.c.subscriber_id == deliveries.c.subscriber_id,
+            ),
+        ),
     )
 
 
-def reconcile(engine: Engine, *, send_id: int | None = None, batch_ids: Sequence[str] | None = None,
-              now: dt.datetime | None = None) -> Reconciled:
+def reconcile(
+    engine: Engine,
+    *,
+    send_id: int | None = None,
+    batch_ids: Sequence[str] | None = None,
+    now: dt.datetime | None = None,
+) -> Reconciled:
     """Settle ambiguous rows that the provider's own events prove: ``dropped`` ->
     rejected (SendGrid received it and will not deliver it), ``processed``,
     ``delivered``, ``deferred``, ``bounce``, ``open``, ``click`` -> sent. Limited to one
@@ -462,11 +557,13 @@ def reconcile(engine: Engine, *, send_id: int | None = None, batch_ids: Sequence
         scope.append(deliveries.c.batch_id.in_(list(batch_ids)))
     with write_transaction(engine) as conn:
         rejected = conn.execute(
-            update(deliveries).where(*scope, _event_for([DROPPED_EVENT]))
+            update(deliveries)
+            .where(*scope, _event_for([DROPPED_EVENT]))
             .values(state="rejected", settled_at=now, error="dropped by the provider (its event webhook said so)")
         ).rowcount
         sent = conn.execute(
-            update(deliveries).where(*scope, _event_for(ACCEPTED_EVENTS))
+            update(deliveries)
+            .where(*scope, _event_for(ACCEPTED_EVENTS))
             .values(state="sent", settled_at=now, error=None)
         ).rowcount
     return Reconciled(sent=int(sent), rejected=int(rejected))
@@ -494,22 +591,28 @@ def finish_send(engine: Engine, send_id: int, now: dt.datetime | None = None) ->
     """Mark the send finished if every row is settled; True if it is (now or before)."""
     with write_transaction(engine) as conn:
         open_rows = conn.execute(
-            select(func.count()).select_from(deliveries)
-            .where(deliveries.c.send_id == send_id,
-                   deliveries.c.state.in_(("pending", "in_flight", "ambiguous")))
+            select(func.count())
+            .select_from(deliveries)
+            .where(deliveries.c.send_id == send_id, deliveries.c.state.in_(("pending", "in_flight", "ambiguous")))
         ).scalar_one()
         if open_rows:
             return False
-        conn.execute(update(sends).where(sends.c.id == send_id, sends.c.finished_at.is_(None))
-                     .values(finished_at=now or utcnow()))
+        conn.execute(
+            update(sends)
+            .where(sends.c.id == send_id, sends.c.finished_at.is_(None))
+            .values(finished_at=now or utcnow())
+        )
     return True
 
 
 def unfinished_sends(engine: Engine) -> list[Send]:
     """Sends with rows still unsettled that nobody has given up on, oldest first."""
     with engine.connect() as conn:
-        rows = conn.execute(select(sends).where(sends.c.finished_at.is_(None), sends.c.gave_up_at.is_(None))
-                            .order_by(sends.c.created_at)).all()
+        rows = conn.execute(
+            select(sends)
+            .where(sends.c.finished_at.is_(None), sends.c.gave_up_at.is_(None))
+            .order_by(sends.c.created_at)
+        ).all()
     return [_send_from_row(r) for r in rows]
 
 
@@ -517,5 +620,10 @@ def give_up(engine: Engine, send_id: int, now: dt.datetime | None = None) -> boo
     """Record that the scheduler stopped resuming a send; True for the one caller that
     recorded it (two schedulers on one database notify the editors once)."""
     with write_transaction(engine) as conn:
-        return bool(conn.execute(update(sends).where(sends.c.id == send_id, sends.c.gave_up_at.is_(None))
-                                 .values(gave_up_at=now or utcnow())).rowcount)
+        return bool(
+            conn.execute(
+                update(sends)
+                .where(sends.c.id == send_id, sends.c.gave_up_at.is_(None))
+                .values(gave_up_at=now or utcnow())
+            ).rowcount
+        )

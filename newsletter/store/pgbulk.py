@@ -25,7 +25,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_dumps
 
-from newsletter.store.importer import FIELDS, _Batch, _Chunk, _Row
+from newsletter.store.importer import FIELDS, _Batch, _Chunk
 from newsletter.store.subscribers import token_stream
 
 CHUNK_SIZE = 20_000  # rows a transaction: fewer round trips; ~40 MB of parsed rows
@@ -34,7 +34,7 @@ STAGE = "newsletter_import_stage"
 _NEW = ("email", "email_key", *FIELDS, "updated_at", "token")
 _UPDATE = ("id", *FIELDS, "updated_at")
 # Binary COPY with the columns' types given: a third of the client's work of text COPY.
-_TYPES = {name: "timestamptz" for name in ("created_at", "confirmed_at", "unsubscribed_at", "consent_at", "updated_at")}
+_TYPES = dict.fromkeys(("created_at", "confirmed_at", "unsubscribed_at", "consent_at", "updated_at"), "timestamptz")
 _TYPES.update(id="int8", line="int4", attributes="jsonb")
 
 
@@ -117,11 +117,17 @@ class CopyChunk(_Chunk):
                 added = self._add(cursor, new)
             if updates:
                 self._stage(cursor)
-                _copy(cursor, STAGE, _UPDATE, ([values["_id"], *(values[name] for name in _UPDATE[1:])]
-                                               for values in updates))
+                _copy(
+                    cursor,
+                    STAGE,
+                    _UPDATE,
+                    ([values["_id"], *(values[name] for name in _UPDATE[1:])] for values in updates),
+                )
                 assignments = ", ".join(f"{name} = u.{name}" for name in _UPDATE[1:])
-                cursor.execute(f"UPDATE subscribers AS s SET {assignments} FROM {STAGE} AS u "
-                               "WHERE u.id IS NOT NULL AND s.id = u.id")
+                cursor.execute(
+                    f"UPDATE subscribers AS s SET {assignments} FROM {STAGE} AS u "
+                    "WHERE u.id IS NOT NULL AND s.id = u.id"
+                )
             if remember:
                 _copy(cursor, self.seen.name, ("email_key", "line"), ((r["email_key"], r["line"]) for r in remember))
         return added
@@ -139,9 +145,11 @@ class CopyChunk(_Chunk):
             cursor.execute("ROLLBACK TO SAVEPOINT newsletter_import_copy")
             self._stage(cursor)
             self._copy_new(cursor, STAGE, new)
-            cursor.execute(f"INSERT INTO subscribers ({', '.join(_NEW)}) "
-                           f"SELECT {', '.join(_NEW)} FROM {STAGE} WHERE id IS NULL "
-                           "ON CONFLICT (email_key) DO NOTHING")
+            cursor.execute(
+                f"INSERT INTO subscribers ({', '.join(_NEW)}) "
+                f"SELECT {', '.join(_NEW)} FROM {STAGE} WHERE id IS NULL "
+                "ON CONFLICT (email_key) DO NOTHING"
+            )
             return int(cursor.rowcount)
         cursor.execute("RELEASE SAVEPOINT newsletter_import_copy")
         return len(new)
@@ -149,8 +157,10 @@ class CopyChunk(_Chunk):
     def _stage(self, cursor: psycopg.Cursor[Any]) -> None:
         """The staging table, dropped at the commit (or with a rollback)."""
         columns = ", ".join(("id", *_NEW))
-        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} ON COMMIT DROP AS "
-                       f"SELECT {columns} FROM subscribers WITH NO DATA")
+        cursor.execute(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} ON COMMIT DROP AS "
+            f"SELECT {columns} FROM subscribers WITH NO DATA"
+        )
 
     @staticmethod
     def _copy_new(cursor: psycopg.Cursor[Any], table: str, new: list[dict[str, Any]]) -> None:
@@ -169,7 +179,8 @@ def _text(column: str) -> sql.Composable:
     # writes nothing for both.
     name = sql.Identifier(column)
     return sql.SQL("NULLIF(CASE WHEN {c} ~ {f} THEN '''' || {c} ELSE {c} END, '')").format(
-        c=name, f=sql.Literal(_FORMULA))
+        c=name, f=sql.Literal(_FORMULA)
+    )
 
 
 def _date(column: str) -> sql.Composable:
@@ -197,11 +208,11 @@ def export_query(columns: tuple[str, ...], dates: frozenset[str], status: str | 
     cells = [_date(c) if c in dates else _attributes(c) if c == "attributes" else _text(c) for c in columns]
     where = sql.SQL(" WHERE status = {}").format(sql.Literal(status)) if status is not None else sql.SQL("")
     return sql.SQL("COPY (SELECT {cells} FROM subscribers{where} ORDER BY id) TO STDOUT WITH (FORMAT csv)").format(
-        cells=sql.SQL(", ").join(cells), where=where)
+        cells=sql.SQL(", ").join(cells), where=where
+    )
 
 
-def copy_export(conn: Any, out: TextIO, columns: tuple[str, ...], dates: frozenset[str],
-                status: str | None) -> int:
+def copy_export(conn: Any, out: TextIO, columns: tuple[str, ...], dates: frozenset[str], status: str | None) -> int:
     """Write the header and every subscriber to ``out`` as ``export.export_csv`` would
     (same cells, same CRLF line ends); returns the rows written. ``conn`` is a
     SQLAlchemy connection to PostgreSQL."""

@@ -93,7 +93,7 @@ class Stats:
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_token() -> str:
@@ -115,7 +115,7 @@ def token_stream(batch: int = 1024) -> Iterator[str]:
         prefix = f"{time.time_ns() // 1000:013x}"
         raw = base64.urlsafe_b64encode(secrets.token_bytes(33 * batch)).decode("ascii")
         for start in range(0, len(raw), 44):
-            yield prefix + raw[start:start + 44]
+            yield prefix + raw[start : start + 44]
 
 
 def confirmation_hash(token: str) -> str:
@@ -227,8 +227,11 @@ def add(
                     update(subscribers)
                     .where(subscribers.c.id == existing.id)
                     .values(
-                        status=status, name=name or existing.name, updated_at=now,
-                        unsubscribed_at=None, **_consent_values(consent),
+                        status=status,
+                        name=name or existing.name,
+                        updated_at=now,
+                        unsubscribed_at=None,
+                        **_consent_values(consent),
                     )
                 )
                 found = _by_key(conn, address.key)
@@ -243,10 +246,16 @@ def add(
                 _unsuppress(conn, address.key)
             conn.execute(
                 subscribers.insert().values(
-                    email=address.email, email_key=address.key, name=name, status=status,
-                    created_at=now, updated_at=now,
+                    email=address.email,
+                    email_key=address.key,
+                    name=name,
+                    status=status,
+                    created_at=now,
+                    updated_at=now,
                     confirmed_at=now if status == "active" and consent is not None else None,
-                    source=source, attributes=dict(attributes or {}), token=new_token(),
+                    source=source,
+                    attributes=dict(attributes or {}),
+                    token=new_token(),
                     **_consent_values(consent),
                 )
             )
@@ -280,8 +289,13 @@ def _set_unsubscribed(conn: Connection, found: Subscriber, now: dt.datetime) -> 
     conn.execute(
         update(subscribers)
         .where(subscribers.c.id == found.id)
-        .values(status="unsubscribed", unsubscribed_at=now, updated_at=now,
-                confirmation_hash=None, confirmation_expires_at=None)
+        .values(
+            status="unsubscribed",
+            unsubscribed_at=now,
+            updated_at=now,
+            confirmation_hash=None,
+            confirmation_expires_at=None,
+        )
     )
     changed = _one(conn, subscribers.c.id == found.id)
     assert changed is not None
@@ -365,9 +379,7 @@ def count(engine: Engine, status: str | None = None) -> int:
 def stats(engine: Engine) -> Stats:
     """Subscribers by status (every status, zero included) and the suppression count."""
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(subscribers.c.status, func.count()).group_by(subscribers.c.status)
-        ).all()
+        rows = conn.execute(select(subscribers.c.status, func.count()).group_by(subscribers.c.status)).all()
         suppressed = conn.execute(select(func.count()).select_from(suppressions)).scalar_one()
     by_status = dict.fromkeys(STATUSES, 0)
     by_status.update({status: int(n) for status, n in rows})
@@ -409,8 +421,18 @@ def sign_up(
         return SignUp(None, None, "limited")
 
 
-def _sign_up(engine: Engine, email: str, key: str, consent: Consent, name: str, source: str,
-             ttl: dt.timedelta, per_window: int, window: dt.timedelta, now: dt.datetime) -> SignUp:
+def _sign_up(
+    engine: Engine,
+    email: str,
+    key: str,
+    consent: Consent,
+    name: str,
+    source: str,
+    ttl: dt.timedelta,
+    per_window: int,
+    window: dt.timedelta,
+    now: dt.datetime,
+) -> SignUp:
     with write_transaction(engine) as conn:
         # locked: two sign-ups for one address at once count each other's emails
         row = conn.execute(select(subscribers).where(subscribers.c.email_key == key).with_for_update()).first()
@@ -424,42 +446,73 @@ def _sign_up(engine: Engine, email: str, key: str, consent: Consent, name: str, 
         if existing is not None and _confirmations_since(conn, existing.id, now - window) >= per_window:
             return SignUp(existing, None, "limited")
         token = secrets.token_urlsafe(32)
-        pending = {"confirmation_hash": confirmation_hash(token), "confirmation_expires_at": now + ttl,
-                   "updated_at": now}
+        pending = {
+            "confirmation_hash": confirmation_hash(token),
+            "confirmation_expires_at": now + ttl,
+            "updated_at": now,
+        }
         if existing is not None:
             conn.execute(update(subscribers).where(subscribers.c.id == existing.id).values(**pending))
         else:
             conn.execute(
                 subscribers.insert().values(
-                    email=email, email_key=key, name=name, status="pending",
-                    created_at=now, source=source, attributes={}, token=new_token(),
-                    **pending, **_consent_values(consent),
+                    email=email,
+                    email_key=key,
+                    name=name,
+                    status="pending",
+                    created_at=now,
+                    source=source,
+                    attributes={},
+                    token=new_token(),
+                    **pending,
+                    **_consent_values(consent),
                 )
             )
         found = _by_key(conn, key)
         assert found is not None
-        conn.execute(consents.insert().values(
-            subscriber_id=found.id, at=consent.at, ip=consent.ip,
-            user_agent=(consent.user_agent or "")[:500] or None, form=consent.form, name=name,
-            expires_at=now + ttl))
+        conn.execute(
+            consents.insert().values(
+                subscriber_id=found.id,
+                at=consent.at,
+                ip=consent.ip,
+                user_agent=(consent.user_agent or "")[:500] or None,
+                form=consent.form,
+                name=name,
+                expires_at=now + ttl,
+            )
+        )
         return SignUp(found, token)
 
 
 def _confirmations_since(conn: Connection, subscriber_id: int, since: dt.datetime) -> int:
     """Confirmation emails sent to this subscriber since ``since``: one per recorded sign-up."""
-    return int(conn.execute(
-        select(func.count()).select_from(consents)
-        .where(consents.c.subscriber_id == subscriber_id, consents.c.at > since)
-    ).scalar_one())
+    return int(
+        conn.execute(
+            select(func.count())
+            .select_from(consents)
+            .where(consents.c.subscriber_id == subscriber_id, consents.c.at > since)
+        ).scalar_one()
+    )
 
 
 def consent_history(engine: Engine, subscriber_id: int) -> list[ConsentRecord]:
     """Every web sign-up's consent for this subscriber, oldest first."""
     with engine.connect() as conn:
-        rows = conn.execute(select(consents).where(consents.c.subscriber_id == subscriber_id)
-                            .order_by(consents.c.at, consents.c.id)).all()
-    return [ConsentRecord(at=r.at, ip=r.ip, user_agent=r.user_agent, form=r.form, name=r.name,
-                          expires_at=r.expires_at, confirmed_at=r.confirmed_at) for r in rows]
+        rows = conn.execute(
+            select(consents).where(consents.c.subscriber_id == subscriber_id).order_by(consents.c.at, consents.c.id)
+        ).all()
+    return [
+        ConsentRecord(
+            at=r.at,
+            ip=r.ip,
+            user_agent=r.user_agent,
+            form=r.form,
+            name=r.name,
+            expires_at=r.expires_at,
+            confirmed_at=r.confirmed_at,
+        )
+        for r in rows
+    ]
 
 
 @dataclass(frozen=True)
@@ -472,9 +525,9 @@ class _Confirmable:
 def _pending(conn: Connection, token: str, now: dt.datetime) -> _Confirmable:
     """The subscriber a confirmation token belongs to, if it is valid now."""
     found = conn.execute(
-        select(subscribers.c.id, subscribers.c.email, subscribers.c.email_key,
-               subscribers.c.confirmation_expires_at)
-        .where(subscribers.c.confirmation_hash == confirmation_hash(token))
+        select(
+            subscribers.c.id, subscribers.c.email, subscribers.c.email_key, subscribers.c.confirmation_expires_at
+        ).where(subscribers.c.confirmation_hash == confirmation_hash(token))
     ).first()
     if found is None:
         raise SubscriberError("this confirmation link is not valid, or was used already")
@@ -497,8 +550,10 @@ def confirm(engine: Engine, token: str, *, now: dt.datetime | None = None) -> Su
     with write_transaction(engine) as conn:
         found = _pending(conn, token, now)
         latest = conn.execute(
-            select(consents.c.id, consents.c.name).where(consents.c.subscriber_id == found.id)
-            .order_by(consents.c.id.desc()).limit(1)
+            select(consents.c.id, consents.c.name)
+            .where(consents.c.subscriber_id == found.id)
+            .order_by(consents.c.id.desc())
+            .limit(1)
         ).first()
         values: dict[str, Any] = {}
         if latest is not None:
@@ -508,8 +563,15 @@ def confirm(engine: Engine, token: str, *, now: dt.datetime | None = None) -> Su
         conn.execute(
             update(subscribers)
             .where(subscribers.c.id == found.id)
-            .values(status="active", confirmed_at=now, unsubscribed_at=None, updated_at=now,
-                    confirmation_hash=None, confirmation_expires_at=None, **values)
+            .values(
+                status="active",
+                confirmed_at=now,
+                unsubscribed_at=None,
+                updated_at=now,
+                confirmation_hash=None,
+                confirmation_expires_at=None,
+                **values,
+            )
         )
         _unsuppress(conn, found.email_key)
         confirmed = _one(conn, subscribers.c.id == found.id)
@@ -532,21 +594,15 @@ def expire_pending(engine: Engine, *, now: dt.datetime | None = None) -> Expired
     now = now or utcnow()
     expired = subscribers.c.confirmation_expires_at < now
     with write_transaction(engine) as conn:
-        deleted = conn.execute(
-            delete(subscribers).where(expired, subscribers.c.status == "pending")
-        ).rowcount
-        conn.execute(
-            update(subscribers).where(expired).values(confirmation_hash=None, confirmation_expires_at=None)
-        )
+        deleted = conn.execute(delete(subscribers).where(expired, subscribers.c.status == "pending")).rowcount
+        conn.execute(update(subscribers).where(expired).values(confirmation_hash=None, confirmation_expires_at=None))
         forgotten = conn.execute(
             delete(consents).where(consents.c.confirmed_at.is_(None), consents.c.expires_at < now)
         ).rowcount
     return Expired(subscribers=int(deleted), consents=int(forgotten))
 
 
-def mark_status(
-    engine: Engine, token_or_id: str | int, status: str, *, now: dt.datetime | None = None
-) -> Subscriber:
+def mark_status(engine: Engine, token_or_id: str | int, status: str, *, now: dt.datetime | None = None) -> Subscriber:
     """Set a subscriber's status (a bounce, a complaint, an unsubscribe reported by the
     delivery service), finding them by unsubscribe token or by id."""
     check_status(status)
@@ -555,8 +611,10 @@ def mark_status(
     with write_transaction(engine) as conn:
         found = _one(conn, where)
         if found is None:
-            raise SubscriberError(f"no subscriber with {'id' if isinstance(token_or_id, int) else 'token'} "
-                                  f"{token_or_id if isinstance(token_or_id, int) else str(token_or_id)[:8] + '...'}")
+            raise SubscriberError(
+                f"no subscriber with {'id' if isinstance(token_or_id, int) else 'token'} "
+                f"{token_or_id if isinstance(token_or_id, int) else str(token_or_id)[:8] + '...'}"
+            )
         if found.status == status:
             return found
         values: dict[str, Any] = {"status": status, "updated_at": now}

@@ -43,15 +43,15 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: give a timezone")
-        value = value.astimezone(dt.timezone.utc)
+        value = value.astimezone(dt.UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
-            return value.replace(tzinfo=dt.timezone.utc)  # type: ignore[no-any-return]
-        return value.astimezone(dt.timezone.utc)  # type: ignore[no-any-return]
+            return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+        return value.astimezone(dt.UTC)  # type: ignore[no-any-return]
 
 
 Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER only
@@ -113,8 +113,12 @@ consents = Table(
     "consents",
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
-    Column("subscriber_id", Id, ForeignKey("subscribers.id", ondelete="CASCADE",
-                                           name="fk_consents_subscriber_id_subscribers"), nullable=False),
+    Column(
+        "subscriber_id",
+        Id,
+        ForeignKey("subscribers.id", ondelete="CASCADE", name="fk_consents_subscriber_id_subscribers"),
+        nullable=False,
+    ),
     Column("at", UtcDateTime(), nullable=False),
     Column("ip", String(45)),
     Column("user_agent", String(500)),
@@ -166,15 +170,17 @@ deliveries = Table(
     Column("settled_at", UtcDateTime()),
     Column("message_id", String(200)),
     Column("error", String(500)),
-    CheckConstraint(
-        "state IN ('pending', 'in_flight', 'ambiguous', 'sent', 'rejected', 'skipped')", name="state"
-    ),
+    CheckConstraint("state IN ('pending', 'in_flight', 'ambiguous', 'sent', 'rejected', 'skipped')", name="state"),
     Index("ix_deliveries_send_id_subscriber_id", "send_id", "subscriber_id", unique=True),
     Index("ix_deliveries_send_id_state_id", "send_id", "state", "id"),  # claiming
     # partial: a frozen row has no batch yet, and a million of them cost the freeze
     # a million index entries nobody looks up
-    Index("ix_deliveries_batch_id", "batch_id", sqlite_where=text("batch_id IS NOT NULL"),
-          postgresql_where=text("batch_id IS NOT NULL")),
+    Index(
+        "ix_deliveries_batch_id",
+        "batch_id",
+        sqlite_where=text("batch_id IS NOT NULL"),
+        postgresql_where=text("batch_id IS NOT NULL"),
+    ),
 )
 
 # A claimed batch: its owner (one sending process) renews the lease while it works; a

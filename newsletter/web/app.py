@@ -34,8 +34,9 @@ def secret_key(settings: Settings) -> str:
     if len(key) < MIN_SECRET_LENGTH:
         raise ConfigError(
             f"{settings.config_path}: the web secret key in {settings.web.secret_key_env} is shorter than "
-            f"{MIN_SECRET_LENGTH} characters (make one with: python -c \"import secrets; "
-            "print(secrets.token_urlsafe(32))\")")
+            f'{MIN_SECRET_LENGTH} characters (make one with: python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))")'
+        )
     return key
 
 
@@ -50,9 +51,12 @@ def editor_gate(settings: Settings) -> EditorGate:
         except ConfigError:
             return None
 
-    return EditorGate(open_locally=auth.access == "local" and is_loopback(settings.web.host),
-                      token=optional(auth.token_env, "the preview token"),
-                      username=auth.username, password=optional(auth.password_env, "the preview password"))
+    return EditorGate(
+        open_locally=auth.access == "local" and is_loopback(settings.web.host),
+        token=optional(auth.token_env, "the preview token"),
+        username=auth.username,
+        password=optional(auth.password_env, "the preview password"),
+    )
 
 
 def create_app(
@@ -81,8 +85,9 @@ def create_app(
         yield
         ctx.close()
 
-    app = FastAPI(title=f"{settings.publication.name} newsletter", version="1", lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title=f"{settings.publication.name} newsletter", version="1", lifespan=lifespan, docs_url=None, redoc_url=None
+    )
     app.state.context = ctx
     app.state.builds = BuildCache(settings)
     app.state.webhook = webhook.verifier(settings)
@@ -103,8 +108,11 @@ def create_app(
         return JSONResponse({"status": "ok"})
 
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(BodyLimit, default=settings.web.max_form_bytes,
-                       limits={"/webhooks/": settings.web.sendgrid_webhook.max_body_bytes})
+    app.add_middleware(
+        BodyLimit,
+        default=settings.web.max_form_bytes,
+        limits={"/webhooks/": settings.web.sendgrid_webhook.max_body_bytes},
+    )
     app.add_middleware(RequestLog)
     if settings.web.trusted_proxies:
         # outermost: every layer sees the client the trusted proxy names, and a request

@@ -79,22 +79,34 @@ class BodyLimit:
                 raise
             await _plain(send, 413, b"request body too large")
         except BaseExceptionGroup as group:  # anyio task groups wrap it
-            if started or not group.subgroup(BodyTooLarge) or group.subgroup(
-                    lambda e: not isinstance(e, (BodyTooLarge, BaseExceptionGroup))):
+            if (
+                started
+                or not group.subgroup(BodyTooLarge)
+                or group.subgroup(lambda e: not isinstance(e, (BodyTooLarge, BaseExceptionGroup)))
+            ):
                 raise
             await _plain(send, 413, b"request body too large")
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
-PAGE_POLICY = ("default-src 'self'; img-src 'self' https: data:; style-src 'self'; script-src 'self'; "
-               "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' https: data:; style-src 'self'; script-src 'self'; "
+    "frame-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class SecurityHeaders:
@@ -113,11 +125,13 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                for name, value in ((b"referrer-policy", b"no-referrer"),
-                                    (b"x-content-type-options", b"nosniff"),
-                                    (b"content-security-policy", PAGE_POLICY.encode()),
-                                    (b"x-frame-options", b"DENY"),
-                                    (b"cache-control", b"no-store")):
+                for name, value in (
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"content-security-policy", PAGE_POLICY.encode()),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cache-control", b"no-store"),
+                ):
                     if name not in present:
                         headers.append((name, value))
                 message["headers"] = headers
@@ -167,5 +181,9 @@ class RequestLog:
                 "ms": round((time.perf_counter() - start) * 1000, 1),
                 "client": client[0] if client else "-",
             }
-            log.info(" ".join(f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
-                              for k, v in fields.items()))
+            log.info(
+                " ".join(
+                    f"{k}={json.dumps(v) if isinstance(v, str) and (' ' in v or not v) else v}"
+                    for k, v in fields.items()
+                )
+            )

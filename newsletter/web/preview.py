@@ -26,8 +26,11 @@ from newsletter.web.security import CSRF_FIELD, EditorRequest, is_forwarded
 log = logging.getLogger("newsletter.web")
 
 View = Literal["both", "desktop", "mobile", "text"]
-NOTICES = {"test-sent": "Test sent to {recipients}.", "approved": "Approved: the send job will send it.",
-           "checked": "Render check done."}
+NOTICES = {
+    "test-sent": "Test sent to {recipients}.",
+    "approved": "Approved: the send job will send it.",
+    "checked": "Render check done.",
+}
 SCREENSHOTS = {rendercheck.screenshot_name(w, s): (w, s) for s in rendercheck.SCHEMES for w in rendercheck.WIDTHS}
 MOBILE_WIDTH = 375
 POLL_MS = 500
@@ -36,9 +39,14 @@ POLL_MS = 500
 def require_editor(request: Request) -> None:
     # ``local`` mode allows no trusted proxy, so when it matters this is the connection's own peer
     peer = request.scope.get("client") or ("", 0)
-    context(request).editors.check(EditorRequest(
-        host=request.headers.get("host", ""), authorization=request.headers.get("authorization"),
-        peer=str(peer[0]), forwarded=is_forwarded(request.headers.keys())))
+    context(request).editors.check(
+        EditorRequest(
+            host=request.headers.get("host", ""),
+            authorization=request.headers.get("authorization"),
+            peer=str(peer[0]),
+            forwarded=is_forwarded(request.headers.keys()),
+        )
+    )
 
 
 router = APIRouter(prefix="/preview", dependencies=[Depends(require_editor)])
@@ -50,11 +58,27 @@ def issue_list(request: Request) -> Response:
     rows = []
     for path, loaded in issuefile.list_issues(ctx.settings.issues_dir):
         if isinstance(loaded, Issue):
-            rows.append({"slug": loaded.slug, "date": loaded.date, "subject": loaded.subject,
-                         "status": loaded.status, "error": None, "file": path.name})
+            rows.append(
+                {
+                    "slug": loaded.slug,
+                    "date": loaded.date,
+                    "subject": loaded.subject,
+                    "status": loaded.status,
+                    "error": None,
+                    "file": path.name,
+                }
+            )
         else:
-            rows.append({"slug": None, "date": None, "subject": None, "status": "invalid",
-                         "error": str(loaded), "file": path.name})
+            rows.append(
+                {
+                    "slug": None,
+                    "date": None,
+                    "subject": None,
+                    "status": "invalid",
+                    "error": str(loaded),
+                    "file": path.name,
+                }
+            )
     return ctx.page(request, "preview_list.html", rows=rows)
 
 
@@ -78,23 +102,52 @@ def issue_page(
     path = issue_path(ctx.settings, slug)
     cookie, token = csrf_pair(request, ctx)
     recipients = ctx.settings.delivery.test_recipients
-    values: dict[str, Any] = dict(slug=slug, file=path.name, view=view, mobile_width=MOBILE_WIDTH, poll_ms=POLL_MS,
-                  version=fingerprint(ctx.settings, path), csrf_field=CSRF_FIELD, csrf_token=token,
-                  limits=ctx.settings.limits, test_recipients=recipients,
-                  notice=NOTICES.get(notice or "", "").format(recipients=", ".join(recipients)) or None)
+    values: dict[str, Any] = {
+        "slug": slug,
+        "file": path.name,
+        "view": view,
+        "mobile_width": MOBILE_WIDTH,
+        "poll_ms": POLL_MS,
+        "version": fingerprint(ctx.settings, path),
+        "csrf_field": CSRF_FIELD,
+        "csrf_token": token,
+        "limits": ctx.settings.limits,
+        "test_recipients": recipients,
+        "notice": NOTICES.get(notice or "", "").format(recipients=", ".join(recipients)) or None,
+    }
     try:
         issue = issuefile.load(path)
         built = request.app.state.builds.build(path, issue)
     except NewsletterError as exc:  # the file or a template is broken: show it, keep reloading
-        page = ctx.page(request, "preview_issue.html", status=exc.status, issue=None, built=None, text="",
-                        build_error=str(exc), stats=None, render_report=None, chromium_missing=None,
-                        screenshots=SCREENSHOTS, **values)
+        page = ctx.page(
+            request,
+            "preview_issue.html",
+            status=exc.status,
+            issue=None,
+            built=None,
+            text="",
+            build_error=str(exc),
+            stats=None,
+            render_report=None,
+            chromium_missing=None,
+            screenshots=SCREENSHOTS,
+            **values,
+        )
         return with_csrf_cookie(page, ctx, cookie)
     html, text = sample_parts(ctx.settings, built)
-    page = ctx.page(request, "preview_issue.html", issue=issue, built=built, text=text, build_error=None,
-                    stats=_stats(ctx, issue), render_report=rendercheck.recorded(ctx.settings.output.dir, html),
-                    chromium_missing=rendercheck.chromium_missing(ctx.settings.render_check.chromium),
-                    screenshots=SCREENSHOTS, **values)
+    page = ctx.page(
+        request,
+        "preview_issue.html",
+        issue=issue,
+        built=built,
+        text=text,
+        build_error=None,
+        stats=_stats(ctx, issue),
+        render_report=rendercheck.recorded(ctx.settings.output.dir, html),
+        chromium_missing=rendercheck.chromium_missing(ctx.settings.render_check.chromium),
+        screenshots=SCREENSHOTS,
+        **values,
+    )
     return with_csrf_cookie(page, ctx, cookie)
 
 
@@ -126,8 +179,7 @@ def issue_screenshot(slug: str, name: str, request: Request) -> Response:
 
 
 @router.post("/{slug}/check", summary="Run the render check on the issue as it is now")
-def issue_check(slug: str, request: Request,
-                csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def issue_check(slug: str, request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     ctx = context(request)
     check_csrf(request, ctx, csrf_token)
     path, issue = find_issue(ctx.settings, slug)
@@ -146,8 +198,7 @@ def issue_version(slug: str, request: Request) -> JSONResponse:
 
 
 @router.post("/{slug}/send-test", summary="Send a test to delivery.test_recipients")
-def issue_send_test(slug: str, request: Request,
-                    csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def issue_send_test(slug: str, request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     ctx = context(request)
     check_csrf(request, ctx, csrf_token)
     path, _issue = find_issue(ctx.settings, slug)
@@ -158,8 +209,7 @@ def issue_send_test(slug: str, request: Request,
 
 
 @router.post("/{slug}/approve", summary="Approve the issue for sending")
-def issue_approve(slug: str, request: Request,
-                  csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def issue_approve(slug: str, request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
     ctx = context(request)
     check_csrf(request, ctx, csrf_token)
     path, _issue = find_issue(ctx.settings, slug)

@@ -21,8 +21,16 @@ from newsletter.web.security import Forbidden, Unauthorized
 
 log = logging.getLogger("newsletter.web")
 
-__all__ = ["BadRequest", "Forbidden", "LinkNotValid", "NotConfigured", "NotFound",
-           "TooManyRequests", "Unauthorized", "install"]
+__all__ = [
+    "BadRequest",
+    "Forbidden",
+    "LinkNotValid",
+    "NotConfigured",
+    "NotFound",
+    "TooManyRequests",
+    "Unauthorized",
+    "install",
+]
 
 
 class BadRequest(NewsletterError):
@@ -53,28 +61,42 @@ class NotConfigured(NewsletterError):
     status = 503
 
 
-_TITLES = {400: "Bad request", 401: "Sign in", 403: "Forbidden", 404: "Not found",
-           405: "Method not allowed", 413: "Too large", 415: "Unsupported media type",
-           422: "Bad request", 429: "Too many requests", 502: "Try again later",
-           503: "Unavailable", 500: "Something went wrong"}
+_TITLES = {
+    400: "Bad request",
+    401: "Sign in",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Too large",
+    415: "Unsupported media type",
+    422: "Bad request",
+    429: "Too many requests",
+    502: "Try again later",
+    503: "Unavailable",
+    500: "Something went wrong",
+}
 GENERIC_5XX = "The service is temporarily unavailable. Please try again later."
 
 
 def _wants_json(request: Request) -> bool:
     path = request.url.path
-    return (path.startswith("/webhooks/") or path == "/healthz" or path.endswith("/version")
-            or "application/json" in request.headers.get("accept", ""))
+    return (
+        path.startswith("/webhooks/")
+        or path == "/healthz"
+        or path.endswith("/version")
+        or "application/json" in request.headers.get("accept", "")
+    )
 
 
-def error_response(request: Request, status: int, message: str,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """The answer for an error: JSON for machines, the error page for people."""
     if status >= 500 and not request.url.path.startswith("/preview"):
         message = GENERIC_5XX
     if _wants_json(request):
         return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
-    response = context(request).page(request, "error.html", status=status,
-                                     title=_TITLES.get(status, "Error"), message=message)
+    response = context(request).page(
+        request, "error.html", status=status, title=_TITLES.get(status, "Error"), message=message
+    )
     response.headers.update(headers or {})
     return response
 
@@ -101,8 +123,11 @@ async def validation_error(request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    message = {404: "There is no page at this address.", 405: "This page does not accept that method.",
-               413: "The request is too large."}.get(exc.status_code, str(exc.detail))
+    message = {
+        404: "There is no page at this address.",
+        405: "This page does not accept that method.",
+        413: "The request is too large.",
+    }.get(exc.status_code, str(exc.detail))
     return error_response(request, exc.status_code, message, dict(exc.headers or {}))
 
 

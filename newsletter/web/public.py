@@ -29,8 +29,10 @@ router = APIRouter()
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{16,100}")
 ONE_CLICK = "One-Click"
-EMAIL_POLICY = ("default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
-                "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+EMAIL_POLICY = (
+    "default-src 'none'; img-src https: http: data:; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
 SUBSCRIBE_FORM = "web:/subscribe"
 
 
@@ -60,8 +62,15 @@ def csrf_pair(request: Request, ctx: WebContext) -> tuple[str, str]:
 
 
 def with_csrf_cookie(response: Response, ctx: WebContext, cookie: str) -> Response:
-    response.set_cookie(CSRF_COOKIE, cookie, max_age=ctx.csrf.max_age, httponly=True, samesite="lax",
-                        secure=ctx.settings.publication.public_url.startswith("https://"), path="/")
+    response.set_cookie(
+        CSRF_COOKIE,
+        cookie,
+        max_age=ctx.csrf.max_age,
+        httponly=True,
+        samesite="lax",
+        secure=ctx.settings.publication.public_url.startswith("https://"),
+        path="/",
+    )
     return response
 
 
@@ -80,9 +89,14 @@ def unsubscribe_page(token: str, request: Request) -> Response:
     found = subscribers.get_by_token(ctx.engine, _token(token, "unsubscribe"))
     if found is None:
         raise LinkNotValid("This unsubscribe link is not valid.")
-    return ctx.page(request, "unsubscribe.html", token=token, email=_masked(found.email),
-                    already=found.status in ("unsubscribed", "bounced", "complained"),
-                    subscribe_url="/subscribe")
+    return ctx.page(
+        request,
+        "unsubscribe.html",
+        token=token,
+        email=_masked(found.email),
+        already=found.status in ("unsubscribed", "bounced", "complained"),
+        subscribe_url="/subscribe",
+    )
 
 
 @router.post("/unsubscribe/{token}", response_class=HTMLResponse, summary="One-click unsubscribe (RFC 8058)")
@@ -110,8 +124,7 @@ def unsubscribe_now(
 def subscribe_form(request: Request) -> Response:
     ctx = context(request)
     cookie, token = csrf_pair(request, ctx)
-    page = ctx.page(request, "subscribe.html", csrf_field=CSRF_FIELD, csrf_token=token, error=None,
-                    email="", name="")
+    page = ctx.page(request, "subscribe.html", csrf_field=CSRF_FIELD, csrf_token=token, error=None, email="", name="")
     return with_csrf_cookie(page, ctx, cookie)
 
 
@@ -142,19 +155,34 @@ def subscribe(
         subscribers.check_name(name)
     except SubscriberError as exc:
         cookie, token = csrf_pair(request, ctx)
-        page = ctx.page(request, "subscribe.html", status=400, csrf_field=CSRF_FIELD, csrf_token=token,
-                        error=str(exc), email=email, name=name)
+        page = ctx.page(
+            request,
+            "subscribe.html",
+            status=400,
+            csrf_field=CSRF_FIELD,
+            csrf_token=token,
+            error=str(exc),
+            email=email,
+            name=name,
+        )
         return with_csrf_cookie(page, ctx, cookie)
     now = ctx.clock()
     wait = ctx.limiter.hit(_client(request), now.timestamp())
     if wait is not None:
         raise TooManyRequests("Too many sign-ups from your network. Please try again later.", wait)
-    consent = subscribers.Consent(at=now, ip=_client(request)[:45],
-                                  user_agent=request.headers.get("user-agent"), form=SUBSCRIBE_FORM)
+    consent = subscribers.Consent(
+        at=now, ip=_client(request)[:45], user_agent=request.headers.get("user-agent"), form=SUBSCRIBE_FORM
+    )
     web = ctx.settings.web
-    signed = subscribers.sign_up(ctx.engine, check.email, consent=consent, name=name, now=now,
-                                 per_window=web.confirmations_per_address,
-                                 window=dt.timedelta(minutes=web.confirmation_window_minutes))
+    signed = subscribers.sign_up(
+        ctx.engine,
+        check.email,
+        consent=consent,
+        name=name,
+        now=now,
+        per_window=web.confirmations_per_address,
+        window=dt.timedelta(minutes=web.confirmation_window_minutes),
+    )
     if signed.confirmation_token is not None and signed.subscriber is not None:
         background.add_task(_send_confirmation, ctx, signed.subscriber, signed.confirmation_token)
     else:  # the same answer: nothing tells the visitor which case this was
@@ -172,8 +200,7 @@ def confirm_page(token: str, request: Request) -> Response:
     except SubscriberError as exc:
         raise LinkNotValid(str(exc).capitalize() + ".") from None
     cookie, csrf = csrf_pair(request, ctx)
-    page = ctx.page(request, "confirm.html", token=token, email=_masked(email), csrf_field=CSRF_FIELD,
-                    csrf_token=csrf)
+    page = ctx.page(request, "confirm.html", token=token, email=_masked(email), csrf_field=CSRF_FIELD, csrf_token=csrf)
     return with_csrf_cookie(page, ctx, cookie)
 
 
@@ -207,5 +234,11 @@ def archive_issue(slug: str, request: Request) -> Response:
     if issue.status != "sent":
         raise NotFound("There is no issue at this address.")
     html = web_version(ctx.settings, request.app.state.builds.build(path, issue))
-    return HTMLResponse(html, headers={"Content-Security-Policy": EMAIL_POLICY, "X-Frame-Options": "SAMEORIGIN",
-                                       "Cache-Control": "public, max-age=300"})
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": EMAIL_POLICY,
+            "X-Frame-Options": "SAMEORIGIN",
+            "Cache-Control": "public, max-age=300",
+        },
+    )

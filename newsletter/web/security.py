@@ -60,7 +60,9 @@ class CsrfSigner:
 
     @staticmethod
     def usable_cookie(value: str | None) -> bool:
-        return bool(value) and 20 <= len(value or "") <= 64 and (value or "").replace("-", "").replace("_", "").isalnum()
+        return (
+            bool(value) and 20 <= len(value or "") <= 64 and (value or "").replace("-", "").replace("_", "").isalnum()
+        )
 
     def _mac(self, cookie: str, issued: int) -> str:
         digest = hmac.new(self._key, f"{cookie}|{issued}".encode("ascii", "replace"), hashlib.sha256).digest()
@@ -112,9 +114,21 @@ class RateLimiter:
 
 # Headers a proxy adds (nginx, Caddy, Apache, HAProxy, CDNs): a request carrying any of
 # them did not come straight from a browser on this machine.
-FORWARDING_HEADERS = frozenset({"forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-                                "x-forwarded-port", "x-forwarded-server", "x-real-ip", "via",
-                                "true-client-ip", "cf-connecting-ip", "x-client-ip"})
+FORWARDING_HEADERS = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-forwarded-server",
+        "x-real-ip",
+        "via",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-client-ip",
+    }
+)
 
 
 def is_forwarded(header_names: Iterable[str]) -> bool:
@@ -161,8 +175,10 @@ class EditorGate:
         if self.open_locally and self._local(request):
             return
         if not self.configured:
-            raise Forbidden("the preview is disabled here: it needs the preview token or the editors' password, "
-                            "and neither is set in the server's environment")
+            raise Forbidden(
+                "the preview is disabled here: it needs the preview token or the editors' password, "
+                "and neither is set in the server's environment"
+            )
         raise Unauthorized("the preview needs the preview token or the editors' password")
 
     @staticmethod
@@ -183,8 +199,11 @@ class EditorGate:
             return False
         # both comparisons always run: the time taken does not tell which one failed
         by_token = bool(self.token) and _same(password, self.token or "")
-        by_password = bool(self.username and self.password) & _same(user, self.username or "") & _same(
-            password, self.password or "")
+        by_password = (
+            bool(self.username and self.password)
+            & _same(user, self.username or "")
+            & _same(password, self.password or "")
+        )
         return by_token or by_password
 
 

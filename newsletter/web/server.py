@@ -32,10 +32,14 @@ def server_secret(settings: Settings) -> str:
         except ConfigError as exc:
             if is_loopback(settings.web.host):
                 raise
-            raise ConfigError(f"refusing to serve on {settings.web.host}, reachable from other machines: "
-                              f"{exc}") from None
-    log.warning("%s is not set: using a random secret key for this run (forms open before a restart "
-                "will need a reload); set it for anything but local use", env)
+            raise ConfigError(
+                f"refusing to serve on {settings.web.host}, reachable from other machines: {exc}"
+            ) from None
+    log.warning(
+        "%s is not set: using a random secret key for this run (forms open before a restart "
+        "will need a reload); set it for anything but local use",
+        env,
+    )
     return secrets.token_urlsafe(MIN_SECRET_LENGTH)
 
 
@@ -48,13 +52,27 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
     web = settings.web
     gate = editor_gate(settings)
     if not gate.configured:
-        log.warning("the editors' preview %s: neither %s nor a preview password is set",
-                    "is open to this machine only and needs them through a proxy" if gate.open_locally
-                    else "is disabled", web.preview.token_env or "a preview token")
-    log.info("event=serving url=http://%s:%d public_url=%s", web.host if ":" not in web.host else f"[{web.host}]",
-             web.port, settings.publication.public_url)
+        log.warning(
+            "the editors' preview %s: neither %s nor a preview password is set",
+            "is open to this machine only and needs them through a proxy" if gate.open_locally else "is disabled",
+            web.preview.token_env or "a preview token",
+        )
+    log.info(
+        "event=serving url=http://%s:%d public_url=%s",
+        web.host if ":" not in web.host else f"[{web.host}]",
+        web.port,
+        settings.publication.public_url,
+    )
     # access_log off: uvicorn's would print full paths, tokens included; RequestLog logs instead.
     # proxy_headers off: uvicorn would trust 127.0.0.1 (or $FORWARDED_ALLOW_IPS); the app
     # applies web.trusted_proxies itself, the same in tests as here.
-    uvicorn.run(app, host=web.host, port=web.port, access_log=False, log_config=None,
-                proxy_headers=False, server_header=False, lifespan="on")
+    uvicorn.run(
+        app,
+        host=web.host,
+        port=web.port,
+        access_log=False,
+        log_config=None,
+        proxy_headers=False,
+        server_header=False,
+        lifespan="on",
+    )

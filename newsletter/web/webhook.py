@@ -111,9 +111,21 @@ async def sendgrid_events(request: Request) -> JSONResponse:
     check.verify(request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), body, ctx.clock())
     payload = parse_body(body)
     applied = await run_in_threadpool(events.apply_events, ctx.engine, payload, now=ctx.clock())
-    log.info("event=webhook received=%d recorded=%d duplicates=%d ignored=%d reconciled=%d changes=%s",
-             applied.received, applied.recorded, applied.duplicates, applied.ignored, applied.reconciled,
-             ",".join(f"{k}:{v}" for k, v in sorted(applied.status_changes.items())) or "-")
-    return JSONResponse({"received": applied.received, "recorded": applied.recorded,
-                         "duplicates": applied.duplicates, "ignored": applied.ignored,
-                         "reconciled": applied.reconciled})
+    log.info(
+        "event=webhook received=%d recorded=%d duplicates=%d ignored=%d reconciled=%d changes=%s",
+        applied.received,
+        applied.recorded,
+        applied.duplicates,
+        applied.ignored,
+        applied.reconciled,
+        ",".join(f"{k}:{v}" for k, v in sorted(applied.status_changes.items())) or "-",
+    )
+    return JSONResponse(
+        {
+            "received": applied.received,
+            "recorded": applied.recorded,
+            "duplicates": applied.duplicates,
+            "ignored": applied.ignored,
+            "reconciled": applied.reconciled,
+        }
+    )

@@ -20,7 +20,8 @@ AS_OF = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.UTC)
 
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists() and not os.environ.get("CI"),
-    reason="Debian's chromium is not installed (it is required when CI is set)")
+    reason="Debian's chromium is not installed (it is required when CI is set)",
+)
 
 
 def make_project(folder: Path, overrides: dict | None = None) -> Path:

@@ -24,8 +24,7 @@ ISSUES = ("example", "gathered")
 @pytest.fixture(scope="module")
 def checked(checked_project: tuple[Settings, dict[str, Path]]) -> dict[str, CheckOutput]:
     settings, issues = checked_project
-    return {name: rendercheck.check_issue(path, settings, settings.output.dir / name)
-            for name, path in issues.items()}
+    return {name: rendercheck.check_issue(path, settings, settings.output.dir / name) for name, path in issues.items()}
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -38,8 +37,12 @@ def _png_size(path: Path) -> tuple[int, int]:
 def test_four_renders_with_screenshots(checked: dict[str, CheckOutput], checked_project, name: str) -> None:
     report = checked[name].report
     assert report.skipped is None
-    assert {(r.width, r.scheme) for r in report.renders} == {(375, "light"), (375, "dark"), (600, "light"),
-                                                             (600, "dark")}
+    assert {(r.width, r.scheme) for r in report.renders} == {
+        (375, "light"),
+        (375, "dark"),
+        (600, "light"),
+        (600, "dark"),
+    }
     out = checked_project[0].output.dir / name
     for r in report.renders:
         width, height = _png_size(out / r.screenshot)
@@ -48,8 +51,9 @@ def test_four_renders_with_screenshots(checked: dict[str, CheckOutput], checked_
 
 
 @pytest.mark.parametrize("name", ISSUES)
-def test_no_serious_axe_violation_no_overflow_readable_in_both_schemes(checked: dict[str, CheckOutput],
-                                                                       name: str) -> None:
+def test_no_serious_axe_violation_no_overflow_readable_in_both_schemes(
+    checked: dict[str, CheckOutput], name: str
+) -> None:
     report = checked[name].report
     for r in report.renders:
         assert [v for v in r.axe if v.impact in ("serious", "critical")] == [], r.name
@@ -98,10 +102,12 @@ def test_no_client_lacks_support_for_content(checked: dict[str, CheckOutput], na
 
 
 def test_overflow_and_unreadable_dark_mode_are_errors(tmp_path: Path, settings: Settings) -> None:
-    broken = ('<!doctype html><html lang="en"><head><title>t</title><style>'
-              '@media (prefers-color-scheme: dark) { .t { color: #fdfdfd !important; } }</style></head>'
-              '<body style="margin:0;background:#ffffff"><h1 class="t" style="color:#111111">Headline</h1>'
-              '<div style="width:700px">A table that does not fit a phone.</div></body></html>')
+    broken = (
+        '<!doctype html><html lang="en"><head><title>t</title><style>'
+        "@media (prefers-color-scheme: dark) { .t { color: #fdfdfd !important; } }</style></head>"
+        '<body style="margin:0;background:#ffffff"><h1 class="t" style="color:#111111">Headline</h1>'
+        '<div style="width:700px">A table that does not fit a phone.</div></body></html>'
+    )
     report = rendercheck.run_check(broken, tmp_path, settings.render_check.chromium)
     errors = "\n".join(report.errors)
     assert "375 px, light): " in errors and "px of horizontal overflow" in errors
@@ -110,6 +116,9 @@ def test_overflow_and_unreadable_dark_mode_are_errors(tmp_path: Path, settings: 
 
 
 def test_quirks_mode_is_an_error(tmp_path: Path, settings: Settings) -> None:
-    report = rendercheck.run_check('<html lang="en"><head><title>t</title></head><body><p>Hi</p></body></html>',
-                                   tmp_path, settings.render_check.chromium)
+    report = rendercheck.run_check(
+        '<html lang="en"><head><title>t</title></head><body><p>Hi</p></body></html>',
+        tmp_path,
+        settings.render_check.chromium,
+    )
     assert any("no <!doctype html>" in e for e in report.errors)

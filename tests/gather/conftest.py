@@ -3,6 +3,7 @@ headers, body, redirects, validators, slowness), and settings pointed at it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import threading
@@ -56,17 +57,14 @@ class FeedServer:
 
             def do_GET(self) -> None:
                 server.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
-                try:
+                # the client may give up (timeouts, size cap): that is the point
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
                     server.respond(self)
-                except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
-                    pass  # the client gave up (timeouts, size cap): that is the point
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def base(self) -> str:
@@ -121,7 +119,7 @@ class FeedServer:
             for start in range(0, len(body), 1024):
                 if self.release.is_set():
                     return
-                handler.wfile.write(body[start:start + 1024])
+                handler.wfile.write(body[start : start + 1024])
                 handler.wfile.flush()
                 self.release.wait(route.drip)
         else:
@@ -170,26 +168,27 @@ def gather_settings(write_config: Callable[..., Path]) -> Callable[..., Settings
 
 @pytest.fixture
 def served_settings(
-    feed_server: FeedServer, roundup_xml: bytes, latest_xml: bytes,
+    feed_server: FeedServer,
+    roundup_xml: bytes,
+    latest_xml: bytes,
     gather_settings: Callable[..., Settings],
 ) -> Callable[..., Settings]:
     """Settings whose round-up and teaser feeds come from the local HTTP server."""
     roundup_url = feed_server.add("/feeds/diplomacy-watch.rss", roundup_xml)
-    latest_url = feed_server.add(
-        "/feeds/latest.atom", latest_xml, content_type="application/atom+xml"
-    )
+    latest_url = feed_server.add("/feeds/latest.atom", latest_xml, content_type="application/atom+xml")
 
     def make(
         roundup: dict[str, Any] | None = None,
         teasers: dict[str, Any] | None = None,
         **sources: Any,
     ) -> Settings:
-        return gather_settings({
-            "roundup": {"feed": roundup_url, **(roundup or {})},
-            "teasers": {"feeds": [latest_url], **(teasers or {})},
-            "fetch": {"timeout_seconds": 2, **sources.pop("fetch", {})},
-            **sources,
-        })
+        return gather_settings(
+            {
+                "roundup": {"feed": roundup_url, **(roundup or {})},
+                "teasers": {"feeds": [latest_url], **(teasers or {})},
+                "fetch": {"timeout_seconds": 2, **sources.pop("fetch", {})},
+                **sources,
+            }
+        )
 
     return make
-

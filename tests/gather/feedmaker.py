@@ -22,7 +22,4 @@ def rss_item(
     extra: str = "",
 ) -> str:
     guid_xml = f'<guid isPermaLink="false">{guid}</guid>' if guid else ""
-    return (
-        f"<item><title>{title}</title><link>{link}</link>{guid_xml}"
-        f"<pubDate>{published}</pubDate>{extra}</item>"
-    )
+    return f"<item><title>{title}</title><link>{link}</link>{guid_xml}<pubDate>{published}</pubDate>{extra}</item>"

@@ -49,17 +49,21 @@ def test_out_option(config: Path, tmp_path: Path) -> None:
 
 def test_a_bad_as_of_is_a_usage_error(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(config, "--as-of", "next week") == 2
-    assert capsys.readouterr().err.strip() == ("error: --as-of: not an ISO 8601 date or time: 'next week' "
-                                               "(see 'newsletter gather --help')")
+    assert capsys.readouterr().err.strip() == (
+        "error: --as-of: not an ISO 8601 date or time: 'next week' (see 'newsletter gather --help')"
+    )
 
 
-def test_the_hand_written_example_is_not_overwritten_without_force(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_hand_written_example_is_not_overwritten_without_force(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = project / "issues" / "2024-10-25.yaml"
     before = path.read_bytes()
     assert main(["--config", str(project / "config.yaml"), "gather", "--as-of", AS_OF]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"error: {path}: not written by gather (it has no gathered: record); "
-                   "not replaced (use --force to overwrite it)")
+    assert err == (
+        f"error: {path}: not written by gather (it has no gathered: record); not replaced (use --force to overwrite it)"
+    )
     assert path.read_bytes() == before
     assert main(["--config", str(project / "config.yaml"), "gather", "--as-of", AS_OF, "--force"]) == 0
     assert issuefile.load(path).gathered is not None
@@ -77,8 +81,9 @@ def test_approved_and_sent_issues_need_force(config: Path, status: str, capsys: 
     assert issuefile.load(path).status == "draft"
 
 
-def test_a_missing_feed_file_is_one_line_naming_it(config: Path, write_config: Callable[..., Path],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_missing_feed_file_is_one_line_naming_it(
+    config: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config({"sources": {"roundup": {"feed": "samples/feeds/missing.rss"}}})
     assert run(cfg, "--as-of", AS_OF) == 1
     err = capsys.readouterr().err
@@ -92,26 +97,33 @@ def test_a_missing_feed_file_is_one_line_naming_it(config: Path, write_config: C
         ({"status": 500, "body": b"boom", "content_type": "text/plain"}, "HTTP 500 Internal Server Error"),
         ({"body": "<rss><channel><item><title>x</item></channel></rss>"}, "malformed XML"),
         ({"body": rss()}, "the feed has no items"),
-        ({"body": b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">]><rss/>'}, "refused: the feed declares XML entities"),
+        (
+            {"body": b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">]><rss/>'},
+            "refused: the feed declares XML entities",
+        ),
         ({"body": b"<rss>" + b"x" * 20_000 + b"</rss>"}, "larger than the 10,000-byte limit"),
         ({"body": b"", "delay": 30}, "timed out after 0.3 s"),
     ],
 )
 def test_a_bad_roundup_feed_fails_with_one_line_and_writes_nothing(
-    config: Path, write_config: Callable[..., Path], feed_server: FeedServer,
-    capsys: pytest.CaptureFixture[str], route: dict[str, object], reason: str,
+    config: Path,
+    write_config: Callable[..., Path],
+    feed_server: FeedServer,
+    capsys: pytest.CaptureFixture[str],
+    route: dict[str, object],
+    reason: str,
 ) -> None:
     url = feed_server.add("/feeds/roundup.rss", **route)  # type: ignore[arg-type]
-    cfg = write_config({"sources": {"roundup": {"feed": url},
-                                    "fetch": {"max_bytes": 10_000, "timeout_seconds": 0.3}}})
+    cfg = write_config({"sources": {"roundup": {"feed": url}, "fetch": {"max_bytes": 10_000, "timeout_seconds": 0.3}}})
     assert run(cfg, "--as-of", AS_OF) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {url}: {reason}") and err.count("\n") == 1
     assert list((config.parent / "issues").glob("*.yaml")) == []
 
 
-def test_no_roundup_exits_3_and_writes_nothing(config: Path, write_config: Callable[..., Path],
-                                               feed_server: FeedServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_roundup_exits_3_and_writes_nothing(
+    config: Path, write_config: Callable[..., Path], feed_server: FeedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = feed_server.add("/feeds/roundup.rss", rss(rss_item("Podcast: ceasefire", "https://news.example.org/p")))
     cfg = write_config({"sources": {"roundup": {"feed": url}}})
     assert run(cfg, "--as-of", AS_OF) == 3
@@ -119,12 +131,15 @@ def test_no_roundup_exits_3_and_writes_nothing(config: Path, write_config: Calla
     assert list((config.parent / "issues").glob("*.yaml")) == []
 
 
-def test_a_failing_teaser_feed_is_a_warning(config: Path, write_config: Callable[..., Path],
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failing_teaser_feed_is_a_warning(
+    config: Path, write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     cfg = write_config({"sources": {"teasers": {"feeds": ["samples/feeds/latest.atom", "samples/feeds/gone.atom"]}}})
     assert run(cfg, "--as-of", AS_OF) == 0
     captured = capsys.readouterr()
-    assert "warning: " in captured.err and "gone.atom: file not found; gathered without this teaser feed" in captured.err
+    assert (
+        "warning: " in captured.err and "gone.atom: file not found; gathered without this teaser feed" in captured.err
+    )
     assert "(round-up, 5 teasers)" in captured.out
 
 

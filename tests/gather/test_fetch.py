@@ -108,7 +108,10 @@ def test_a_changed_feed_replaces_the_cache(feed_server: FeedServer, tmp_path: Pa
 
 def test_a_slow_server_hits_the_timeout(feed_server: FeedServer, tmp_path: Path) -> None:
     url = feed_server.add("/slow.rss", FEED, delay=30)
-    with fetcher(tmp_path, timeout_seconds=0.2) as f, pytest.raises(FeedError, match=r"slow\.rss: timed out after 0\.2 s"):
+    with (
+        fetcher(tmp_path, timeout_seconds=0.2) as f,
+        pytest.raises(FeedError, match=r"slow\.rss: timed out after 0\.2 s"),
+    ):
         f.fetch(url)
 
 
@@ -178,7 +181,9 @@ def test_unsupported_schemes_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("wbits", [15, -15], ids=["zlib-wrapped", "raw"])
-def test_deflate_is_decoded_whichever_way_the_server_wraps_it(feed_server: FeedServer, tmp_path: Path, wbits: int) -> None:
+def test_deflate_is_decoded_whichever_way_the_server_wraps_it(
+    feed_server: FeedServer, tmp_path: Path, wbits: int
+) -> None:
     import zlib
 
     packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
@@ -194,7 +199,10 @@ def test_a_gzip_bomb_is_cut_inside_the_decoder(feed_server: FeedServer, tmp_path
 
     bomb = gzip.compress(b" " * 20_000_000, 9)  # about 20 KB on the wire
     url = feed_server.add("/bomb.rss", bomb, headers={"Content-Encoding": "gzip"})
-    with fetcher(tmp_path, max_bytes=1_000_000) as f, pytest.raises(FeedError, match=r"bomb\.rss: larger than the 1,000,000-byte limit"):
+    with (
+        fetcher(tmp_path, max_bytes=1_000_000) as f,
+        pytest.raises(FeedError, match=r"bomb\.rss: larger than the 1,000,000-byte limit"),
+    ):
         f.fetch(url)
 
 

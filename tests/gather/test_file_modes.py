@@ -66,8 +66,12 @@ def test_a_subscriber_export_follows_the_umask(tmp_path: Path, umask_027: None) 
 
 
 def test_an_import_rejects_file_follows_the_umask(
-    write_config: Callable[..., Path], fixtures_dir: Path, tmp_path: Path, umask_027: None,
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    write_config: Callable[..., Path],
+    fixtures_dir: Path,
+    tmp_path: Path,
+    umask_027: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
     config = write_config({"database": {"url": f"sqlite:///{tmp_path / 'subscribers.db'}", "auto_upgrade": True}})

@@ -17,9 +17,14 @@ from newsletter.gather import gather_issue, parse_as_of, write_draft
 from .conftest import AS_OF, FeedServer
 from .feedmaker import rss, rss_item
 
-PODCAST_ONLY = rss(rss_item("Podcast: What a ceasefire line could look like",
-                            "https://news.example.org/podcast-ceasefire-line", guid="sr-2669474500",
-                            published="Thu, 24 Oct 2024 15:00:00 +0000"))
+PODCAST_ONLY = rss(
+    rss_item(
+        "Podcast: What a ceasefire line could look like",
+        "https://news.example.org/podcast-ceasefire-line",
+        guid="sr-2669474500",
+        published="Thu, 24 Oct 2024 15:00:00 +0000",
+    )
+)
 
 
 def test_gathers_over_http(served_settings: Callable[..., Settings], feed_server: FeedServer) -> None:
@@ -35,8 +40,9 @@ def test_a_feed_named_twice_is_fetched_once(served_settings: Callable[..., Setti
     assert [s.path for s in feed_server.seen].count("/feeds/latest.atom") == 1
 
 
-def test_a_second_run_revalidates_with_the_cache(served_settings: Callable[..., Settings], feed_server: FeedServer,
-                                                 roundup_xml: bytes) -> None:
+def test_a_second_run_revalidates_with_the_cache(
+    served_settings: Callable[..., Settings], feed_server: FeedServer, roundup_xml: bytes
+) -> None:
     feed_server.add("/feeds/diplomacy-watch.rss", roundup_xml, etag='"w1"')
     settings = served_settings()
     first = gather_issue(settings, AS_OF).issue
@@ -46,16 +52,21 @@ def test_a_second_run_revalidates_with_the_cache(served_settings: Callable[..., 
     assert revalidated.headers["if-none-match"] == '"w1"'
 
 
-def test_a_failing_teaser_feed_warns_and_goes_on(served_settings: Callable[..., Settings], feed_server: FeedServer) -> None:
+def test_a_failing_teaser_feed_warns_and_goes_on(
+    served_settings: Callable[..., Settings], feed_server: FeedServer
+) -> None:
     broken = feed_server.add("/feeds/broken.atom", b"", status=500, content_type="text/plain")
-    settings = served_settings(teasers={"feeds": [broken, feed_server.url("/feeds/latest.atom")],
-                                        "on_feed_error": "warn"})
+    settings = served_settings(
+        teasers={"feeds": [broken, feed_server.url("/feeds/latest.atom")], "on_feed_error": "warn"}
+    )
     result = gather_issue(settings, AS_OF)
     assert len(result.issue.teasers) == 5
     assert result.warnings == [f"{broken}: HTTP 500 Internal Server Error; gathered without this teaser feed"]
 
 
-def test_a_failing_teaser_feed_can_fail_the_gather(served_settings: Callable[..., Settings], feed_server: FeedServer) -> None:
+def test_a_failing_teaser_feed_can_fail_the_gather(
+    served_settings: Callable[..., Settings], feed_server: FeedServer
+) -> None:
     broken = feed_server.add("/feeds/broken.atom", "<feed><entry>", content_type="application/atom+xml")
     settings = served_settings(teasers={"feeds": [broken], "on_feed_error": "fail"})
     with pytest.raises(FeedError, match=rf"^{broken}: malformed XML"):
@@ -78,7 +89,9 @@ def test_no_matching_roundup_skips_the_week(served_settings: Callable[..., Setti
     assert err.value.exit_code == 3
 
 
-def test_no_matching_roundup_can_send_teasers_only(served_settings: Callable[..., Settings], feed_server: FeedServer) -> None:
+def test_no_matching_roundup_can_send_teasers_only(
+    served_settings: Callable[..., Settings], feed_server: FeedServer
+) -> None:
     feed_server.add("/feeds/diplomacy-watch.rss", PODCAST_ONLY)
     result = gather_issue(served_settings(no_roundup="teasers_only"), AS_OF)
     assert result.issue.roundup is None and len(result.issue.teasers) == 5
@@ -87,7 +100,9 @@ def test_no_matching_roundup_can_send_teasers_only(served_settings: Callable[...
     assert "this issue has teasers only" in result.warnings[0]
 
 
-def test_teasers_only_with_nothing_new_is_still_no_issue(served_settings: Callable[..., Settings], feed_server: FeedServer) -> None:
+def test_teasers_only_with_nothing_new_is_still_no_issue(
+    served_settings: Callable[..., Settings], feed_server: FeedServer
+) -> None:
     feed_server.add("/feeds/diplomacy-watch.rss", PODCAST_ONLY)
     with pytest.raises(NoRoundupError, match="no teasers are new this week either"):
         gather_issue(served_settings(no_roundup="teasers_only"), dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
@@ -143,11 +158,16 @@ def test_an_editors_issue_is_not_replaced_without_force(fresh: Settings, change:
     with pytest.raises(IssueKeptError, match=r"; not replaced$") as err:  # the caller names its override
         write_draft(fresh, issue)
     assert str(err.value).startswith(f"{path}: ") and err.value.path == path
-    assert err.value.reason == {
-        "edited": "edited since it was gathered", "approved": "the issue is approved", "sent": "the issue is sent",
-        "hand-written": "not written by gather (it has no gathered: record)",
-        "broken": "line 1, column 11: expected the node content, but found '<stream end>'",
-    }[change]
+    assert (
+        err.value.reason
+        == {
+            "edited": "edited since it was gathered",
+            "approved": "the issue is approved",
+            "sent": "the issue is sent",
+            "hand-written": "not written by gather (it has no gathered: record)",
+            "broken": "line 1, column 11: expected the node content, but found '<stream end>'",
+        }[change]
+    )
     assert path.read_bytes() == before
     write_draft(fresh, issue, force=True)
     assert issuefile.load(path).status == "draft"

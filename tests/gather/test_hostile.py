@@ -13,10 +13,10 @@ is byte for byte what it was.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import struct
-import os
 import subprocess
 import sys
 import threading
@@ -144,10 +144,10 @@ def _head(status: int, headers: dict[str, str]) -> bytes:
 
 def respond(body: bytes, *, status: int = 200, **headers: str) -> Behaviour:
     def behaviour(conn: socket.socket, path: str, server: HostileServer) -> None:
-        fields = {"Content-Type": "application/rss+xml", "Content-Length": str(len(body)),
-                  "Connection": "close"}
+        fields = {"Content-Type": "application/rss+xml", "Content-Length": str(len(body)), "Connection": "close"}
         fields.update({k.replace("_", "-"): v for k, v in headers.items()})
         conn.sendall(_head(status, fields) + body)
+
     return behaviour
 
 
@@ -174,6 +174,7 @@ def endless_redirects(conn: socket.socket, path: str, server: HostileServer) -> 
 
 def zeros(declare_length: bool) -> Behaviour:
     """1 GB of spaces, as fast as the client reads them."""
+
     def behaviour(conn: socket.socket, path: str, server: HostileServer) -> None:
         headers = {"Content-Type": "application/rss+xml", "Connection": "close"}
         if declare_length:
@@ -184,6 +185,7 @@ def zeros(declare_length: bool) -> Behaviour:
             if server.stopping.is_set():
                 return
             conn.sendall(chunk)
+
     return behaviour
 
 
@@ -238,7 +240,10 @@ def config(project: Path) -> Callable[..., Path]:
 def gather(config: Path, *args: str, env: dict[str, str] | None = None) -> Run:
     command = [str(NEWSLETTER), "--config", str(config), "gather", "--as-of", AS_OF, *args]
     done = subprocess.run(
-        [sys.executable, "-c", MEASURE, *command], capture_output=True, text=True, timeout=90,
+        [sys.executable, "-c", MEASURE, *command],
+        capture_output=True,
+        text=True,
+        timeout=90,
         env={**os.environ, **(env or {})},
     )
     assert done.returncode == 0, done.stderr
@@ -405,9 +410,13 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=1))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
@@ -415,9 +424,9 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -432,14 +441,21 @@ def hostile_tls(certificate: tuple[Path, Path]) -> Iterator[HostileServer]:
 
 @pytest.mark.parametrize(
     ("behaviour", "reason"),
-    [(respond(b"\n" + rss(rss_item("Diplomacy Watch: over TLS", "https://news.example.org/tls")).encode()), None),
-     (drip_headers, "timed out after 2 s"),
-     (drip_body, "timed out after 2 s")],
+    [
+        (respond(b"\n" + rss(rss_item("Diplomacy Watch: over TLS", "https://news.example.org/tls")).encode()), None),
+        (drip_headers, "timed out after 2 s"),
+        (drip_body, "timed out after 2 s"),
+    ],
     ids=["a good feed", "headers dripped", "body dripped"],
 )
 def test_over_https_the_same_deadline_holds(
-    behaviour: Behaviour, reason: str | None, hostile_tls: HostileServer,
-    config: Callable[..., Path], certificate: tuple[Path, Path], project: Path, tmp_path: Path,
+    behaviour: Behaviour,
+    reason: str | None,
+    hostile_tls: HostileServer,
+    config: Callable[..., Path],
+    certificate: tuple[Path, Path],
+    project: Path,
+    tmp_path: Path,
 ) -> None:
     url = hostile_tls.add("/feed", behaviour)
     out = tmp_path / "draft.yaml"

@@ -34,7 +34,9 @@ def fetch_and_parse(server: FeedServer, tmp_path: Path, path: str, body: bytes |
         return parse_feed(f.fetch(url))
 
 
-def test_the_shared_fixtures_parse(feed_server: FeedServer, tmp_path: Path, roundup_xml: bytes, latest_xml: bytes) -> None:
+def test_the_shared_fixtures_parse(
+    feed_server: FeedServer, tmp_path: Path, roundup_xml: bytes, latest_xml: bytes
+) -> None:
     rss_feed = fetch_and_parse(feed_server, tmp_path, "/r.rss", roundup_xml)
     atom_feed = fetch_and_parse(feed_server, tmp_path, "/l.atom", latest_xml, content_type="application/atom+xml")
     assert len(rss_feed.entries) == 3 and len(atom_feed.entries) == 7
@@ -42,8 +44,10 @@ def test_the_shared_fixtures_parse(feed_server: FeedServer, tmp_path: Path, roun
 
 
 def test_windows_1252_declared_in_the_xml(feed_server: FeedServer, tmp_path: Path) -> None:
-    body = rss(rss_item("\u201cCaf\u00e9\u201d diplomacy \u2013 a primer", "https://news.example.org/cafe"),
-               encoding="windows-1252").encode("cp1252")
+    body = rss(
+        rss_item("\u201cCaf\u00e9\u201d diplomacy \u2013 a primer", "https://news.example.org/cafe"),
+        encoding="windows-1252",
+    ).encode("cp1252")
     assert b"\x93Caf\xe9\x94" in body
     parsed = fetch_and_parse(feed_server, tmp_path, "/cp1252.rss", body, content_type="application/rss+xml")
     [entry] = extract_entries(parsed)
@@ -51,10 +55,12 @@ def test_windows_1252_declared_in_the_xml(feed_server: FeedServer, tmp_path: Pat
 
 
 def test_iso_8859_1_declared_only_by_the_http_charset(feed_server: FeedServer, tmp_path: Path) -> None:
-    body = rss(rss_item("Bient\u00f4t \u00e0 Gen\u00e8ve", "https://news.example.org/geneve"),
-               declare=False).encode("latin-1")
-    parsed = fetch_and_parse(feed_server, tmp_path, "/latin1.rss", body,
-                             content_type="application/xml; charset=ISO-8859-1")
+    body = rss(rss_item("Bient\u00f4t \u00e0 Gen\u00e8ve", "https://news.example.org/geneve"), declare=False).encode(
+        "latin-1"
+    )
+    parsed = fetch_and_parse(
+        feed_server, tmp_path, "/latin1.rss", body, content_type="application/xml; charset=ISO-8859-1"
+    )
     assert extract_entries(parsed)[0].title == "Bient\u00f4t \u00e0 Gen\u00e8ve"
 
 
@@ -81,15 +87,20 @@ def test_an_entity_bomb_in_utf16_is_refused_too(feed_server: FeedServer, tmp_pat
 
 
 def test_an_external_entity_is_refused(feed_server: FeedServer, tmp_path: Path) -> None:
-    xxe = (b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-           b'<rss version="2.0"><channel><item><title>&x;</title></item></channel></rss>')
+    xxe = (
+        b'<?xml version="1.0"?><!DOCTYPE rss [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+        b'<rss version="2.0"><channel><item><title>&x;</title></item></channel></rss>'
+    )
     with pytest.raises(FeedError, match="declares XML entities"):
         fetch_and_parse(feed_server, tmp_path, "/xxe.rss", xxe)
 
 
 def test_entity_text_inside_an_article_is_not_a_declaration(feed_server: FeedServer, tmp_path: Path) -> None:
-    item = rss_item("How XML bombs work", "https://news.example.org/xml",
-                    extra="<description><![CDATA[<p>They start with <!ENTITY lol ...></p>]]></description>")
+    item = rss_item(
+        "How XML bombs work",
+        "https://news.example.org/xml",
+        extra="<description><![CDATA[<p>They start with <!ENTITY lol ...></p>]]></description>",
+    )
     parsed = fetch_and_parse(feed_server, tmp_path, "/ok.rss", rss(item))
     assert extract_entries(parsed)[0].title == "How XML bombs work"
 
@@ -120,13 +131,20 @@ def test_an_empty_response_is_an_error(feed_server: FeedServer, tmp_path: Path) 
 def test_full_bodies_arrive_whichever_path_parses_them(
     feed_server: FeedServer, tmp_path: Path, declare: bool, content_type: str
 ) -> None:
-    item = rss_item("Gen\u00e8ve", "https://news.example.org/geneve", guid="g-1", extra=(
-        "<content:encoded><![CDATA[<p>Caf\u00e9 <b>talks</b> &amp; more</p>]]></content:encoded>"
-        '<media:content url="/img/g.jpg" medium="image"><media:title>Lake</media:title></media:content>'
-    ))
-    body = rss(item, encoding="iso-8859-1", declare=declare).replace(
-        "<rss ", '<rss xmlns:content="http://purl.org/rss/1.0/modules/content/" ', 1
-    ).encode("latin-1")
+    item = rss_item(
+        "Gen\u00e8ve",
+        "https://news.example.org/geneve",
+        guid="g-1",
+        extra=(
+            "<content:encoded><![CDATA[<p>Caf\u00e9 <b>talks</b> &amp; more</p>]]></content:encoded>"
+            '<media:content url="/img/g.jpg" medium="image"><media:title>Lake</media:title></media:content>'
+        ),
+    )
+    body = (
+        rss(item, encoding="iso-8859-1", declare=declare)
+        .replace("<rss ", '<rss xmlns:content="http://purl.org/rss/1.0/modules/content/" ', 1)
+        .encode("latin-1")
+    )
     [entry] = extract_entries(fetch_and_parse(feed_server, tmp_path, "/body.rss", body, content_type=content_type))
     assert entry.content_html == "<p>Caf\u00e9 <b>talks</b> &amp; more</p>"
     assert entry.title == "Gen\u00e8ve" and entry.guid == "g-1"
@@ -148,7 +166,7 @@ ITEM = rss_item("Diplomacy Watch: safe", "https://news.example.org/safe")
     [
         b'<?xml version="1.0"?><!-- <a href="x"> -->',
         b'<?xml version="1.0"?><?xml-stylesheet href="<a"?>',
-        b"\xef\xbb\xbf\n<?xml version=\"1.0\"?>\n<!-- <!DOCTYPE x> -->",
+        b'\xef\xbb\xbf\n<?xml version="1.0"?>\n<!-- <!DOCTYPE x> -->',
     ],
     ids=["comment with <a", "processing instruction with <a", "BOM and newline"],
 )
@@ -168,8 +186,10 @@ def test_entity_declarations_are_refused_whatever_comes_before_them(prolog: byte
 
 
 def test_a_plain_doctype_such_as_rss_091s_is_accepted_and_not_fetched() -> None:
-    doctype = (b'<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN" '
-               b'"http://my.netscape.com/publish/formats/rss-0.91.dtd">')
+    doctype = (
+        b'<!DOCTYPE rss PUBLIC "-//Netscape Communications//DTD RSS 0.91//EN" '
+        b'"http://my.netscape.com/publish/formats/rss-0.91.dtd">'
+    )
     parsed = parse_bytes(b'<?xml version="1.0"?>' + doctype + rss(ITEM, declare=False).encode())
     assert [e.title for e in extract_entries(parsed)] == ["Diplomacy Watch: safe"]
 
@@ -178,7 +198,10 @@ def test_a_plain_doctype_such_as_rss_091s_is_accepted_and_not_fetched() -> None:
 def test_whitespace_before_the_declaration_is_forgiven_and_noted(lead: bytes, skipped: int) -> None:
     parsed = parse_bytes(lead + rss(ITEM).encode())
     assert len(parsed.entries) == 1
-    assert parsed.forgiven[0] == f"feed.rss: {skipped} byte{'s' if skipped > 1 else ''} of whitespace before the XML declaration ignored"
+    assert (
+        parsed.forgiven[0]
+        == f"feed.rss: {skipped} byte{'s' if skipped > 1 else ''} of whitespace before the XML declaration ignored"
+    )
 
 
 @pytest.mark.parametrize(

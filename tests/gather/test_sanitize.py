@@ -80,8 +80,17 @@ def test_the_fixture_teaser_traps(latest_xml: bytes) -> None:
     feed = feedparser.parse(latest_xml, sanitize_html=False, resolve_relative_uris=False)
     summary = next(e for e in feed.entries if "G7 loan" in e.title).summary
     out = sanitize_html(summary, "https://news.example.org/")
-    for trap in ("<script", "document.cookie", "onclick", "javascript:", "<iframe", "evil.example.net",
-                 "pixel.tracker", "<style", "alert("):
+    for trap in (
+        "<script",
+        "document.cookie",
+        "onclick",
+        "javascript:",
+        "<iframe",
+        "evil.example.net",
+        "pixel.tracker",
+        "<style",
+        "alert(",
+    ):
         assert trap not in out
     assert '<a href="https://news.example.org/g7-loan-questions?utm_source=feed" rel="noopener">read on</a>' in out
     assert "Click here or" in out
@@ -146,8 +155,10 @@ def test_images_get_alt_from_their_caption_or_an_empty_one() -> None:
 
 
 def test_http_becomes_https_only_on_the_given_hosts() -> None:
-    html = ('<a href="http://news.example.org/a">a</a><a href="http://cdn.news.example.org/b">b</a>'
-            '<a href="http://other.example.net/c">c</a><img src="http://news.example.org:80/i.jpg" alt="">')
+    html = (
+        '<a href="http://news.example.org/a">a</a><a href="http://cdn.news.example.org/b">b</a>'
+        '<a href="http://other.example.net/c">c</a><img src="http://news.example.org:80/i.jpg" alt="">'
+    )
     out = sanitize_html(html, BASE, ["news.example.org"])
     assert 'href="https://news.example.org/a"' in out and 'href="https://cdn.news.example.org/b"' in out
     assert 'href="http://other.example.net/c"' in out and 'src="https://news.example.org/i.jpg"' in out
@@ -157,8 +168,10 @@ def test_http_becomes_https_only_on_the_given_hosts() -> None:
 @pytest.mark.parametrize(
     ("escaped", "once"),
     [
-        ("&lt;!-- SC_OFF --&gt;&lt;div class=&quot;md&quot;&gt;&lt;p&gt;Hi&lt;/p&gt;&lt;/div&gt;",
-         '<!-- SC_OFF --><div class="md"><p>Hi</p></div>'),
+        (
+            "&lt;!-- SC_OFF --&gt;&lt;div class=&quot;md&quot;&gt;&lt;p&gt;Hi&lt;/p&gt;&lt;/div&gt;",
+            '<!-- SC_OFF --><div class="md"><p>Hi</p></div>',
+        ),
         ("  &lt;p&gt;Hi &amp;amp; bye&lt;/p&gt;", "  <p>Hi &amp; bye</p>"),
         ("Use the &lt;p&gt; tag for paragraphs", "Use the &lt;p&gt; tag for paragraphs"),  # prose
         ("<p>Real &lt;b&gt; markup</p>", "<p>Real &lt;b&gt; markup</p>"),  # already HTML

@@ -25,11 +25,21 @@ def titles(issue: Issue) -> list[str]:
     return [t.title for t in issue.teasers]
 
 
-def write_sent_issue(issues_dir: Path, *, teaser_url: str = LAST_WEEK_TEASER, guid: str | None = "sr-2669470002",
-                     roundup: Roundup | None = None, slug: str = "2024-10-18") -> Path:
+def write_sent_issue(
+    issues_dir: Path,
+    *,
+    teaser_url: str = LAST_WEEK_TEASER,
+    guid: str | None = "sr-2669470002",
+    roundup: Roundup | None = None,
+    slug: str = "2024-10-18",
+) -> Path:
     issue = Issue(
-        slug=slug, date=dt.date.fromisoformat(slug), subject="Last week", status="sent",
-        sent_at=dt.datetime(2024, 10, 18, 21, tzinfo=dt.UTC), roundup=roundup,
+        slug=slug,
+        date=dt.date.fromisoformat(slug),
+        subject="Last week",
+        status="sent",
+        sent_at=dt.datetime(2024, 10, 18, 21, tzinfo=dt.UTC),
+        roundup=roundup,
         teasers=[Teaser(title="Allies weigh long-range weapons", url=teaser_url, guid=guid)],
     )
     path = issuefile.path_for(issues_dir, slug)
@@ -82,7 +92,7 @@ def test_teasers_without_history(settings: Settings) -> None:
     assert titles(issue) == [
         "The new security strategy runs on rare earths and fossil fuels",
         'Think-tank experts, funded by oil and arms makers, say "go big" in Venezuela',
-        "Ukraine's own pragmatism argues for \"armed non-alignment\"",
+        'Ukraine\'s own pragmatism argues for "armed non-alignment"',
         "Five questions about the G7 loan & frozen assets",
         "Allies weigh long-range weapons as talks stall (analysis)",
     ]
@@ -96,8 +106,9 @@ def test_the_teaser_sent_last_week_is_left_out(settings: Settings) -> None:
 
 
 def test_history_matches_by_canonical_url_when_guids_differ(settings: Settings) -> None:
-    write_sent_issue(settings.issues_dir, teaser_url=LAST_WEEK_TEASER + "?utm_source=newsletter&fbclid=x#top",
-                     guid=None)
+    write_sent_issue(
+        settings.issues_dir, teaser_url=LAST_WEEK_TEASER + "?utm_source=newsletter&fbclid=x#top", guid=None
+    )
     assert LAST_WEEK_TEASER not in [t.url for t in gather_issue(settings, AS_OF).issue.teasers]
 
 
@@ -158,10 +169,12 @@ def test_teaser_sections_use_the_human_label(settings: Settings) -> None:
 
 
 def test_count_and_excerpt_length(gather_settings: Callable[..., Settings], project: Path) -> None:
-    settings = gather_settings({
-        "roundup": {"feed": str(project / "samples/feeds/roundup.rss")},
-        "teasers": {"feeds": [str(project / "samples/feeds/latest.atom")], "count": 2, "excerpt_words": 5},
-    })
+    settings = gather_settings(
+        {
+            "roundup": {"feed": str(project / "samples/feeds/roundup.rss")},
+            "teasers": {"feeds": [str(project / "samples/feeds/latest.atom")], "count": 2, "excerpt_words": 5},
+        }
+    )
     issue = gather_issue(settings, AS_OF).issue
     assert len(issue.teasers) == 2
     assert issue.teasers[0].excerpt == "The strategy document seeks stable…"
@@ -170,45 +183,64 @@ def test_count_and_excerpt_length(gather_settings: Callable[..., Settings], proj
 @pytest.mark.parametrize(
     ("teasers", "expected"),
     [
-        ({"include_sections": ["europe", "Economy"]}, ["armed-non-alignment", "g7-loan-questions", "long-range-analysis"]),
-        ({"exclude_sections": ["Europe"]}, ["security-strategy-rare-earths", "think-tank-venezuela", "g7-loan-questions"]),
+        (
+            {"include_sections": ["europe", "Economy"]},
+            ["armed-non-alignment", "g7-loan-questions", "long-range-analysis"],
+        ),
+        (
+            {"exclude_sections": ["Europe"]},
+            ["security-strategy-rare-earths", "think-tank-venezuela", "g7-loan-questions"],
+        ),
         ({"max_age_days": 2}, ["security-strategy-rare-earths", "think-tank-venezuela", "armed-non-alignment"]),
     ],
 )
-def test_section_and_age_rules(gather_settings: Callable[..., Settings], project: Path,
-                               teasers: dict[str, object], expected: list[str]) -> None:
-    settings = gather_settings({
-        "roundup": {"feed": str(project / "samples/feeds/roundup.rss")},
-        "teasers": {"feeds": [str(project / "samples/feeds/latest.atom")], **teasers},
-    })
+def test_section_and_age_rules(
+    gather_settings: Callable[..., Settings], project: Path, teasers: dict[str, object], expected: list[str]
+) -> None:
+    settings = gather_settings(
+        {
+            "roundup": {"feed": str(project / "samples/feeds/roundup.rss")},
+            "teasers": {"feeds": [str(project / "samples/feeds/latest.atom")], **teasers},
+        }
+    )
     urls = [t.url.rsplit("/", 1)[1] for t in gather_issue(settings, AS_OF).issue.teasers]
     assert urls == expected
 
 
 def test_roundup_label_and_category_match_from_config(gather_settings: Callable[..., Settings], project: Path) -> None:
-    settings = gather_settings({
-        "roundup": {"feed": str(project / "samples/feeds/roundup.rss"),
-                    "match": {"category": "Diplomacy Watch", "title_regex": r"^Diplomacy Watch: Kyiv"},
-                    "label": "Diplomacy Watch"},
-        "teasers": {"feeds": []},
-    })
+    settings = gather_settings(
+        {
+            "roundup": {
+                "feed": str(project / "samples/feeds/roundup.rss"),
+                "match": {"category": "Diplomacy Watch", "title_regex": r"^Diplomacy Watch: Kyiv"},
+                "label": "Diplomacy Watch",
+            },
+            "teasers": {"feeds": []},
+        }
+    )
     issue = gather_issue(settings, AS_OF).issue
     assert issue.roundup is not None and issue.roundup.label == "Diplomacy Watch"
     assert issue.roundup.guid == "sr-2669474413" and issue.teasers == []
 
 
 def test_excerpt_body_instead_of_full(gather_settings: Callable[..., Settings], project: Path) -> None:
-    settings = gather_settings({
-        "roundup": {"feed": str(project / "samples/feeds/roundup.rss"), "body": "excerpt"},
-        "teasers": {"feeds": []},
-    }, templates={"roundup_excerpt_words": 8})
+    settings = gather_settings(
+        {
+            "roundup": {"feed": str(project / "samples/feeds/roundup.rss"), "body": "excerpt"},
+            "teasers": {"feeds": []},
+        },
+        templates={"roundup_excerpt_words": 8},
+    )
     body = gather_issue(settings, AS_OF).issue.roundup.body_html  # type: ignore[union-attr]
     assert body == "<p>The week turned on one confirmation: the U.S.…</p>"
 
 
 def test_a_roundup_already_sent_is_no_new_roundup(settings: Settings) -> None:
-    sent = Roundup(title="Diplomacy Watch: Kyiv", url="https://news.example.org/diplomacy-watch-north-korea-troops",
-                   guid="sr-2669474413")
+    sent = Roundup(
+        title="Diplomacy Watch: Kyiv",
+        url="https://news.example.org/diplomacy-watch-north-korea-troops",
+        guid="sr-2669474413",
+    )
     path = write_sent_issue(settings.issues_dir, roundup=sent, slug="2024-10-24")
     with pytest.raises(NoRoundupError, match=rf"already sent in {path}; skipping this week"):
         gather_issue(settings, AS_OF)

@@ -32,15 +32,19 @@ class Served:
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This process's environment without the project's own variables, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("NEWSLETTER_") and k not in ("FORWARDED_ALLOW_IPS",)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEWSLETTER_") and k not in ("FORWARDED_ALLOW_IPS",)}
     env.update(extra or {})
     return env
 
 
 def cli(config: Path, env: Mapping[str, str], *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "newsletter", "--config", str(config), *args],
-                          env=dict(env), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -49,9 +53,23 @@ def cli(config: Path, env: Mapping[str, str], *args: str) -> str:
 def serving(config: Path, env: Mapping[str, str], log: Path, port: int | None = None) -> Iterator[Served]:
     port = port or free_port()
     with log.open("w", encoding="utf-8") as out:
-        process = subprocess.Popen([sys.executable, "-m", "newsletter", "--config", str(config), "serve",
-                                    "--host", "127.0.0.1", "--port", str(port)], env=dict(env),
-                                   stdout=out, stderr=out)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "newsletter",
+                "--config",
+                str(config),
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=dict(env),
+            stdout=out,
+            stderr=out,
+        )
         served = Served(url=f"http://127.0.0.1:{port}", port=port, log=log)
         try:
             deadline = time.monotonic() + STARTUP_LIMIT

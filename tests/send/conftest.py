@@ -13,15 +13,17 @@ from sqlalchemy import Engine
 
 from newsletter.config import Settings, load_settings
 from newsletter.store import ledger, subscribers
-from tests.senders.conftest import SendgridStub
 from tests.dbfixtures import *  # noqa: F403 - database_url and engine, on SQLite and PostgreSQL
+from tests.senders.conftest import SendgridStub
+
 
 @pytest.fixture
 def db_settings(project: Path, write_config, database_url: str, engine: Engine) -> Settings:
     """The project's settings on the test database; one worker, so that the order of calls
     is deterministic (tests of concurrency set their own)."""
-    path = write_config({"database": {"url": database_url},
-                         "delivery": {"batch_size": 2, "concurrency": 1, "max_retries": 3}})
+    path = write_config(
+        {"database": {"url": database_url}, "delivery": {"batch_size": 2, "concurrency": 1, "max_retries": 3}}
+    )
     return load_settings(path, env={})
 
 
@@ -49,10 +51,21 @@ def bulk_subscribers(engine: Engine, n: int, prefix: str = "bulk") -> list[str]:
 
     from newsletter.store.tables import subscribers as table
 
-    now = dt.datetime.now(dt.timezone.utc)
-    rows = [{"email": f"{prefix}{i}@example.net", "email_key": f"{prefix}{i}@example.net",
-             "name": f"Reader {i}", "status": "active", "created_at": now, "updated_at": now,
-             "source": "test", "attributes": {}, "token": secrets.token_urlsafe(24)} for i in range(n)]
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            "email": f"{prefix}{i}@example.net",
+            "email_key": f"{prefix}{i}@example.net",
+            "name": f"Reader {i}",
+            "status": "active",
+            "created_at": now,
+            "updated_at": now,
+            "source": "test",
+            "attributes": {},
+            "token": secrets.token_urlsafe(24),
+        }
+        for i in range(n)
+    ]
     with engine.begin() as conn:
         conn.execute(table.insert(), rows)
     return [r["email"] for r in rows]
@@ -63,8 +76,15 @@ def claim_as_dead(engine: Engine, send_id: int, n: int, batch_id: str) -> list[l
     its lease ran out ten seconds ago."""
     import datetime as dt
 
-    claimed, _ = ledger.claim_batch(engine, send_id, n, batch_id, owner="elsewhere:4242:dead", lease_seconds=1,
-                                    now=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=10))
+    claimed, _ = ledger.claim_batch(
+        engine,
+        send_id,
+        n,
+        batch_id,
+        owner="elsewhere:4242:dead",
+        lease_seconds=1,
+        now=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=10),
+    )
     return claimed
 
 

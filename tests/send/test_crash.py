@@ -39,23 +39,27 @@ pytestmark = pytest.mark.slow
 SLUG = "2024-10-25"
 
 
-def sendgrid_config(write_config: Callable[..., Path], database_url: str, stub: SendgridStub,
-                    **delivery: Any) -> Path:
+def sendgrid_config(write_config: Callable[..., Path], database_url: str, stub: SendgridStub, **delivery: Any) -> Path:
     """A config sending through ``stub`` (50 recipients a request, two workers unless
     ``delivery`` says otherwise), with the signed event webhook's key in WEBHOOK_KEY_ENV."""
     sendgrid = {"host": stub.url, "batch_size": 50, "timeout_seconds": 10, **delivery.pop("sendgrid", {})}
-    return write_config({
-        "database": {"url": database_url},
-        "delivery": {"backend": "sendgrid", "concurrency": 2, "max_retries": 2, **delivery, "sendgrid": sendgrid},
-        "web": {"sendgrid_webhook": {"public_key_env": WEBHOOK_KEY_ENV}},
-    })
+    return write_config(
+        {
+            "database": {"url": database_url},
+            "delivery": {"backend": "sendgrid", "concurrency": 2, "max_retries": 2, **delivery, "sendgrid": sendgrid},
+            "web": {"sendgrid_webhook": {"public_key_env": WEBHOOK_KEY_ENV}},
+        }
+    )
 
 
 def start_send(config: Path, issue: Path, *options: str) -> subprocess.Popen[str]:
     env = {**os.environ, "SENDGRID_API_KEY": "SG.test-key", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--config", str(config), "send", str(issue), *options],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -88,15 +92,20 @@ class LedgerRow(NamedTuple):
 def rows_in(engine: Engine, send_id: int, state: str) -> list[LedgerRow]:
     """The ledger rows of a send in ``state``."""
     with engine.connect() as conn:
-        return [LedgerRow(*row) for row in conn.execute(
-            select(deliveries.c.id, deliveries.c.batch_id, subscribers.c.email).select_from(
-                deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
-            .where(deliveries.c.send_id == send_id, deliveries.c.state == state))]
+        return [
+            LedgerRow(*row)
+            for row in conn.execute(
+                select(deliveries.c.id, deliveries.c.batch_id, subscribers.c.email)
+                .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
+                .where(deliveries.c.send_id == send_id, deliveries.c.state == state)
+            )
+        ]
 
 
 @contextmanager
-def signed_webhook(config: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
-                   ) -> Iterator[Callable[[list[dict[str, Any]]], int]]:
+def signed_webhook(
+    config: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[list[dict[str, Any]]], int]]:
     """The app's SendGrid event webhook, in-process, with a fresh signing key: ``post(events)``
     posts them signed, as SendGrid does (in requests of 1000), and returns how many ledger
     rows they settled."""
@@ -105,10 +114,11 @@ def signed_webhook(config: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv(WEBHOOK_KEY_ENV, base64.b64encode(der).decode("ascii"))
     app = create_app(load_settings(config, env={}), engine=engine, secret=SECRET)
     with TestClient(app, base_url=BASE_URL) as client:
+
         def post(events: list[dict[str, Any]]) -> int:
             settled = 0
             for start in range(0, len(events), 1000):
-                body = event_body(*events[start:start + 1000])
+                body = event_body(*events[start : start + 1000])
                 response = client.post("/webhooks/sendgrid", content=body, headers=sign(key, body, int(time.time())))
                 assert response.status_code == 200, response.text
                 settled += response.json()["reconciled"]
@@ -117,8 +127,9 @@ def signed_webhook(config: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
         yield post
 
 
-def test_sigkill_at_random_points_then_resume(write_config, database_url, engine, issue_path,
-                                              sendgrid_sink: SendgridStub) -> None:
+def test_sigkill_at_random_points_then_resume(
+    write_config, database_url, engine, issue_path, sendgrid_sink: SendgridStub
+) -> None:
     emails = bulk_subscribers(engine, 3000)
     config = sendgrid_config(write_config, database_url, sendgrid_sink)
     seed = random.randrange(1_000_000)
@@ -151,8 +162,9 @@ def test_sigkill_at_random_points_then_resume(write_config, database_url, engine
         assert issuefile.load(issue_path).status == "sent"
 
 
-def test_two_send_processes_for_one_issue(write_config, database_url, engine, issue_path,
-                                          sendgrid_sink: SendgridStub) -> None:
+def test_two_send_processes_for_one_issue(
+    write_config, database_url, engine, issue_path, sendgrid_sink: SendgridStub
+) -> None:
     emails = bulk_subscribers(engine, 1500)
     config = sendgrid_config(write_config, database_url, sendgrid_sink)
     procs = [start_send(config, issue_path), start_send(config, issue_path)]
@@ -170,18 +182,22 @@ def test_two_send_processes_for_one_issue(write_config, database_url, engine, is
     assert issuefile.load(issue_path).status == "sent"
 
 
-@pytest.mark.parametrize(("fault", "ambiguous"), [
-    # issue 10, hole 1: with a 1 s timeout, every answer comes after 2 s
-    ("late", 300),
-    # hole 2: the second request is read, then the connection closes without an answer
-    ("close", 100),
-])
+@pytest.mark.parametrize(
+    ("fault", "ambiguous"),
+    [
+        # issue 10, hole 1: with a 1 s timeout, every answer comes after 2 s
+        ("late", 300),
+        # hole 2: the second request is read, then the connection closes without an answer
+        ("close", 100),
+    ],
+)
 def test_an_answer_that_never_came_is_ambiguous_until_the_events_settle_it(
-        fault: str, ambiguous: int, write_config, database_url, engine, issue_path, monkeypatch,
-        sendgrid_sink: SendgridStub) -> None:
+    fault: str, ambiguous: int, write_config, database_url, engine, issue_path, monkeypatch, sendgrid_sink: SendgridStub
+) -> None:
     emails = bulk_subscribers(engine, 300)
-    config = sendgrid_config(write_config, database_url, sendgrid_sink, concurrency=1,
-                             sendgrid={"batch_size": 100, "timeout_seconds": 1})
+    config = sendgrid_config(
+        write_config, database_url, sendgrid_sink, concurrency=1, sendgrid={"batch_size": 100, "timeout_seconds": 1}
+    )
     if fault == "late":
         sendgrid_sink.default = Reply(late=2)
     else:
@@ -205,16 +221,28 @@ def test_an_answer_that_never_came_is_ambiguous_until_the_events_settle_it(
     assert Counter(sendgrid_sink.received) == Counter(emails)
 
 
-def test_an_smtp_drop_after_the_message_was_queued_is_ambiguous(write_config, database_url, engine,
-                                                                issue_path) -> None:
+def test_an_smtp_drop_after_the_message_was_queued_is_ambiguous(write_config, database_url, engine, issue_path) -> None:
     # hole 2 on SMTP: the server queued the second message, then the connection broke
     emails = bulk_subscribers(engine, 5)
     server = start_smtp_server()
     server.handler.drop_after_queue = {2}
     try:
-        config = write_config({"database": {"url": database_url}, "delivery": {
-            "backend": "smtp", "smtp": {"host": "127.0.0.1", "port": server.port, "security": "none",
-                                        "connections": 1, "username_env": None, "password_env": None}}})
+        config = write_config(
+            {
+                "database": {"url": database_url},
+                "delivery": {
+                    "backend": "smtp",
+                    "smtp": {
+                        "host": "127.0.0.1",
+                        "port": server.port,
+                        "security": "none",
+                        "connections": 1,
+                        "username_env": None,
+                        "password_env": None,
+                    },
+                },
+            }
+        )
         code, output = run_send(config, issue_path)
         assert code == 1 and "ambiguous 1" in output, output
         again, output = run_send(config, issue_path)
@@ -229,8 +257,9 @@ def test_an_smtp_drop_after_the_message_was_queued_is_ambiguous(write_config, da
         server.stop()
 
 
-def test_settling_all_ambiguous_rows_leaves_a_dead_process_batch_alone(write_config, database_url, engine,
-                                                                        issue_path, sendgrid_sink: SendgridStub) -> None:
+def test_settling_all_ambiguous_rows_leaves_a_dead_process_batch_alone(
+    write_config, database_url, engine, issue_path, sendgrid_sink: SendgridStub
+) -> None:
     emails = bulk_subscribers(engine, 150)
     config = sendgrid_config(write_config, database_url, sendgrid_sink, concurrency=1)
     # The first batch never arrives (ambiguous, reported); the third is accepted, and its

@@ -32,8 +32,9 @@ KILLS = 10
 MAX_RUNS = 40
 
 
-def test_faults_and_kills_settle_with_each_recipient_sent_once(write_config, database_url, engine, issue_path,
-                                                               monkeypatch, sendgrid_sink: SendgridStub) -> None:
+def test_faults_and_kills_settle_with_each_recipient_sent_once(
+    write_config, database_url, engine, issue_path, monkeypatch, sendgrid_sink: SendgridStub
+) -> None:
     started = time.monotonic()
     seed = int(os.environ.get("FAULT_SEED") or random.randrange(1_000_000))
     rng = random.Random(seed)
@@ -41,8 +42,9 @@ def test_faults_and_kills_settle_with_each_recipient_sent_once(write_config, dat
     stub = sendgrid_sink
     stub.inject(FAULT_RATE, seed)
     stub.late_seconds, stub.retry_after = 1.0, "0"
-    config = sendgrid_config(write_config, database_url, stub, max_retries=3,
-                             sendgrid={"batch_size": 500, "timeout_seconds": 0.5})
+    config = sendgrid_config(
+        write_config, database_url, stub, max_retries=3, sendgrid={"batch_size": 500, "timeout_seconds": 0.5}
+    )
     reported: set[str] = set()  # every address a run reported ambiguous
     kills = runs = resent = settled_by_events = 0
     options: tuple[str, ...] = ()
@@ -62,16 +64,20 @@ def test_faults_and_kills_settle_with_each_recipient_sent_once(write_config, dat
             ambiguous = rows_in(engine, send.id, "ambiguous")
             reported |= {row.email for row in ambiguous}
             # What SendGrid's webhook posts for the batches it accepted.
-            settled_by_events += post(stub.events(rng.choice(("processed", "delivered")),
-                                                  batches={row.batch_id for row in ambiguous}))
+            settled_by_events += post(
+                stub.events(rng.choice(("processed", "delivered")), batches={row.batch_id for row in ambiguous})
+            )
             # The operator checks a batch left against the provider's record: nothing of it
             # was accepted, so it is sent again (by batch: `--settle-ambiguous resend` alone
             # also takes batches nobody was shown, see test_crash).
-            accepted = {(p["custom_args"]["newsletter_batch"], int(p["custom_args"]["newsletter_delivery"]))
-                        for p in stub.delivered}
+            accepted = {
+                (p["custom_args"]["newsletter_batch"], int(p["custom_args"]["newsletter_delivery"]))
+                for p in stub.delivered
+            }
             left = rows_in(engine, send.id, "ambiguous")
             assert not [row for row in left if (row.batch_id, row.id) in accepted], (
-                f"seed {seed}: ambiguous rows whose events arrived were not settled")
+                f"seed {seed}: ambiguous rows whose events arrived were not settled"
+            )
             options = ("--settle-ambiguous", "resend", "--batch", left[0].batch_id) if left else ()
             if proc.returncode == 0 or ledger.counts(engine, send.id).settled:
                 break
@@ -86,9 +92,11 @@ def test_faults_and_kills_settle_with_each_recipient_sent_once(write_config, dat
     rejected = {row.email for row in rows_in(engine, send.id, "rejected")}
     assert stub.faults is not None
     faults = ", ".join(f"{n} {kind}" for kind, n in sorted(stub.faults.drawn.items()))
-    figures = (f"seed {seed}: {runs} runs, {kills} killed, {stub.count} requests ({faults}), "
-               f"{len(reported)} reported ambiguous ({settled_by_events} settled by events, {resent} resent), "
-               f"{len(rejected)} refused, {len(twice)} with two copies, {time.monotonic() - started:.1f} s")
+    figures = (
+        f"seed {seed}: {runs} runs, {kills} killed, {stub.count} requests ({faults}), "
+        f"{len(reported)} reported ambiguous ({settled_by_events} settled by events, {resent} resent), "
+        f"{len(rejected)} refused, {len(twice)} with two copies, {time.monotonic() - started:.1f} s"
+    )
     print(figures)
     assert kills == KILLS, figures
     assert not twice - reported, f"{figures}: two copies without a report: {sorted(twice - reported)[:5]}"

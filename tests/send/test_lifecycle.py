@@ -50,7 +50,7 @@ def test_an_issue_set_back_to_draft_is_refused_after_the_send_started(db_setting
     first = _stop_after_first_batch()
     assert _run(db_settings, issue_path, engine, first).pending == 2
     _edit(issue_path, "\nstatus: approved\n", "\nstatus: draft\n")
-    _edit(issue_path, "subject: \"Diplomacy Watch:", "subject: \"UNAPPROVED Diplomacy Watch:")
+    _edit(issue_path, 'subject: "Diplomacy Watch:', 'subject: "UNAPPROVED Diplomacy Watch:')
     late = MemorySender()
     with pytest.raises(SendError, match="is a draft; approve it first"):
         _run(db_settings, issue_path, engine, late)
@@ -61,7 +61,7 @@ def test_an_issue_set_back_to_draft_is_refused_after_the_send_started(db_setting
 def test_a_changed_issue_is_refused_with_the_difference_named(db_settings, issue_path, engine) -> None:
     add_subscribers(engine, 4)
     _run(db_settings, issue_path, engine, _stop_after_first_batch())
-    _edit(issue_path, "subject: \"Diplomacy Watch:", "subject: \"Changed Diplomacy Watch:")
+    _edit(issue_path, 'subject: "Diplomacy Watch:', 'subject: "Changed Diplomacy Watch:')
     late = MemorySender()
     with pytest.raises(SendError) as info:
         _run(db_settings, issue_path, engine, late)
@@ -110,8 +110,9 @@ def test_a_missing_api_key_freezes_nothing(write_config, database_url, engine, i
     from newsletter.config import load_settings
 
     add_subscribers(engine, 2)
-    settings = load_settings(write_config({"database": {"url": database_url},
-                                           "delivery": {"backend": "sendgrid"}}), env={})
+    settings = load_settings(
+        write_config({"database": {"url": database_url}, "delivery": {"backend": "sendgrid"}}), env={}
+    )
     with pytest.raises(ConfigError, match="SENDGRID_API_KEY"):
         send.send_issue(settings, issue_path, engine=engine)
     assert ledger.get_send(engine, "2024-10-25") is None
@@ -120,8 +121,7 @@ def test_a_missing_api_key_freezes_nothing(write_config, database_url, engine, i
 # --- hole 3: another process's live batches ----------------------------------------------
 
 
-def test_a_live_batch_of_another_process_is_waited_for_not_called_ambiguous(db_settings, issue_path,
-                                                                             engine) -> None:
+def test_a_live_batch_of_another_process_is_waited_for_not_called_ambiguous(db_settings, issue_path, engine) -> None:
     add_subscribers(engine, 5)
     other, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
     claimed, _ = ledger.claim_batch(engine, other.id, 2, "theirs", owner="elsewhere:77:alive", lease_seconds=60)
@@ -146,7 +146,7 @@ def test_a_dead_owners_batch_becomes_ambiguous_when_its_lease_runs_out(db_settin
     add_subscribers(engine, 3)
     other, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
     ledger.claim_batch(engine, other.id, 2, "theirs", owner="elsewhere:77:alive", lease_seconds=60)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert ledger.expire_dead_owners(engine, other.id, now) == 0  # live: untouched
     assert ledger.renew_leases(engine, "elsewhere:77:alive", 60, now) == 1
     assert ledger.expire_dead_owners(engine, other.id, now + dt.timedelta(seconds=61)) == 2
@@ -194,13 +194,24 @@ def test_reconcile_settles_what_events_prove_and_reports_the_rest(db_settings, i
     assert summary.ambiguous == 4
     first, second = summary.ambiguous_batches
     rows = _rows(engine, first.batch_id)
-    events.apply_events(engine, [
-        {"sg_event_id": f"e{key}", "event": "delivered", "email": email, "timestamp": 1730000000,
-         "newsletter_batch": first.batch_id, "newsletter_delivery": str(key)} for key, email in rows])
+    events.apply_events(
+        engine,
+        [
+            {
+                "sg_event_id": f"e{key}",
+                "event": "delivered",
+                "email": email,
+                "timestamp": 1730000000,
+                "newsletter_batch": first.batch_id,
+                "newsletter_delivery": str(key),
+            }
+            for key, email in rows
+        ],
+    )
     result = send.reconcile(db_settings, issue_path, engine=engine)
     assert result.settled.total == 0  # the webhook already settled them
     assert [b.batch_id for b in result.waiting] == [second.batch_id] and result.unknown == []
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=61)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=61)
     result = send.reconcile(db_settings, issue_path, engine=engine, now=later)
     assert [b.batch_id for b in result.unknown] == [second.batch_id] and result.remaining == 2
     # The provider's activity log shows the second batch never arrived: send it again.
@@ -230,18 +241,28 @@ def _rows(engine: Engine, batch_id: str) -> list[tuple[int, str]]:
     from newsletter.store.tables import deliveries, subscribers
 
     with engine.connect() as conn:
-        return [(int(k), str(e)) for k, e in conn.execute(
-            select(deliveries.c.id, subscribers.c.email)
-            .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
-            .where(deliveries.c.batch_id == batch_id).order_by(deliveries.c.id))]
+        return [
+            (int(k), str(e))
+            for k, e in conn.execute(
+                select(deliveries.c.id, subscribers.c.email)
+                .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
+                .where(deliveries.c.batch_id == batch_id)
+                .order_by(deliveries.c.id)
+            )
+        ]
 
 
 # --- the command line: --status, --reconcile, --settle-ambiguous --batch ----------------
 
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "newsletter", "--config", str(config), *args],
-                          capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "newsletter", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=60,
+    )
 
 
 def test_status_and_settle_from_the_command_line(db_settings, issue_path, engine) -> None:
@@ -257,8 +278,9 @@ def test_status_and_settle_from_the_command_line(db_settings, issue_path, engine
     result = _cli(db_settings.config_path, "send", str(issue_path), "--reconcile")
     assert result.returncode == 1 and "still ambiguous: 2" in result.stdout
     assert "waiting for events (grace 60 min): batch dead-batch" in result.stdout
-    result = _cli(db_settings.config_path, "send", str(issue_path), "--settle-ambiguous", "sent",
-                  "--batch", "dead-batch")
+    result = _cli(
+        db_settings.config_path, "send", str(issue_path), "--settle-ambiguous", "sent", "--batch", "dead-batch"
+    )
     assert result.returncode == 0 and "settled 2 ambiguous recipients of batch dead-batch as sent" in result.stdout
     result = _cli(db_settings.config_path, "send", str(issue_path), "--batch", "x")
     assert result.returncode == 2 and "only with --settle-ambiguous" in result.stderr
@@ -289,8 +311,9 @@ def test_the_claim_is_written_with_full_sync_on_sqlite(tmp_path: Path) -> None:
 # --- hole 8: one address SendGrid cannot take does not stop its batch ---------------------
 
 
-def test_addresses_sendgrid_cannot_take_are_rejected_and_the_rest_go(write_config, database_url, engine,
-                                                                    issue_path, sendgrid_sink, monkeypatch) -> None:
+def test_addresses_sendgrid_cannot_take_are_rejected_and_the_rest_go(
+    write_config, database_url, engine, issue_path, sendgrid_sink, monkeypatch
+) -> None:
     from collections import Counter
 
     from newsletter.config import load_settings
@@ -299,10 +322,20 @@ def test_addresses_sendgrid_cannot_take_are_rejected_and_the_rest_go(write_confi
     emails = add_subscribers(engine, 48)
     subscribers.add(engine, "user@bücher.example", status="active")
     subscribers.add(engine, "zoë@example.org", status="active")
-    settings = load_settings(write_config({
-        "database": {"url": database_url},
-        "delivery": {"backend": "sendgrid", "concurrency": 1, "max_retries": 1,
-                     "sendgrid": {"host": sendgrid_sink.url, "batch_size": 50}}}), env={})
+    settings = load_settings(
+        write_config(
+            {
+                "database": {"url": database_url},
+                "delivery": {
+                    "backend": "sendgrid",
+                    "concurrency": 1,
+                    "max_retries": 1,
+                    "sendgrid": {"host": sendgrid_sink.url, "batch_size": 50},
+                },
+            }
+        ),
+        env={},
+    )
     monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
     summary = send.send_issue(settings, issue_path, engine=engine, sleep=lambda _s: None)
     assert summary.complete and summary.sent == 49 and summary.rejected == 1
@@ -318,10 +351,14 @@ def _rejected(engine: Engine) -> dict[str, str]:
     from newsletter.store.tables import deliveries, subscribers
 
     with engine.connect() as conn:
-        return {str(e): str(r) for e, r in conn.execute(
-            select(subscribers.c.email, deliveries.c.error)
-            .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
-            .where(deliveries.c.state == "rejected"))}
+        return {
+            str(e): str(r)
+            for e, r in conn.execute(
+                select(subscribers.c.email, deliveries.c.error)
+                .select_from(deliveries.join(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
+                .where(deliveries.c.state == "rejected")
+            )
+        }
 
 
 def test_a_permanent_error_stops_every_worker_of_the_run(db_settings, issue_path, engine) -> None:

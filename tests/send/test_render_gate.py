@@ -26,8 +26,9 @@ def _settings(write_config, database_url: str, **render_check: str):
 
 @pytest.mark.browser
 @needs_chromium
-def test_render_check_errors_block_the_send(project: Path, write_config, database_url: str, engine: Engine,
-                                            issue_path: Path) -> None:
+def test_render_check_errors_block_the_send(
+    project: Path, write_config, database_url: str, engine: Engine, issue_path: Path
+) -> None:
     add_subscribers(engine, 3)
     break_layout(project)
     settings = _settings(write_config, database_url, on_send="auto")
@@ -38,9 +39,9 @@ def test_render_check_errors_block_the_send(project: Path, write_config, databas
     assert (project / "build" / "check.json").exists()  # the report the editor can read
 
 
-def test_without_chromium_auto_sends_and_says_so(write_config, database_url: str, engine: Engine,
-                                                 issue_path: Path, tmp_path: Path,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_without_chromium_auto_sends_and_says_so(
+    write_config, database_url: str, engine: Engine, issue_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     add_subscribers(engine, 3)
     settings = _settings(write_config, database_url, on_send="auto", chromium=str(tmp_path / "none"))
     sender = MemorySender()
@@ -48,12 +49,14 @@ def test_without_chromium_auto_sends_and_says_so(write_config, database_url: str
         summary = send.send_issue(settings, issue_path, engine=engine, sender=sender)
     assert summary.sent == 3
     skipped = [r.getMessage() for r in caplog.records if "render check skipped" in r.getMessage()]
-    assert skipped == [f"{issue_path}: render check skipped: {tmp_path / 'none'} is not installed "
-                       "(apt-get install chromium)"]
+    assert skipped == [
+        f"{issue_path}: render check skipped: {tmp_path / 'none'} is not installed (apt-get install chromium)"
+    ]
 
 
-def test_without_chromium_required_refuses(write_config, database_url: str, engine: Engine,
-                                           issue_path: Path, tmp_path: Path) -> None:
+def test_without_chromium_required_refuses(
+    write_config, database_url: str, engine: Engine, issue_path: Path, tmp_path: Path
+) -> None:
     add_subscribers(engine, 3)
     settings = _settings(write_config, database_url, on_send="required", chromium=str(tmp_path / "none"))
     sender = MemorySender()

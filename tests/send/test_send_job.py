@@ -172,7 +172,8 @@ def test_a_draft_is_not_sent_unless_allowed(db_settings, project, engine) -> Non
 def test_build_errors_refuse_to_send(db_settings, issue_path, engine, project) -> None:
     add_subscribers(engine, 1)
     (project / "templates/partials/footer.mjml.j2").write_text(
-        "<mj-section><mj-column><mj-text>bye</mj-text></mj-column></mj-section>", encoding="utf-8")
+        "<mj-section><mj-column><mj-text>bye</mj-text></mj-column></mj-section>", encoding="utf-8"
+    )
     sender = MemorySender()
     with pytest.raises(BuildError, match="not sending: no unsubscribe link"):
         _run(db_settings, issue_path, engine, sender)

@@ -18,12 +18,11 @@ from newsletter.config import Settings, load_settings
 from newsletter.demo import SAMPLE_AS_OF
 from newsletter.errors import PermanentDeliveryError
 from newsletter.senders.memory import MemorySender
-
 from tests.senders.conftest import SendgridStub
 
 from .conftest import add_subscribers, bulk_subscribers
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 @pytest.fixture
@@ -72,11 +71,20 @@ def test_the_next_run_resumes_an_unfinished_send(fresh: Settings, engine, projec
 
 
 def test_approve_mode_end_to_end(fresh: Settings, engine, write_config, database_url, project: Path) -> None:
-    settings = load_settings(write_config({
-        "database": {"url": database_url},
-        "schedule": {"mode": "approve", "draft": {"day": "thu", "time": "15:00"}, "send": {"day": "fri", "time": "09:00"}},
-        "editors": ["desk@news.example.org"],
-    }), env={})
+    settings = load_settings(
+        write_config(
+            {
+                "database": {"url": database_url},
+                "schedule": {
+                    "mode": "approve",
+                    "draft": {"day": "thu", "time": "15:00"},
+                    "send": {"day": "fri", "time": "09:00"},
+                },
+                "editors": ["desk@news.example.org"],
+            }
+        ),
+        env={},
+    )
     emails = add_subscribers(engine, 2)
     editors = MemorySender()
     draft = weekly.draft_week(settings, dt.datetime(2024, 10, 25, 19, 0, tzinfo=UTC), sender=editors)
@@ -92,7 +100,9 @@ def test_approve_mode_end_to_end(fresh: Settings, engine, write_config, database
     # an editor approves; the next run sends it
     send.approve(project / "issues/2024-10-25.yaml")
     subscribers_sender = MemorySender()
-    sent = weekly.run_week(settings, dt.datetime(2024, 10, 25, 14, 0, tzinfo=UTC), engine=engine, sender=subscribers_sender)
+    sent = weekly.run_week(
+        settings, dt.datetime(2024, 10, 25, 14, 0, tzinfo=UTC), engine=engine, sender=subscribers_sender
+    )
     assert sent.outcome == "sent"
     assert sorted(a for _i, a in subscribers_sender.delivered) == sorted(emails)
 
@@ -106,17 +116,27 @@ def test_editions_follow_the_send_day_in_local_time(fresh: Settings) -> None:
 
 
 @pytest.mark.slow
-def test_two_weekly_jobs_at_once_send_once(fresh: Settings, engine, write_config, database_url,
-                                           sendgrid_sink: SendgridStub, project: Path) -> None:
+def test_two_weekly_jobs_at_once_send_once(
+    fresh: Settings, engine, write_config, database_url, sendgrid_sink: SendgridStub, project: Path
+) -> None:
     """Two schedulers on one database (a deployment mistake) firing at the same time."""
     emails = bulk_subscribers(engine, 800)
-    config = write_config({"database": {"url": database_url},
-                           "delivery": {"backend": "sendgrid", "concurrency": 2,
-                                        "sendgrid": {"host": sendgrid_sink.url, "batch_size": 50}}})
+    config = write_config(
+        {
+            "database": {"url": database_url},
+            "delivery": {
+                "backend": "sendgrid",
+                "concurrency": 2,
+                "sendgrid": {"host": sendgrid_sink.url, "batch_size": 50},
+            },
+        }
+    )
     env = {**os.environ, "SENDGRID_API_KEY": "SG.test"}
     command = [sys.executable, "-m", "newsletter", "--config", str(config), "run", "--as-of", "2024-10-25T21:00:00Z"]
-    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     received = Counter(sendgrid_sink.received)
     assert sorted(received) == sorted(emails), outputs

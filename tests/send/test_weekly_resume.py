@@ -28,12 +28,11 @@ from newsletter.errors import DeliveryError
 from newsletter.senders.memory import MemorySender
 from newsletter.store import events, ledger
 from newsletter.store.db import create_store_engine
-
 from tests.senders.conftest import SendgridStub
 
 from .conftest import add_subscribers, bulk_subscribers
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 EDITORS = ["desk@news.example.org"]
 ISSUE = "2024-10-25"
 QUARTER = dt.timedelta(minutes=15)
@@ -45,20 +44,26 @@ def configure(write_config: Callable[..., Path], database_url: str) -> Callable[
     failing call stops the run at once."""
 
     def make(*, schedule: dict[str, Any] | None = None, delivery: dict[str, Any] | None = None) -> Settings:
-        return load_settings(write_config({
-            "database": {"url": database_url},
-            "editors": EDITORS,
-            "delivery": {"batch_size": 2, "concurrency": 1, "max_retries": 0, **(delivery or {})},
-            "schedule": schedule or {},
-        }), env={})
+        return load_settings(
+            write_config(
+                {
+                    "database": {"url": database_url},
+                    "editors": EDITORS,
+                    "delivery": {"batch_size": 2, "concurrency": 1, "max_retries": 0, **(delivery or {})},
+                    "schedule": schedule or {},
+                }
+            ),
+            env={},
+        )
 
     return make
 
 
 def _outage_from(call: int, batch_size: int = 2) -> MemorySender:
     """A provider that fails every call from the ``call``-th on (503: nothing accepted)."""
-    return MemorySender(max_batch_size=batch_size,
-                        fail_on={n: DeliveryError("503 Service Unavailable") for n in range(call, 500)})
+    return MemorySender(
+        max_batch_size=batch_size, fail_on={n: DeliveryError("503 Service Unavailable") for n in range(call, 500)}
+    )
 
 
 def _frozen(engine: Engine) -> ledger.Send:
@@ -123,11 +128,22 @@ def test_ambiguous_recipients_wait_for_the_providers_events(configure, engine: E
     reports = weekly.resume_unfinished(settings, engine, sender=untouched, now=frozen.created_at + QUARTER)
     assert _outcomes(reports) == [(ISSUE, "incomplete")] and "(0 pending, 1 ambiguous" in reports[0].message
     # SendGrid's webhook reports the delivery; the next resume finishes the send
-    [(batch_id, key)] = [(b.batch_id, d.key) for b in unsure.batches for d in b.deliveries
-                         if d.recipient.email == emails[0]]
-    events.apply_events(engine, [{"sg_event_id": "ev-1", "event": "delivered", "email": emails[0],
-                                  "newsletter_issue": ISSUE, "newsletter_batch": batch_id,
-                                  "newsletter_delivery": str(key)}])
+    [(batch_id, key)] = [
+        (b.batch_id, d.key) for b in unsure.batches for d in b.deliveries if d.recipient.email == emails[0]
+    ]
+    events.apply_events(
+        engine,
+        [
+            {
+                "sg_event_id": "ev-1",
+                "event": "delivered",
+                "email": emails[0],
+                "newsletter_issue": ISSUE,
+                "newsletter_batch": batch_id,
+                "newsletter_delivery": str(key),
+            }
+        ],
+    )
     reports = weekly.resume_unfinished(settings, engine, sender=untouched, now=frozen.created_at + 2 * QUARTER)
     assert _outcomes(reports) == [(ISSUE, "sent")]
     assert untouched.calls == 0 and untouched.checks == 0  # nothing was sent again
@@ -156,7 +172,8 @@ def test_an_approve_mode_issue_set_back_to_draft_is_not_resumed(configure, engin
 
 
 def test_a_changed_issue_is_refused_then_given_up_and_the_editors_told_once(
-        configure, engine: Engine, issue_path: Path, database_url: str) -> None:
+    configure, engine: Engine, issue_path: Path, database_url: str
+) -> None:
     settings = configure()
     add_subscribers(engine, 4)
     outage = _outage_from(2)
@@ -241,8 +258,10 @@ def _fire_together(settings: Settings, tmp_path: Path, func: str, count: int = 2
             all_done.set()
 
     at = dt.datetime.now(UTC) + dt.timedelta(seconds=1)
-    schedulers = [schedule.make_scheduler(settings, BackgroundScheduler, f"sqlite:///{tmp_path / f'jobs-{n}.db'}")
-                  for n in range(count)]
+    schedulers = [
+        schedule.make_scheduler(settings, BackgroundScheduler, f"sqlite:///{tmp_path / f'jobs-{n}.db'}")
+        for n in range(count)
+    ]
     try:
         for scheduler in schedulers:
             scheduler.add_listener(record, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
@@ -262,8 +281,14 @@ def on_sendgrid(configure, sendgrid_sink: SendgridStub, monkeypatch: pytest.Monk
     monkeypatch.setenv("SENDGRID_API_KEY", "SG.test")
 
     def make(**schedule: Any) -> Settings:
-        return configure(schedule=schedule, delivery={
-            "backend": "sendgrid", "concurrency": 2, "sendgrid": {"host": sendgrid_sink.url, "batch_size": 50}})
+        return configure(
+            schedule=schedule,
+            delivery={
+                "backend": "sendgrid",
+                "concurrency": 2,
+                "sendgrid": {"host": sendgrid_sink.url, "batch_size": 50},
+            },
+        )
 
     return make
 
@@ -273,8 +298,9 @@ def _job_lines(caplog: pytest.LogCaptureFixture, prefix: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_schedulers_firing_the_weekly_send_send_it_once(on_sendgrid, engine: Engine, project: Path, tmp_path: Path,
-                                                            sendgrid_sink: SendgridStub, caplog) -> None:
+def test_two_schedulers_firing_the_weekly_send_send_it_once(
+    on_sendgrid, engine: Engine, project: Path, tmp_path: Path, sendgrid_sink: SendgridStub, caplog
+) -> None:
     settings = on_sendgrid()
     emails = bulk_subscribers(engine, 300)
     edition = weekly.edition_for_send(settings, dt.datetime.now(UTC)).isoformat()
@@ -292,9 +318,9 @@ def test_two_schedulers_firing_the_weekly_send_send_it_once(on_sendgrid, engine:
 
 
 @pytest.mark.slow
-def test_two_schedulers_resuming_one_send_send_each_recipient_once(on_sendgrid, engine: Engine, issue_path: Path,
-                                                                   tmp_path: Path, sendgrid_sink: SendgridStub,
-                                                                   caplog) -> None:
+def test_two_schedulers_resuming_one_send_send_each_recipient_once(
+    on_sendgrid, engine: Engine, issue_path: Path, tmp_path: Path, sendgrid_sink: SendgridStub, caplog
+) -> None:
     settings = on_sendgrid()
     emails = bulk_subscribers(engine, 300)
     outage = _outage_from(2, batch_size=50)
@@ -310,9 +336,9 @@ def test_two_schedulers_resuming_one_send_send_each_recipient_once(on_sendgrid, 
 
 
 @pytest.mark.slow
-def test_two_schedulers_past_the_deadline_tell_the_editors_once(on_sendgrid, engine: Engine, issue_path: Path,
-                                                                tmp_path: Path, sendgrid_sink: SendgridStub,
-                                                                caplog) -> None:
+def test_two_schedulers_past_the_deadline_tell_the_editors_once(
+    on_sendgrid, engine: Engine, issue_path: Path, tmp_path: Path, sendgrid_sink: SendgridStub, caplog
+) -> None:
     settings = on_sendgrid(resume_deadline=0.0002)  # under a second: past it when the jobs fire
     bulk_subscribers(engine, 10)
     assert send.send_issue(settings, issue_path, engine=engine, sender=_outage_from(1)).pending == 10
@@ -334,5 +360,7 @@ def test_schedule_status_lists_unfinished_sends(configure, engine: Engine, issue
     deadline = weekly.resume_deadline(settings, _frozen(engine))
     assert main(["--config", str(settings.config_path), "schedule", "--status"]) == 0
     out = capsys.readouterr().out
-    assert (f"unfinished {ISSUE}: 2 sent, 2 unsent (2 pending, 0 ambiguous, 0 in flight); "
-            f"resumed until {_local(settings, deadline)}") in out
+    assert (
+        f"unfinished {ISSUE}: 2 sent, 2 unsent (2 pending, 0 ambiguous, 0 in flight); "
+        f"resumed until {_local(settings, deadline)}"
+    ) in out

@@ -39,9 +39,14 @@ def rendered(settings: Settings) -> render.RenderedEmail:
 def deliveries(n: int, start: int = 1, domain: str = "example.net") -> list[Delivery]:
     """``n`` recipients with keys ``start``..: reader<key>@domain, "Reader <key>"."""
     return [
-        Delivery(key=k, recipient=Recipient(
-            email=f"reader{k}@{domain}", name=f"Reader {k}",
-            unsubscribe_url=f"https://news.example.org/unsubscribe/token-{k}"))
+        Delivery(
+            key=k,
+            recipient=Recipient(
+                email=f"reader{k}@{domain}",
+                name=f"Reader {k}",
+                unsubscribe_url=f"https://news.example.org/unsubscribe/token-{k}",
+            ),
+        )
         for k in range(start, start + n)
     ]
 
@@ -190,8 +195,7 @@ class SendgridStub:
                 body: Any = json.loads(raw) if raw else None
                 with stub.lock:
                     reply = stub._decide(planned, queued, body)
-                    stub.requests.append(Received("POST", self.path, dict(self.headers.items()), body,
-                                                  reply.accepts))
+                    stub.requests.append(Received("POST", self.path, dict(self.headers.items()), body, reply.accepts))
                     if reply.accepts:
                         stub.delivered.extend(body["personalizations"])
                 if reply.hang or reply.late:
@@ -261,9 +265,12 @@ class SendgridStub:
     def _refusal(self, addresses: list[list[str]], indexes: tuple[int, ...]) -> Reply:
         for i in indexes:
             self.refused.update(addresses[i])
-        return Reply(status=400, refuse=indexes, headers={"Content-Type": "application/json"},
-                     body=_errors(*[(f"personalizations.{i}.to.0.email", "Does not contain a valid address.")
-                                    for i in indexes]))
+        return Reply(
+            status=400,
+            refuse=indexes,
+            headers={"Content-Type": "application/json"},
+            body=_errors(*[(f"personalizations.{i}.to.0.email", "Does not contain a valid address.") for i in indexes]),
+        )
 
     def _fault(self, kind: str) -> Reply:
         if kind == "late":
@@ -275,8 +282,9 @@ class SendgridStub:
         if kind == "refuse_some":
             return Reply(refuse_any=True)
         if kind == "throttle":
-            return Reply(status=429, headers={"Retry-After": self.retry_after},
-                         body=_errors((None, "too many requests")))
+            return Reply(
+                status=429, headers={"Retry-After": self.retry_after}, body=_errors((None, "too many requests"))
+            )
         if kind == "unavailable":
             return Reply(status=self.rng.choice((500, 502, 503)), body=b"upstream trouble")
         raise ValueError(f"unknown fault {kind!r}")
@@ -294,8 +302,13 @@ class SendgridStub:
             accepted = list(self.delivered)
         now = int(time.time())
         return [
-            {"sg_event_id": f"{event}-{p['custom_args']['newsletter_delivery']}-{n}", "event": event,
-             "email": p["to"][0]["email"], "timestamp": now, **p["custom_args"]}
+            {
+                "sg_event_id": f"{event}-{p['custom_args']['newsletter_delivery']}-{n}",
+                "event": event,
+                "email": p["to"][0]["email"],
+                "timestamp": now,
+                **p["custom_args"],
+            }
             for n, p in enumerate(accepted)
             if batches is None or p["custom_args"]["newsletter_batch"] in batches
         ]
@@ -332,8 +345,9 @@ class Handler:
     datas: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
         with self.lock:
             self.mails += 1
             drop = self.mails in self.drop_at_mail
@@ -345,8 +359,9 @@ class Handler:
         envelope.mail_options.extend(mail_options)
         return "250 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
         if address in self.reject:
             return self.reject[address]
         envelope.rcpt_tos.append(address)
@@ -370,10 +385,14 @@ class Credentials:
     def __init__(self, user: str, password: str) -> None:
         self.user, self.password = user.encode(), password.encode()
 
-    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                 auth_data: Any) -> AuthResult:
-        ok = (isinstance(auth_data, LoginPassword)
-              and auth_data.login == self.user and auth_data.password == self.password)
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == self.user
+            and auth_data.password == self.password
+        )
         return AuthResult(success=ok, handled=False)
 
 
@@ -390,8 +409,9 @@ class SmtpServer:
             self.controller.stop()
 
 
-def start_smtp_server(*, tls: str | None = None, context: ssl.SSLContext | None = None,
-                      auth: tuple[str, str] | None = None) -> SmtpServer:
+def start_smtp_server(
+    *, tls: str | None = None, context: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None
+) -> SmtpServer:
     """aiosmtpd on 127.0.0.1 (``tls``: None, "starttls" or "tls"); the caller stops it."""
     handler = Handler()
     port = free_port()
@@ -401,8 +421,9 @@ def start_smtp_server(*, tls: str | None = None, context: ssl.SSLContext | None 
     if auth:
         # aiosmtpd 1.4 counts only STARTTLS as TLS for auth_require_tls.
         kwargs.update(authenticator=Credentials(*auth), auth_require_tls=tls == "starttls")
-    controller = Controller(handler, hostname="127.0.0.1", port=port,
-                            ssl_context=context if tls == "tls" else None, **kwargs)
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, ssl_context=context if tls == "tls" else None, **kwargs
+    )
     controller.start()
     return SmtpServer(handler, controller, port)
 
@@ -446,24 +467,26 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     folder = tmp_path_factory.mktemp("tls")
     cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return Certificate(cert_path, key_path)

@@ -36,8 +36,9 @@ def test_fails_the_nth_call(rendered: RenderedEmail) -> None:
 
 
 def test_rejects_and_defers_addresses(rendered: RenderedEmail) -> None:
-    sender = MemorySender(reject={"reader2@example.net": "550 no such user"},
-                          retry={"reader3@example.net": "451 try later"})
+    sender = MemorySender(
+        reject={"reader2@example.net": "550 no such user"}, retry={"reader3@example.net": "451 try later"}
+    )
     result = sender.send(make_batch(rendered, deliveries(4)))
     assert result.sent == [1, 4]
     assert result.rejected == {2: "550 no such user"}

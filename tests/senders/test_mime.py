@@ -18,7 +18,7 @@ from newsletter.render import RenderedEmail
 from newsletter.senders.mime import MessageTemplate
 from tests.conftest import VICTIM, assert_only_templates_personalize, forged_placeholder_issue
 
-NOW = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.UTC)
 URL = "https://news.example.org/unsubscribe/tok"
 
 RECIPIENTS = [
@@ -46,11 +46,10 @@ def test_same_message_as_personalize(recipient: Recipient, linesep: str, rendere
     email_ = replace(rendered, unsubscribe_mailto="unsubscribe@news.example.org")
     template = MessageTemplate(email_, linesep=linesep)
     fast = template.render(recipient, NOW)
-    slow = render.personalize(email_, recipient, NOW).as_bytes(
-        policy=render.email_policy.clone(linesep=linesep))
+    slow = render.personalize(email_, recipient, NOW).as_bytes(policy=render.email_policy.clone(linesep=linesep))
     a, b = parsed(fast), parsed(slow)
-    assert [k for k in a.keys()] == [k for k in b.keys()]
-    for key in b.keys():
+    assert list(a.keys()) == list(b.keys())
+    for key in b:
         if key not in ("Message-ID", "Content-Type"):  # unique per message
             assert str(a[key]) == str(b[key]), key
     assert a.get_content_type() == "multipart/alternative"
@@ -64,7 +63,7 @@ def test_same_message_as_personalize(recipient: Recipient, linesep: str, rendere
     # No line longer than SMTP allows, unless personalize itself writes one (an unbreakable
     # 1200-character name).
     longest = max(len(line) for line in fast.split(linesep.encode()))
-    assert longest <= max(998, max(len(line) for line in slow.split(linesep.encode())))
+    assert longest <= max(998, *(len(line) for line in slow.split(linesep.encode())))
 
 
 def test_placeholders_are_replaced_with_escaping(rendered: RenderedEmail) -> None:
@@ -98,11 +97,15 @@ def test_each_message_has_its_own_id(rendered: RenderedEmail) -> None:
     assert len(ids) == 20
 
 
-@pytest.mark.parametrize("recipient", [
-    Recipient("x@example.net\n", "A", URL),  # "$" in a pattern used with match() allows a final newline
-    Recipient("x@example.net", "A\n", URL),
-    Recipient("x@example.net", "A", URL + "\n"),
-], ids=["email", "name", "unsubscribe-url"])
+@pytest.mark.parametrize(
+    "recipient",
+    [
+        Recipient("x@example.net\n", "A", URL),  # "$" in a pattern used with match() allows a final newline
+        Recipient("x@example.net", "A\n", URL),
+        Recipient("x@example.net", "A", URL + "\n"),
+    ],
+    ids=["email", "name", "unsubscribe-url"],
+)
 def test_a_final_newline_never_takes_the_fast_path(rendered: RenderedEmail, recipient: Recipient) -> None:
     with pytest.raises(HeaderError):
         MessageTemplate(rendered).render(recipient)

@@ -27,15 +27,25 @@ def parse(path: Path) -> email.message.EmailMessage:
 
 def test_one_eml_per_recipient(tmp_path: Path, rendered: RenderedEmail) -> None:
     sender = OutboxSender(tmp_path / "outbox")
-    items = [*deliveries(3), Delivery(key=4, recipient=Recipient(
-        email="zoë@bücher.example", name="Zoë Ünal",
-        unsubscribe_url="https://news.example.org/unsubscribe/t4"))]
+    items = [
+        *deliveries(3),
+        Delivery(
+            key=4,
+            recipient=Recipient(
+                email="zoë@bücher.example", name="Zoë Ünal", unsubscribe_url="https://news.example.org/unsubscribe/t4"
+            ),
+        ),
+    ]
     result = sender.send(make_batch(rendered, items))
     assert result.sent == [1, 2, 3, 4]
     folder = tmp_path / "outbox" / "2024-10-25"
     names = sorted(p.name for p in folder.iterdir())
-    assert names == ["1-reader1@example.net.eml", "2-reader2@example.net.eml",
-                     "3-reader3@example.net.eml", "4-zo_@b_cher.example.eml"]
+    assert names == [
+        "1-reader1@example.net.eml",
+        "2-reader2@example.net.eml",
+        "3-reader3@example.net.eml",
+        "4-zo_@b_cher.example.eml",
+    ]
     msg = parse(folder / "2-reader2@example.net.eml")
     assert msg["To"] == "Reader 2 <reader2@example.net>"
     assert msg["Subject"] == rendered.subject
@@ -65,8 +75,12 @@ def test_a_rerun_overwrites(tmp_path: Path, rendered: RenderedEmail) -> None:
 
 
 def test_a_header_injection_is_rejected(tmp_path: Path, rendered: RenderedEmail) -> None:
-    bad = Delivery(key=5, recipient=Recipient(email="x@example.net", name="Eve\r\nBcc: all@example.net",
-                                              unsubscribe_url="https://news.example.org/u/5"))
+    bad = Delivery(
+        key=5,
+        recipient=Recipient(
+            email="x@example.net", name="Eve\r\nBcc: all@example.net", unsubscribe_url="https://news.example.org/u/5"
+        ),
+    )
     result = OutboxSender(tmp_path).send(make_batch(rendered, [*deliveries(1), bad]))
     assert result.sent == [1]
     assert "line break" in result.rejected[5]
@@ -89,8 +103,7 @@ def test_an_unwritable_folder_stops_the_send(tmp_path: Path, rendered: RenderedE
         OutboxSender(blocker).send(make_batch(rendered, deliveries(1)))
 
 
-def test_make_sender_defaults_to_the_outbox(settings: Settings, project: Path,
-                                            rendered: RenderedEmail) -> None:
+def test_make_sender_defaults_to_the_outbox(settings: Settings, project: Path, rendered: RenderedEmail) -> None:
     sender = make_sender(settings)
     assert sender.name == "outbox"
     assert sender.max_batch_size == settings.delivery.batch_size

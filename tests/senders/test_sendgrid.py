@@ -30,11 +30,20 @@ def sender_for(url: str, **config: object) -> SendgridSender:
 def test_request_payload(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
     sender = sender_for(sendgrid_stub.url, categories=["newsletter", "weekly"])
     items = deliveries(2)
-    items.append(Delivery(key=9, recipient=Recipient(
-        email="ann@example.org", name="Ann <& Bob>",
-        unsubscribe_url="https://news.example.org/unsubscribe/t9")))
-    items.append(Delivery(key=10, recipient=Recipient(
-        email="noname@example.org", unsubscribe_url="https://news.example.org/unsubscribe/t10")))
+    items.append(
+        Delivery(
+            key=9,
+            recipient=Recipient(
+                email="ann@example.org", name="Ann <& Bob>", unsubscribe_url="https://news.example.org/unsubscribe/t9"
+            ),
+        )
+    )
+    items.append(
+        Delivery(
+            key=10,
+            recipient=Recipient(email="noname@example.org", unsubscribe_url="https://news.example.org/unsubscribe/t10"),
+        )
+    )
 
     result = sender.send(make_batch(rendered, items, batch_id="batch-42"))
 
@@ -60,8 +69,7 @@ def test_request_payload(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -
             "List-Unsubscribe": "<https://news.example.org/unsubscribe/token-1>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
         },
-        "custom_args": {"newsletter_issue": "2024-10-25", "newsletter_batch": "batch-42",
-                        "newsletter_delivery": "1"},
+        "custom_args": {"newsletter_issue": "2024-10-25", "newsletter_batch": "batch-42", "newsletter_delivery": "1"},
     }
     ann = body["personalizations"][2]
     assert ann["to"] == [{"email": "ann@example.org", "name": "Ann <& Bob>"}]
@@ -76,13 +84,14 @@ def test_request_payload(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -
     assert body["content"][1]["value"] == rendered.html
     assert tokens["unsubscribe_url"] in body["content"][1]["value"]  # SendGrid substitutes
     assert body["categories"] == ["newsletter", "weekly"]
-    assert body["headers"] == {"X-Newsletter-Issue": "2024-10-25",
-                               "List-Id": '"Statecraft Review" <diplomacy-watch.news.example.org>'}
+    assert body["headers"] == {
+        "X-Newsletter-Issue": "2024-10-25",
+        "List-Id": '"Statecraft Review" <diplomacy-watch.news.example.org>',
+    }
     assert "mail_settings" not in body
 
 
-def test_placeholder_lookalikes_in_content_arrive_literally(sendgrid_stub: SendgridStub,
-                                                            settings: Settings) -> None:
+def test_placeholder_lookalikes_in_content_arrive_literally(sendgrid_stub: SendgridStub, settings: Settings) -> None:
     email = render.build_issue(forged_placeholder_issue(), settings).email
     sender_for(sendgrid_stub.url).send(make_batch(email, [Delivery(key=1, recipient=VICTIM)]))
     body = sendgrid_stub.requests[0].body
@@ -101,8 +110,8 @@ def test_unsubscribe_mailto_is_a_second_entry(sendgrid_stub: SendgridStub, rende
     sender_for(sendgrid_stub.url).send(make_batch(email, deliveries(1)))
     headers = sendgrid_stub.requests[0].body["personalizations"][0]["headers"]
     assert headers["List-Unsubscribe"] == (
-        "<https://news.example.org/unsubscribe/token-1>, "
-        "<mailto:unsubscribe@news.example.org?subject=unsubscribe>")
+        "<https://news.example.org/unsubscribe/token-1>, <mailto:unsubscribe@news.example.org?subject=unsubscribe>"
+    )
 
 
 def test_sandbox_mode_and_200(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
@@ -123,24 +132,27 @@ def test_a_full_batch_is_one_request(sendgrid_stub: SendgridStub, rendered: Rend
     assert len({p["to"][0]["email"] for p in request.body["personalizations"]}) == 1000
 
 
-def test_a_batch_over_1000_is_refused_before_sending(sendgrid_stub: SendgridStub,
-                                                     rendered: RenderedEmail) -> None:
+def test_a_batch_over_1000_is_refused_before_sending(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
     with pytest.raises(PermanentDeliveryError, match="1001 recipients is over the 1000"):
         sender_for(sendgrid_stub.url).send(make_batch(rendered, deliveries(1001)))
     assert sendgrid_stub.requests == []
 
 
-ERROR_BODY = json.dumps({"errors": [
-    {"message": "The from address does not match a verified Sender Identity.", "field": "from"},
-    {"message": "Invalid type.", "field": "personalizations.0.to"},
-]}).encode()
+ERROR_BODY = json.dumps(
+    {
+        "errors": [
+            {"message": "The from address does not match a verified Sender Identity.", "field": "from"},
+            {"message": "Invalid type.", "field": "personalizations.0.to"},
+        ]
+    }
+).encode()
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 413])
 def test_refusals_are_permanent_with_sendgrids_messages(
-        status: int, sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
-    sendgrid_stub.replies.append(Reply(status=status, body=ERROR_BODY,
-                                       headers={"Content-Type": "application/json"}))
+    status: int, sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
+    sendgrid_stub.replies.append(Reply(status=status, body=ERROR_BODY, headers={"Content-Type": "application/json"}))
     with pytest.raises(PermanentDeliveryError) as info:
         sender_for(sendgrid_stub.url).send(make_batch(rendered, deliveries(2)))
     message = str(info.value)
@@ -160,8 +172,9 @@ def test_an_echoed_key_is_redacted(sendgrid_stub: SendgridStub, rendered: Render
 
 
 def test_429_with_retry_after(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
-    sendgrid_stub.replies.append(Reply(status=429, headers={"Retry-After": "7"},
-                                       body=b'{"errors":[{"message":"too many requests"}]}'))
+    sendgrid_stub.replies.append(
+        Reply(status=429, headers={"Retry-After": "7"}, body=b'{"errors":[{"message":"too many requests"}]}')
+    )
     with pytest.raises(DeliveryError) as info:
         sender_for(sendgrid_stub.url).send(make_batch(rendered, deliveries(2)))
     assert not isinstance(info.value, PermanentDeliveryError)
@@ -171,8 +184,12 @@ def test_429_with_retry_after(sendgrid_stub: SendgridStub, rendered: RenderedEma
 
 def test_429_with_ratelimit_reset(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
     reset = int(time.time()) + 120
-    sendgrid_stub.replies.append(Reply(status=429, headers={
-        "X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)}))
+    sendgrid_stub.replies.append(
+        Reply(
+            status=429,
+            headers={"X-RateLimit-Limit": "600", "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(reset)},
+        )
+    )
     with pytest.raises(DeliveryError) as info:
         sender_for(sendgrid_stub.url).send(make_batch(rendered, deliveries(2)))
     assert not isinstance(info.value, PermanentDeliveryError)
@@ -181,8 +198,7 @@ def test_429_with_ratelimit_reset(sendgrid_stub: SendgridStub, rendered: Rendere
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-def test_server_errors_may_be_retried(status: int, sendgrid_stub: SendgridStub,
-                                      rendered: RenderedEmail) -> None:
+def test_server_errors_may_be_retried(status: int, sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
     sendgrid_stub.replies.append(Reply(status=status, body=b"upstream trouble"))
     sender = sender_for(sendgrid_stub.url)
     with pytest.raises(DeliveryError) as info:
@@ -218,8 +234,9 @@ def test_a_refused_connection(rendered: RenderedEmail) -> None:
     assert API_KEY not in str(info.value)
 
 
-def test_the_key_stays_out_of_debug_logs(sendgrid_stub: SendgridStub, rendered: RenderedEmail,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_the_key_stays_out_of_debug_logs(
+    sendgrid_stub: SendgridStub, rendered: RenderedEmail, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.DEBUG):
         sender = sender_for(sendgrid_stub.url)
         sender.send(make_batch(rendered, deliveries(1)))
@@ -228,10 +245,20 @@ def test_the_key_stays_out_of_debug_logs(sendgrid_stub: SendgridStub, rendered: 
 
 
 def test_make_sender_reads_the_key_from_the_named_variable(
-        sendgrid_stub: SendgridStub, write_config: object, rendered: RenderedEmail,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_config({"delivery": {"backend": "sendgrid", "sendgrid": {  # type: ignore[operator]
-        "api_key_env": "TEST_SG_KEY", "host": sendgrid_stub.url, "timeout_seconds": 5}}})
+    sendgrid_stub: SendgridStub, write_config: object, rendered: RenderedEmail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(
+        {
+            "delivery": {
+                "backend": "sendgrid",
+                "sendgrid": {  # type: ignore[operator]
+                    "api_key_env": "TEST_SG_KEY",
+                    "host": sendgrid_stub.url,
+                    "timeout_seconds": 5,
+                },
+            }
+        }
+    )
     settings = load_settings(path, env={})
     monkeypatch.delenv("TEST_SG_KEY", raising=False)
     with pytest.raises(ConfigError, match="TEST_SG_KEY"):
@@ -244,9 +271,12 @@ def test_make_sender_reads_the_key_from_the_named_variable(
 
 
 def test_a_recipient_with_a_line_break_is_rejected_not_sent(
-        sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
-    bad = Delivery(key=3, recipient=Recipient(
-        email="eve@example.org", name="Eve", unsubscribe_url="https://x/u\r\nBcc: all@example.org"))
+    sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
+    bad = Delivery(
+        key=3,
+        recipient=Recipient(email="eve@example.org", name="Eve", unsubscribe_url="https://x/u\r\nBcc: all@example.org"),
+    )
     result = sender_for(sendgrid_stub.url).send(make_batch(rendered, [*deliveries(2), bad]))
     assert result.sent == [1, 2]
     assert list(result.rejected) == [3]

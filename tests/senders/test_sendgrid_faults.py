@@ -22,12 +22,16 @@ def sent_to(stub: SendgridStub) -> list[list[str]]:
     return [[p["to"][0]["email"] for p in r.body["personalizations"]] for r in stub.requests]
 
 
-@pytest.mark.parametrize(("fault", "reason"), [
-    ("late", f"the request was sent but no answer came from .* within {TIMEOUT:g} s"),
-    ("close", "the request was sent but the connection to .* broke before the answer \\(RemoteDisconnected\\)"),
-])
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("late", f"the request was sent but no answer came from .* within {TIMEOUT:g} s"),
+        ("close", "the request was sent but the connection to .* broke before the answer \\(RemoteDisconnected\\)"),
+    ],
+)
 def test_an_accepted_request_without_an_answer_is_ambiguous_and_not_retried(
-        fault: str, reason: str, sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
+    fault: str, reason: str, sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
     sendgrid_stub.late_seconds = 2 * TIMEOUT
     sendgrid_stub.queue(fault)
     with pytest.raises(AmbiguousDeliveryError, match=reason):
@@ -38,7 +42,8 @@ def test_an_accepted_request_without_an_answer_is_ambiguous_and_not_retried(
 
 
 def test_a_connection_closed_before_the_body_was_read_is_not_a_proof_of_failure(
-        sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
+    sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
     # The request left whole before the server hung up: the client cannot tell this from
     # a close after reading, so it must not retry.
     sendgrid_stub.queue("drop")
@@ -47,14 +52,17 @@ def test_a_connection_closed_before_the_body_was_read_is_not_a_proof_of_failure(
     assert [r.accepted for r in sendgrid_stub.requests] == [False] and sendgrid_stub.received == []
 
 
-@pytest.mark.parametrize(("reply", "retry_after", "reason"), [
-    (Reply(status=429, headers={"Retry-After": "3"}), 3.0, "answered 429"),
-    (Reply(status=503, headers={"Retry-After": "0"}), 0.0, "answered 503"),
-    (Reply(status=500, body=b"upstream trouble"), None, "answered 500: upstream trouble"),
-])
+@pytest.mark.parametrize(
+    ("reply", "retry_after", "reason"),
+    [
+        (Reply(status=429, headers={"Retry-After": "3"}), 3.0, "answered 429"),
+        (Reply(status=503, headers={"Retry-After": "0"}), 0.0, "answered 503"),
+        (Reply(status=500, body=b"upstream trouble"), None, "answered 500: upstream trouble"),
+    ],
+)
 def test_an_error_status_proves_nothing_was_accepted_and_may_be_retried(
-        reply: Reply, retry_after: float | None, reason: str, sendgrid_stub: SendgridStub,
-        rendered: RenderedEmail) -> None:
+    reply: Reply, retry_after: float | None, reason: str, sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
     sendgrid_stub.queue(reply)
     sender = sender_for(sendgrid_stub.url)
     with pytest.raises(DeliveryError, match=reason) as info:
@@ -67,26 +75,30 @@ def test_an_error_status_proves_nothing_was_accepted_and_may_be_retried(
 
 
 def test_a_refused_personalization_is_rejected_and_the_rest_go_at_once(
-        sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
+    sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
     sendgrid_stub.queue(Reply(refuse=(1,)))
     result = sender_for(sendgrid_stub.url).send(make_batch(rendered, deliveries(3)))
     assert result.sent == [1, 3] and result.retry == {} and result.ambiguous == {}
-    assert result.rejected == {2: "sendgrid refused it: personalizations.1.to.0.email: "
-                                   "Does not contain a valid address."}
+    assert result.rejected == {
+        2: "sendgrid refused it: personalizations.1.to.0.email: Does not contain a valid address."
+    }
     # SendGrid refuses a whole request that names a bad personalization.
-    assert sent_to(sendgrid_stub) == [["reader1@example.net", "reader2@example.net", "reader3@example.net"],
-                                      ["reader1@example.net", "reader3@example.net"]]
+    assert sent_to(sendgrid_stub) == [
+        ["reader1@example.net", "reader2@example.net", "reader3@example.net"],
+        ["reader1@example.net", "reader3@example.net"],
+    ]
     assert [r.accepted for r in sendgrid_stub.requests] == [False, True]
     assert sendgrid_stub.received == ["reader1@example.net", "reader3@example.net"]
 
 
 def test_a_refusal_then_an_unanswered_request_keeps_the_refusal(
-        sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
+    sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
     sendgrid_stub.late_seconds = 2 * TIMEOUT
     sendgrid_stub.queue(Reply(refuse=(0,)), "late")
     bad = Delivery(key=9, recipient=Recipient(email="zoë@example.org", unsubscribe_url="https://x/u/9"))
-    result = sender_for(sendgrid_stub.url, timeout_seconds=TIMEOUT).send(
-        make_batch(rendered, [bad, *deliveries(3)]))
+    result = sender_for(sendgrid_stub.url, timeout_seconds=TIMEOUT).send(make_batch(rendered, [bad, *deliveries(3)]))
     # Two recipients are proven refused (one before the request, one by SendGrid); only
     # the last request's recipients may have arrived.
     assert sorted(result.rejected) == [1, 9] and result.sent == []
@@ -103,22 +115,30 @@ def test_a_refusal_on_every_round_is_permanent(sendgrid_stub: SendgridStub, rend
 
 
 def test_an_idn_domain_is_sent_punycoded(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
-    idn = Delivery(key=7, recipient=Recipient(email="user@bücher.example", name="Ute",
-                                              unsubscribe_url="https://news.example.org/unsubscribe/t7"))
+    idn = Delivery(
+        key=7,
+        recipient=Recipient(
+            email="user@bücher.example", name="Ute", unsubscribe_url="https://news.example.org/unsubscribe/t7"
+        ),
+    )
     result = sender_for(sendgrid_stub.url).send(make_batch(rendered, [idn]))
     assert result.sent == [7]
     [personalization] = sendgrid_stub.delivered
     assert personalization["to"] == [{"email": "user@xn--bcher-kva.example", "name": "Ute"}]
 
 
-def test_a_non_ascii_local_part_is_rejected_before_the_request(sendgrid_stub: SendgridStub,
-                                                               rendered: RenderedEmail) -> None:
-    zoe = Delivery(key=5, recipient=Recipient(email="zoë@example.org",
-                                              unsubscribe_url="https://news.example.org/unsubscribe/t5"))
+def test_a_non_ascii_local_part_is_rejected_before_the_request(
+    sendgrid_stub: SendgridStub, rendered: RenderedEmail
+) -> None:
+    zoe = Delivery(
+        key=5, recipient=Recipient(email="zoë@example.org", unsubscribe_url="https://news.example.org/unsubscribe/t5")
+    )
     result = sender_for(sendgrid_stub.url).send(make_batch(rendered, [*deliveries(2), zoe]))
     assert result.sent == [1, 2]
-    assert result.rejected == {5: "sendgrid cannot send to 'zoë@example.org': a non-ASCII local part "
-                                  "(SMTPUTF8) is not accepted by the SendGrid API"}
+    assert result.rejected == {
+        5: "sendgrid cannot send to 'zoë@example.org': a non-ASCII local part "
+        "(SMTPUTF8) is not accepted by the SendGrid API"
+    }
     assert sent_to(sendgrid_stub) == [["reader1@example.net", "reader2@example.net"]]
 
 

@@ -34,8 +34,16 @@ def senders() -> Iterator[list[SmtpSender]]:
 
 def smtp(made: list[SmtpSender], port: int, security: str = "none", **kwargs: Any) -> SmtpSender:
     connections = kwargs.pop("connections", 2)
-    sender = SmtpSender(SmtpBackend(host="127.0.0.1", port=port, security=security,  # type: ignore[arg-type]
-                                    connections=connections, timeout_seconds=5), **kwargs)
+    sender = SmtpSender(
+        SmtpBackend(
+            host="127.0.0.1",
+            port=port,
+            security=security,  # type: ignore[arg-type]
+            connections=connections,
+            timeout_seconds=5,
+        ),
+        **kwargs,
+    )
     made.append(sender)
     return sender
 
@@ -52,8 +60,7 @@ def received(server: SmtpServer) -> dict[str, email.message.EmailMessage]:
     return out
 
 
-def test_plain_delivery(smtp_server_factory: Factory, senders: list[SmtpSender],
-                        rendered: RenderedEmail) -> None:
+def test_plain_delivery(smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail) -> None:
     server = smtp_server_factory()
     sender = smtp(senders, server.port)
     result = sender.send(make_batch(rendered, deliveries(6)))
@@ -80,8 +87,9 @@ def test_plain_delivery(smtp_server_factory: Factory, senders: list[SmtpSender],
     assert len(ids) == 6
 
 
-def test_connections_are_reused_across_batches(smtp_server_factory: Factory, senders: list[SmtpSender],
-                                               rendered: RenderedEmail) -> None:
+def test_connections_are_reused_across_batches(
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
     sender = smtp(senders, server.port, connections=2)
     for n in range(3):
@@ -89,17 +97,31 @@ def test_connections_are_reused_across_batches(smtp_server_factory: Factory, sen
     assert len(server.handler.messages) == 12
     sessions = {id(e) for e in server.handler.messages}
     assert len(sessions) == 12
-    assert len(sender._open) <= 2  # noqa: SLF001 - no connection per batch
+    assert len(sender._open) <= 2
 
 
 def test_starttls_with_auth_from_the_environment(
-        smtp_server_factory: Factory, certificate: Certificate, write_config: Any,
-        rendered: RenderedEmail, monkeypatch: pytest.MonkeyPatch) -> None:
-    server = smtp_server_factory(tls="starttls", context=certificate.server_context(),
-                                 auth=("mailer", "s3cret"))
-    path = write_config({"delivery": {"backend": "smtp", "smtp": {
-        "host": "127.0.0.1", "port": server.port, "security": "starttls",
-        "username_env": "TEST_SMTP_USER", "password_env": "TEST_SMTP_PASSWORD"}}})
+    smtp_server_factory: Factory,
+    certificate: Certificate,
+    write_config: Any,
+    rendered: RenderedEmail,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = smtp_server_factory(tls="starttls", context=certificate.server_context(), auth=("mailer", "s3cret"))
+    path = write_config(
+        {
+            "delivery": {
+                "backend": "smtp",
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "port": server.port,
+                    "security": "starttls",
+                    "username_env": "TEST_SMTP_USER",
+                    "password_env": "TEST_SMTP_PASSWORD",
+                },
+            }
+        }
+    )
     settings = load_settings(path, env={})
     monkeypatch.setenv("TEST_SMTP_USER", "mailer")
     monkeypatch.delenv("TEST_SMTP_PASSWORD", raising=False)
@@ -116,8 +138,8 @@ def test_starttls_with_auth_from_the_environment(
 
 
 def test_starttls_checks_the_certificate_by_default(
-        smtp_server_factory: Factory, certificate: Certificate, senders: list[SmtpSender],
-        rendered: RenderedEmail) -> None:
+    smtp_server_factory: Factory, certificate: Certificate, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory(tls="starttls", context=certificate.server_context())
     sender = smtp(senders, server.port, security="starttls")  # the system's CAs only
     with pytest.raises(PermanentDeliveryError, match=r"TLS with 127\.0\.0\.1:\d+ failed: .*certificate"):
@@ -126,23 +148,27 @@ def test_starttls_checks_the_certificate_by_default(
 
 
 def test_starttls_refused_when_the_server_does_not_offer_it(
-        smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail) -> None:
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
     with pytest.raises(PermanentDeliveryError, match="does not offer STARTTLS"):
         smtp(senders, server.port, security="starttls").send(make_batch(rendered, deliveries(1)))
 
 
-def test_implicit_tls(smtp_server_factory: Factory, certificate: Certificate,
-                      senders: list[SmtpSender], rendered: RenderedEmail) -> None:
+def test_implicit_tls(
+    smtp_server_factory: Factory, certificate: Certificate, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory(tls="tls", context=certificate.server_context(), auth=("u", "p"))
-    sender = smtp(senders, server.port, security="tls", username="u", password="p",
-                  tls_context=certificate.client_context())
+    sender = smtp(
+        senders, server.port, security="tls", username="u", password="p", tls_context=certificate.client_context()
+    )
     assert sorted(sender.send(make_batch(rendered, deliveries(2))).sent) == [1, 2]
     assert len(server.handler.messages) == 2
 
 
-def test_wrong_password_is_permanent(smtp_server_factory: Factory, senders: list[SmtpSender],
-                                     rendered: RenderedEmail) -> None:
+def test_wrong_password_is_permanent(
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory(auth=("mailer", "s3cret"))
     sender = smtp(senders, server.port, username="mailer", password="wrong-password")
     with pytest.raises(PermanentDeliveryError) as info:
@@ -156,8 +182,9 @@ def test_wrong_password_is_permanent(smtp_server_factory: Factory, senders: list
         sender.send(make_batch(rendered, deliveries(4)))
 
 
-def test_a_recipient_refused_with_550(smtp_server_factory: Factory, senders: list[SmtpSender],
-                                      rendered: RenderedEmail) -> None:
+def test_a_recipient_refused_with_550(
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
     server.handler.reject["reader2@example.net"] = "550 5.1.1 No such user here"
     server.handler.reject["reader4@example.net"] = "452 4.2.2 Mailbox full, try later"
@@ -168,18 +195,21 @@ def test_a_recipient_refused_with_550(smtp_server_factory: Factory, senders: lis
     assert sorted(received(server)) == ["reader1@example.net", "reader3@example.net", "reader5@example.net"]
 
 
-def test_an_invalid_address_is_rejected_not_sent(smtp_server_factory: Factory, senders: list[SmtpSender],
-                                                 rendered: RenderedEmail) -> None:
+def test_an_invalid_address_is_rejected_not_sent(
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
-    bad = Delivery(key=7, recipient=Recipient(email="no-at-sign", name="X",
-                                              unsubscribe_url="https://news.example.org/u/7"))
+    bad = Delivery(
+        key=7, recipient=Recipient(email="no-at-sign", name="X", unsubscribe_url="https://news.example.org/u/7")
+    )
     result = smtp(senders, server.port).send(make_batch(rendered, [*deliveries(1), bad]))
     assert result.sent == [1]
     assert list(result.rejected) == [7]
 
 
 def test_a_connection_dropped_before_a_message_is_reopened(
-        smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail) -> None:
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
     server.handler.drop_at_mail = {3}  # the server hangs up at the third MAIL FROM
     result = smtp(senders, server.port, connections=1).send(make_batch(rendered, deliveries(5)))
@@ -190,7 +220,8 @@ def test_a_connection_dropped_before_a_message_is_reopened(
 
 
 def test_a_connection_dropped_after_data_is_ambiguous_not_retried(
-        smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail) -> None:
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
     server.handler.drop_at_data = {2}  # hangs up after the second message's content
     sender = smtp(senders, server.port, connections=1)
@@ -204,7 +235,8 @@ def test_a_connection_dropped_after_data_is_ambiguous_not_retried(
 
 
 def test_a_connection_dropped_before_the_message_is_retried_on_a_new_one(
-        smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail) -> None:
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
     server.handler.drop_at_mail = {2}  # hangs up at the second MAIL FROM: nothing handed over
     sender = smtp(senders, server.port, connections=1)
@@ -222,8 +254,9 @@ def test_an_unreachable_server(senders: list[SmtpSender], rendered: RenderedEmai
     assert f"cannot reach 127.0.0.1:{port}" in str(info.value)
 
 
-def test_a_server_that_goes_away_between_batches(smtp_server_factory: Factory, senders: list[SmtpSender],
-                                                 rendered: RenderedEmail) -> None:
+def test_a_server_that_goes_away_between_batches(
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     server = smtp_server_factory()
     sender = smtp(senders, server.port, connections=1)
     assert sender.send(make_batch(rendered, deliveries(2))).sent == [1, 2]
@@ -234,9 +267,21 @@ def test_a_server_that_goes_away_between_batches(smtp_server_factory: Factory, s
 
 
 def test_make_sender_builds_smtp_without_credentials(write_config: Any, project: Path) -> None:
-    path = write_config({"delivery": {"backend": "smtp", "smtp": {
-        "host": "127.0.0.1", "port": 2525, "security": "none", "username_env": None,
-        "password_env": None, "connections": 3}}})
+    path = write_config(
+        {
+            "delivery": {
+                "backend": "smtp",
+                "smtp": {
+                    "host": "127.0.0.1",
+                    "port": 2525,
+                    "security": "none",
+                    "username_env": None,
+                    "password_env": None,
+                    "connections": 3,
+                },
+            }
+        }
+    )
     sender = make_sender(load_settings(path, env={}))
     try:
         assert sender.name == "smtp"
@@ -245,8 +290,9 @@ def test_make_sender_builds_smtp_without_credentials(write_config: Any, project:
         sender.close()
 
 
-def test_lines_starting_with_a_dot_arrive_intact(smtp_server_factory: Factory, senders: list[SmtpSender],
-                                                 rendered: RenderedEmail) -> None:
+def test_lines_starting_with_a_dot_arrive_intact(
+    smtp_server_factory: Factory, senders: list[SmtpSender], rendered: RenderedEmail
+) -> None:
     from dataclasses import replace
 
     text = ".starts the part\n" + rendered.text + "\n.\n.leading dot\n..two dots\n"

@@ -29,8 +29,18 @@ def test_email_key(given_: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "plain", "a@b", "a@@example.org", "a..b@example.org", "a@example.test", "a@-x.example.org",
-            "a@example.org\nBcc: b@example.org", "a@" + "x" * 250 + ".org"]
+    "bad",
+    [
+        "",
+        "plain",
+        "a@b",
+        "a@@example.org",
+        "a..b@example.org",
+        "a@example.test",
+        "a@-x.example.org",
+        "a@example.org\nBcc: b@example.org",
+        "a@" + "x" * 250 + ".org",
+    ],
 )
 def test_invalid_addresses(bad: str) -> None:
     with pytest.raises(SubscriberError):
@@ -39,8 +49,11 @@ def test_invalid_addresses(bad: str) -> None:
 
 LOCAL = st.text(alphabet="abcXYZ019_+-.", min_size=1, max_size=70)
 LABEL = st.text(alphabet="abz09-", min_size=1, max_size=64)
-DOMAIN = st.builds(lambda labels, tld: ".".join([*labels, tld]), st.lists(LABEL, min_size=1, max_size=3),
-                   st.sampled_from(["org", "com", "test", "local", "x", "Example", "co1"]))
+DOMAIN = st.builds(
+    lambda labels, tld: ".".join([*labels, tld]),
+    st.lists(LABEL, min_size=1, max_size=3),
+    st.sampled_from(["org", "com", "test", "local", "x", "Example", "co1"]),
+)
 
 
 @settings(max_examples=400, deadline=None)

@@ -23,7 +23,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def run(write_config: WriteConfig, database_url: str, capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+def run(
+    write_config: WriteConfig, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
     config = write_config({"database": {"url": database_url}})
 
     def run(*args: str) -> tuple[int, str, str]:
@@ -85,8 +87,9 @@ def test_list_limit(run: Callable[..., tuple[int, str, str]]) -> None:
     assert code == 0 and len(out.splitlines()) == 2 and "showing the first 2" in err
 
 
-def test_import_with_rejects_is_a_partial_success(run: Callable[..., tuple[int, str, str]], sample_csv: Path,
-                                                  tmp_path: Path) -> None:
+def test_import_with_rejects_is_a_partial_success(
+    run: Callable[..., tuple[int, str, str]], sample_csv: Path, tmp_path: Path
+) -> None:
     rejects = tmp_path / "rejects.csv"
     code, out, err = run("subscribers", "import", str(sample_csv), "--rejects", str(rejects))
     assert code == cli.EXIT_PARTIAL_IMPORT == 4  # not 1: the good rows were imported
@@ -108,7 +111,7 @@ def test_import_keeps_an_existing_subscribers_source(run: Callable[..., tuple[in
     path = tmp_path / "list.csv"
     path.write_text("email,name\nann@example.org,Ann\nbob@example.org,Bob\n", encoding="utf-8")
     assert run("subscribers", "import", str(path), "--source", "crm-2024")[0] == 0
-    code, out, _ = run("subscribers", "export")
+    _code, out, _ = run("subscribers", "export")
     rows = {row["email"]: row for row in csv.DictReader(out.splitlines())}
     assert rows["ann@example.org"]["source"] == "web"  # where they came from first
     assert rows["ann@example.org"]["name"] == "Ann"  # what the file says still updates the record
@@ -119,8 +122,10 @@ def test_remove_without_a_terminal_needs_yes(run: Callable[..., tuple[int, str, 
     assert run("subscribers", "add", "ann@example.org")[0] == 0
     code, out, err = run("subscribers", "remove", "ann@example.org")  # pytest's stdin is no terminal
     assert code == 2 and out == ""
-    assert err == ("error: no terminal to confirm erasing ann@example.org on: pass --yes to erase it "
-                   "(see 'newsletter subscribers remove --help')\n")
+    assert err == (
+        "error: no terminal to confirm erasing ann@example.org on: pass --yes to erase it "
+        "(see 'newsletter subscribers remove --help')\n"
+    )
     assert run("subscribers", "count")[1] == "1\n"  # nothing erased
     assert run("subscribers", "remove", "ann@example.org", "--yes")[0] == 0
 
@@ -128,7 +133,11 @@ def test_remove_without_a_terminal_needs_yes(run: Callable[..., tuple[int, str, 
 def test_import_clean_file(run: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
     path = tmp_path / "ok.csv"
     path.write_text("email,name\nann@example.org,Ann\n", encoding="utf-8")
-    assert run("subscribers", "import", str(path)) == (0, f"imported {path}: 1 added, 0 updated, 0 unchanged, 0 rejected\n", "")
+    assert run("subscribers", "import", str(path)) == (
+        0,
+        f"imported {path}: 1 added, 0 updated, 0 unchanged, 0 rejected\n",
+        "",
+    )
 
 
 def test_import_file_errors_are_one_line(run: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
@@ -185,14 +194,17 @@ def test_expire_forgets_unconfirmed_sign_ups(run: Callable[..., tuple[int, str, 
 
     from newsletter.store import subscribers
 
-    long_ago = dt.datetime(2024, 10, 1, tzinfo=dt.timezone.utc)
+    long_ago = dt.datetime(2024, 10, 1, tzinfo=dt.UTC)
     subscribers.sign_up(engine, "stale@example.org", consent=subscribers.Consent(at=long_ago), now=long_ago)
     subscribers.sign_up(engine, "fresh@example.org", consent=subscribers.Consent(at=subscribers.utcnow()))
     subscribers.add(engine, "ann@example.org")
     subscribers.unsubscribe(engine, "ann@example.org")
     subscribers.sign_up(engine, "ann@example.org", consent=subscribers.Consent(at=long_ago), now=long_ago)
     assert run("subscribers", "expire") == (
-        0, "forgot 1 unconfirmed sign-ups, and 1 unconfirmed sign-ups of people already on the list\n", "")
+        0,
+        "forgot 1 unconfirmed sign-ups, and 1 unconfirmed sign-ups of people already on the list\n",
+        "",
+    )
     assert subscribers.get(engine, "stale@example.org") is None
     assert subscribers.get(engine, "fresh@example.org") is not None
     assert subscribers.get(engine, "ann@example.org") is not None

@@ -90,7 +90,9 @@ def test_audience_streams_active_subscribers_in_batches(engine: Engine) -> None:
     assert members[0] == audience.AudienceMember(first.id, first.email, "Reader 0", first.token)
     assert audience.count_active(engine) == 6
     assert [m.email for b in audience.iter_active(engine, 10, after_id=members[3].id) for m in b] == [
-        "r5@example.org", "r6@example.org"]
+        "r5@example.org",
+        "r6@example.org",
+    ]
 
 
 def test_audience_sees_unsubscribes_between_batches(engine: Engine) -> None:

@@ -72,10 +72,7 @@ def test_rerun_changes_nothing(engine: Engine, sample_csv: Path) -> None:
 
 def test_case_duplicates_merge_into_one_subscriber(engine: Engine, write_csv: WriteCsv) -> None:
     path = write_csv(
-        "email,name,city\n"
-        "Mia@Example.org,,Lisbon\n"
-        "mia@example.ORG,Mia Wong,Porto\n"
-        "MIA@EXAMPLE.ORG,Someone Else,\n"
+        "email,name,city\nMia@Example.org,,Lisbon\nmia@example.ORG,Mia Wong,Porto\nMIA@EXAMPLE.ORG,Someone Else,\n"
     )
     result = import_csv(engine, path)
     assert (result.added, result.duplicates) == (1, 2)
@@ -88,7 +85,9 @@ def test_case_duplicates_merge_into_one_subscriber(engine: Engine, write_csv: Wr
 
 
 def test_duplicates_across_chunks_merge_like_within_one(engine: Engine, write_csv: WriteCsv) -> None:
-    path = write_csv("email,name,status\nkim@example.org,,\nother@example.org,Other,\nKIM@example.org,Kim,unsubscribed\n")
+    path = write_csv(
+        "email,name,status\nkim@example.org,,\nother@example.org,Other,\nKIM@example.org,Kim,unsubscribed\n"
+    )
     result = import_csv(engine, path, chunk_size=1)
     assert (result.added, result.duplicates) == (2, 1)
     kim = subscribers.get(engine, "kim@example.org")
@@ -135,7 +134,9 @@ def test_rows_without_status_do_not_change_existing_status(engine: Engine, write
 
 def test_status_column_can_unsubscribe(engine: Engine, write_csv: WriteCsv) -> None:
     subscribers.add(engine, "bye@example.org")
-    path = write_csv("email,status,unsubscribed_at\nbye@example.org,Unsubscribed,2024-06-01\nnew@example.org,unsubscribed,\n")
+    path = write_csv(
+        "email,status,unsubscribed_at\nbye@example.org,Unsubscribed,2024-06-01\nnew@example.org,unsubscribed,\n"
+    )
     result = import_csv(engine, path)
     assert (result.added, result.updated) == (1, 1)
     bye = subscribers.get(engine, "bye@example.org")
@@ -173,7 +174,7 @@ def test_rerun_after_a_crash_gives_the_same_result(engine: Engine, write_csv: Wr
         if i % 7 == 0:
             lines.append(f"USER{i}@example.org,,unsubscribed")  # a duplicate in a later chunk
     path = write_csv("\n".join(lines) + "\n")
-    now = dt.datetime(2024, 10, 25, 12, 0, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2024, 10, 25, 12, 0, tzinfo=dt.UTC)
     subscribers.add(engine, "user3@example.org", name="Before", now=now)
 
     chunks = []
@@ -286,7 +287,7 @@ def test_bad_fields_are_rejected(engine: Engine, write_csv: WriteCsv) -> None:
         "b@example.org,,3024-01-01,\n"
         "c@example.org,,,[1]\n"
         "d@localhost,,,\n"
-        "e@example.org,subscribed,2024-02-29,\"{\"\"k\"\": 1}\"\n"
+        'e@example.org,subscribed,2024-02-29,"{""k"": 1}"\n'
     )
     got = reasons(import_csv(engine, path))
     assert got[2].startswith("unknown status 'gone' in column 'status'")
@@ -306,12 +307,14 @@ def test_rejects_file_is_formula_safe_and_complete(engine: Engine, sample_csv: P
     assert rows[0] == ["line", "reason", "email", "name", "subscribed_at", "source"]
     assert [r[0] for r in rows[1:]] == ["5", "6", "7", "9", "12", "13"]
     formula = next(r for r in rows if r[0] == "9")
-    assert formula[2] == "'=HYPERLINK(\"http://evil.example.net\")"
+    assert formula[2] == '\'=HYPERLINK("http://evil.example.net")'
     assert rows[-1][2:] == ["dave@example.com", "Dave", "2024-05-01T00:00:00Z", "website", "extra-column"]
     assert list(tmp_path.glob(".rejects.csv.*")) == []  # no temporary file left
 
 
-def test_result_keeps_a_bounded_number_of_rejects(engine: Engine, write_csv: WriteCsv, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_result_keeps_a_bounded_number_of_rejects(
+    engine: Engine, write_csv: WriteCsv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(importer, "MAX_REPORTED", 3)
     path = write_csv("email\n" + "bad\n" * 10)
     result = import_csv(engine, path)

@@ -14,15 +14,16 @@ def test_claims_above_the_last_one_still_find_rows_given_back_below_it(engine: E
     send, _ = ledger.start_send(engine, "2024-10-25", "Subject")
 
     def claim(after: int) -> list[int]:
-        claimed, _ = ledger.claim_batch(engine, send.id, 3, ledger.new_batch_id(), owner="me:1:a",
-                                        lease_seconds=60, after=after)
+        claimed, _ = ledger.claim_batch(
+            engine, send.id, 3, ledger.new_batch_id(), owner="me:1:a", lease_seconds=60, after=after
+        )
         return [c.key for c in claimed]
 
     first = claim(0)
     second = claim(first[-1])
     assert second == [k + 3 for k in first]
     with engine.connect() as conn:
-        batch_id = conn.exec_driver_sql("SELECT batch_id FROM deliveries WHERE id = %d" % first[0]).scalar_one()
+        batch_id = conn.exec_driver_sql(f"SELECT batch_id FROM deliveries WHERE id = {first[0]:d}").scalar_one()
     ledger.release(engine, batch_id, first, "refused: nothing was delivered")
     third = claim(second[-1])
     fourth = claim(third[-1])

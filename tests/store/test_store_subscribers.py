@@ -11,11 +11,10 @@ from sqlalchemy import Engine, func, select
 from newsletter.errors import SubscriberError
 from newsletter.store import subscribers
 from newsletter.store.subscribers import Consent
-from newsletter.store.tables import consents
+from newsletter.store.tables import consents, suppressions
 from newsletter.store.tables import subscribers as table
-from newsletter.store.tables import suppressions
 
-NOW = dt.datetime(2024, 10, 25, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2024, 10, 25, 12, 0, tzinfo=dt.UTC)
 
 
 def test_add_and_find_in_any_case(engine: Engine) -> None:
@@ -108,11 +107,18 @@ def test_list_search_and_pages(engine: Engine) -> None:
     subscribers.add(engine, "ann_100%@example.org", name="Ann")
     subscribers.add(engine, "bob@example.org", name="Bob Reader", status="pending")
 
-    assert [s.email for s in subscribers.list_subscribers(engine, limit=2)] == ["reader0@example.org", "reader1@example.org"]
-    second = subscribers.list_subscribers(engine, limit=2, after_id=subscribers.list_subscribers(engine, limit=2)[-1].id)
+    assert [s.email for s in subscribers.list_subscribers(engine, limit=2)] == [
+        "reader0@example.org",
+        "reader1@example.org",
+    ]
+    second = subscribers.list_subscribers(
+        engine, limit=2, after_id=subscribers.list_subscribers(engine, limit=2)[-1].id
+    )
     assert [s.email for s in second] == ["reader2@example.org", "reader3@example.org"]
     assert len(subscribers.list_subscribers(engine, search="READER")) == 6  # address or name
-    assert [s.email for s in subscribers.list_subscribers(engine, search="reader", status="pending")] == ["bob@example.org"]
+    assert [s.email for s in subscribers.list_subscribers(engine, search="reader", status="pending")] == [
+        "bob@example.org"
+    ]
     assert [s.email for s in subscribers.list_subscribers(engine, search="100%")] == ["ann_100%@example.org"]
     assert [s.email for s in subscribers.list_subscribers(engine, search="r_ader")] == []  # no wildcards
 
@@ -256,11 +262,26 @@ def test_confirmations_are_limited_per_address(engine: Engine) -> None:
     assert subscribers.count(engine) == 1
     # a larger allowance, as web.confirmations_per_address sets it
     for n in range(3):
-        signed = subscribers.sign_up(engine, "bob@example.org", consent=CONSENT, per_window=3,
-                                     window=dt.timedelta(minutes=10), now=NOW + dt.timedelta(minutes=n))
+        signed = subscribers.sign_up(
+            engine,
+            "bob@example.org",
+            consent=CONSENT,
+            per_window=3,
+            window=dt.timedelta(minutes=10),
+            now=NOW + dt.timedelta(minutes=n),
+        )
         assert signed.confirmation_token
-    assert subscribers.sign_up(engine, "bob@example.org", consent=CONSENT, per_window=3,
-                               window=dt.timedelta(minutes=10), now=NOW + dt.timedelta(minutes=4)).outcome == "limited"
+    assert (
+        subscribers.sign_up(
+            engine,
+            "bob@example.org",
+            consent=CONSENT,
+            per_window=3,
+            window=dt.timedelta(minutes=10),
+            now=NOW + dt.timedelta(minutes=4),
+        ).outcome
+        == "limited"
+    )
 
 
 def test_the_first_consent_is_kept_and_later_ones_appended(engine: Engine) -> None:
@@ -273,7 +294,9 @@ def test_the_first_consent_is_kept_and_later_ones_appended(engine: Engine) -> No
     assert (second.subscriber.consent, second.subscriber.name) == (CONSENT, "Ann")
     history = subscribers.consent_history(engine, second.subscriber.id)
     assert [(c.at, c.ip, c.name, c.confirmed_at) for c in history] == [
-        (NOW, CONSENT.ip, "Ann", None), (later, "198.51.100.9", "Mallory", None)]
+        (NOW, CONSENT.ip, "Ann", None),
+        (later, "198.51.100.9", "Mallory", None),
+    ]
     confirmed = subscribers.confirm(engine, second.confirmation_token, now=later)
     assert (confirmed.consent, confirmed.name) == (CONSENT, "Mallory")
     assert [c.confirmed_at for c in subscribers.consent_history(engine, confirmed.id)] == [None, later]
@@ -296,21 +319,49 @@ def test_migration_0005_copies_the_consents_already_recorded(blank_database_url:
     try:
         db.upgrade(engine, "0004")
         with engine.begin() as conn:  # rows as the code before 0005 wrote them
-            conn.execute(table.insert().values(
-                email="ann@example.org", email_key="ann@example.org", name="Ann", status="active",
-                created_at=NOW, updated_at=NOW, confirmed_at=NOW, source="web", attributes={}, token="t" * 40,
-                consent_at=CONSENT.at, consent_ip=CONSENT.ip, consent_user_agent=CONSENT.user_agent,
-                consent_form=CONSENT.form))
-            conn.execute(table.insert().values(
-                email="bob@example.org", email_key="bob@example.org", name="", status="active",
-                created_at=NOW, updated_at=NOW, source="import", attributes={}, token="u" * 40))
+            conn.execute(
+                table.insert().values(
+                    email="ann@example.org",
+                    email_key="ann@example.org",
+                    name="Ann",
+                    status="active",
+                    created_at=NOW,
+                    updated_at=NOW,
+                    confirmed_at=NOW,
+                    source="web",
+                    attributes={},
+                    token="t" * 40,
+                    consent_at=CONSENT.at,
+                    consent_ip=CONSENT.ip,
+                    consent_user_agent=CONSENT.user_agent,
+                    consent_form=CONSENT.form,
+                )
+            )
+            conn.execute(
+                table.insert().values(
+                    email="bob@example.org",
+                    email_key="bob@example.org",
+                    name="",
+                    status="active",
+                    created_at=NOW,
+                    updated_at=NOW,
+                    source="import",
+                    attributes={},
+                    token="u" * 40,
+                )
+            )
         db.upgrade(engine)
         ann = subscribers.get(engine, "ann@example.org")
         bob = subscribers.get(engine, "bob@example.org")
         assert ann is not None and bob is not None
         [record] = subscribers.consent_history(engine, ann.id)
         assert (record.at, record.ip, record.user_agent, record.form, record.confirmed_at) == (
-            NOW, CONSENT.ip, CONSENT.user_agent, CONSENT.form, NOW)
+            NOW,
+            CONSENT.ip,
+            CONSENT.user_agent,
+            CONSENT.form,
+            NOW,
+        )
         assert subscribers.consent_history(engine, bob.id) == []
     finally:
         engine.dispose()
@@ -325,15 +376,30 @@ def test_sign_ups_for_one_address_at_the_same_moment_mail_once(engine: Engine) -
 
     results: list[subscribers.SignUp] = []
     with write_transaction(engine) as conn:
-        conn.execute(table.insert().values(
-            email="race@example.org", email_key="race@example.org", name="", status="pending", created_at=NOW,
-            updated_at=NOW, source="web", attributes={}, token="r" * 40, confirmation_hash="h" * 64,
-            confirmation_expires_at=NOW + subscribers.CONFIRMATION_TTL))
+        conn.execute(
+            table.insert().values(
+                email="race@example.org",
+                email_key="race@example.org",
+                name="",
+                status="pending",
+                created_at=NOW,
+                updated_at=NOW,
+                source="web",
+                attributes={},
+                token="r" * 40,
+                confirmation_hash="h" * 64,
+                confirmation_expires_at=NOW + subscribers.CONFIRMATION_TTL,
+            )
+        )
         row_id = conn.execute(select(table.c.id)).scalar_one()
-        conn.execute(consents.insert().values(subscriber_id=row_id, at=NOW, name="",
-                                              expires_at=NOW + subscribers.CONFIRMATION_TTL))
-        racer = threading.Thread(target=lambda: results.append(
-            subscribers.sign_up(engine, "race@example.org", consent=CONSENT, now=NOW)))
+        conn.execute(
+            consents.insert().values(
+                subscriber_id=row_id, at=NOW, name="", expires_at=NOW + subscribers.CONFIRMATION_TTL
+            )
+        )
+        racer = threading.Thread(
+            target=lambda: results.append(subscribers.sign_up(engine, "race@example.org", consent=CONSENT, now=NOW))
+        )
         racer.start()
         racer.join(0.5)  # on SQLite it waits for the write lock; on PostgreSQL for the row
     racer.join(15)

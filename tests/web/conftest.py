@@ -34,7 +34,7 @@ with warnings.catch_warnings():
 
 SECRET = "test-secret-key-" + "k" * 32
 BASE_URL = "http://127.0.0.1:8000"  # the config's publication.public_url
-START = dt.datetime(2024, 10, 28, 9, 0, tzinfo=dt.timezone.utc)
+START = dt.datetime(2024, 10, 28, 9, 0, tzinfo=dt.UTC)
 WEBHOOK_KEY_ENV = "TEST_SENDGRID_WEBHOOK_KEY"
 
 
@@ -61,15 +61,15 @@ def config_overrides() -> dict[str, Any]:
 def webhook_key(monkeypatch: pytest.MonkeyPatch) -> ec.EllipticCurvePrivateKey:
     """A P-256 key pair like SendGrid's; the public half (base64 DER) in the environment."""
     private = ec.generate_private_key(ec.SECP256R1())
-    der = private.public_key().public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = private.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     monkeypatch.setenv(WEBHOOK_KEY_ENV, base64.b64encode(der).decode("ascii"))
     return private
 
 
 @pytest.fixture
-def web_settings(write_config: Callable[..., Path], database_url: str, project: Path,
-                 config_overrides: dict[str, Any]) -> Settings:
+def web_settings(
+    write_config: Callable[..., Path], database_url: str, project: Path, config_overrides: dict[str, Any]
+) -> Settings:
     base: dict[str, Any] = {
         "database": {"url": database_url},
         "web": {"sendgrid_webhook": {"public_key_env": WEBHOOK_KEY_ENV}},
@@ -88,8 +88,9 @@ def sender() -> MemorySender:
 
 
 @pytest.fixture
-def app(web_settings: Settings, engine: Engine, sender: MemorySender, clock: Clock,
-        webhook_key: ec.EllipticCurvePrivateKey) -> FastAPI:
+def app(
+    web_settings: Settings, engine: Engine, sender: MemorySender, clock: Clock, webhook_key: ec.EllipticCurvePrivateKey
+) -> FastAPI:
     return create_app(web_settings, engine=engine, sender=sender, clock=clock, secret=SECRET)
 
 
@@ -134,9 +135,11 @@ def csrf_token(client: TestClient, url: str = "/subscribe") -> str:
 def sign(private: ec.EllipticCurvePrivateKey, body: bytes, timestamp: int) -> dict[str, str]:
     """The headers SendGrid sends: an ECDSA-SHA256 signature of timestamp + body."""
     signature = private.sign(str(timestamp).encode("ascii") + body, ec.ECDSA(hashes.SHA256()))
-    return {"X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode("ascii"),
-            "X-Twilio-Email-Event-Webhook-Timestamp": str(timestamp),
-            "Content-Type": "application/json"}
+    return {
+        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode("ascii"),
+        "X-Twilio-Email-Event-Webhook-Timestamp": str(timestamp),
+        "Content-Type": "application/json",
+    }
 
 
 def event_body(*events: dict[str, Any]) -> bytes:

@@ -57,20 +57,27 @@ def test_a_chunked_body_over_the_limit_is_413(client: TestClient, subscriber: Su
         for _ in range(40):
             yield b"x" * 1000
 
-    response = client.post(f"/unsubscribe/{subscriber.token}", content=chunks(),
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        f"/unsubscribe/{subscriber.token}",
+        content=chunks(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 413
     assert client.get(f"/unsubscribe/{subscriber.token}").text.count("<button") == 1  # still subscribed
 
 
 def test_a_bad_content_length_is_400(client: TestClient, subscriber: Subscriber) -> None:
-    response = client.post(f"/unsubscribe/{subscriber.token}", content=b"List-Unsubscribe=One-Click",
-                           headers={"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "ten"})
+    response = client.post(
+        f"/unsubscribe/{subscriber.token}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "Content-Length": "ten"},
+    )
     assert response.status_code == 400
 
 
-def test_request_logs_name_routes_not_tokens(client: TestClient, subscriber: Subscriber,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_request_logs_name_routes_not_tokens(
+    client: TestClient, subscriber: Subscriber, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level("INFO", logger="newsletter.web")
     client.get(f"/unsubscribe/{subscriber.token}")
     client.post(f"/unsubscribe/{subscriber.token}", data={"List-Unsubscribe": "One-Click"})
@@ -100,5 +107,14 @@ def test_the_factory_needs_a_long_secret_key(settings: Settings, monkeypatch: py
 
 def test_the_openapi_description_lists_the_routes(client: TestClient, engine: Engine) -> None:
     paths = set(client.get("/openapi.json").json()["paths"])
-    assert {"/unsubscribe/{token}", "/subscribe", "/confirm/{token}", "/archive", "/archive/{slug}",
-            "/webhooks/sendgrid", "/healthz", "/preview", "/preview/{slug}"} <= paths
+    assert {
+        "/unsubscribe/{token}",
+        "/subscribe",
+        "/confirm/{token}",
+        "/archive",
+        "/archive/{slug}",
+        "/webhooks/sendgrid",
+        "/healthz",
+        "/preview",
+        "/preview/{slug}",
+    } <= paths

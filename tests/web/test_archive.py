@@ -26,8 +26,10 @@ def test_the_list_shows_sent_issues_only(client: TestClient, web_settings: Setti
     assert empty.status_code == 200 and "No issues have been sent yet" in empty.text
     mark_sent(web_settings)
     draft = issuefile.load(issuefile.path_for(web_settings.issues_dir, "2024-10-25"))
-    issuefile.save(draft.model_copy(update={"slug": "2024-11-01", "status": "draft", "subject": "Draft only"}),
-                   issuefile.path_for(web_settings.issues_dir, "2024-11-01"))
+    issuefile.save(
+        draft.model_copy(update={"slug": "2024-11-01", "status": "draft", "subject": "Draft only"}),
+        issuefile.path_for(web_settings.issues_dir, "2024-11-01"),
+    )
     page = client.get("/archive").text
     assert 'href="/archive/2024-10-25"' in page and draft.subject in page
     assert "Draft only" not in page and "2024-11-01" not in page
@@ -46,8 +48,7 @@ def test_the_web_version_has_no_working_personal_links(client: TestClient, web_s
     assert "default-src 'none'" in response.headers["content-security-policy"]
 
 
-def test_placeholder_lookalikes_in_content_stay_in_the_web_version(client: TestClient,
-                                                                  web_settings: Settings) -> None:
+def test_placeholder_lookalikes_in_content_stay_in_the_web_version(client: TestClient, web_settings: Settings) -> None:
     path = issuefile.path_for(web_settings.issues_dir, "2024-10-25")
     issuefile.save(forged_placeholder_issue().model_copy(update={"status": "sent"}), path)
     html = client.get("/archive/2024-10-25").text

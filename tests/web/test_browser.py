@@ -22,8 +22,14 @@ from newsletter.store import subscribers
 from newsletter.store.db import create_store_engine
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SLUG = "2024-10-25"
 PREVIEW_TOKEN = "browser-preview-token-" + "p" * 20
 
@@ -74,12 +80,20 @@ def wait_for(condition: Callable[[], object], what: str, limit: float = 10.0) ->
 @pytest.fixture
 def server(project: Path, write_config: Callable[..., Path], tmp_path: Path) -> Iterator[Server]:
     port = free_port()
-    config = write_config({"publication": {"public_url": f"http://127.0.0.1:{port}"},
-                           "database": {"url": "sqlite:///newsletter.db"},
-                           "delivery": {"backend": "outbox", "outbox": {"dir": "outbox"},
-                                        "test_recipients": ["editors@news.example.org"]}})
-    env = clean_env({"NEWSLETTER_SECRET_KEY": "browser-test-secret-" + "s" * 32,
-                     "NEWSLETTER_PREVIEW_TOKEN": PREVIEW_TOKEN})
+    config = write_config(
+        {
+            "publication": {"public_url": f"http://127.0.0.1:{port}"},
+            "database": {"url": "sqlite:///newsletter.db"},
+            "delivery": {
+                "backend": "outbox",
+                "outbox": {"dir": "outbox"},
+                "test_recipients": ["editors@news.example.org"],
+            },
+        }
+    )
+    env = clean_env(
+        {"NEWSLETTER_SECRET_KEY": "browser-test-secret-" + "s" * 32, "NEWSLETTER_PREVIEW_TOKEN": PREVIEW_TOKEN}
+    )
     cli(config, env, "db", "upgrade")
     cli(config, env, "subscribers", "add", "reader@example.net", "--name", "Ann Reader")
     with serving(config, env, tmp_path / "serve.log", port=port) as served:
@@ -108,8 +122,9 @@ def page(browser: Browser) -> Iterator[Page]:
 @pytest.fixture
 def editor_page(browser: Browser) -> Iterator[Page]:
     """An editor's browser: it answers the preview's basic-auth prompt with the token."""
-    context = browser.new_context(viewport={"width": 1500, "height": 1000},
-                                  http_credentials={"username": "editor", "password": PREVIEW_TOKEN})
+    context = browser.new_context(
+        viewport={"width": 1500, "height": 1000}, http_credentials={"username": "editor", "password": PREVIEW_TOKEN}
+    )
     opened = context.new_page()
     yield opened
     context.close()
@@ -180,8 +195,9 @@ def test_the_preview_reloads_when_the_issue_file_changes(server: Server, editor_
     issuefile.save(issue.model_copy(update={"subject": "Edited while open"}), server.issue_path)
     expect(page.locator("h1")).to_have_text("Edited while open", timeout=10_000)
     template = server.project / "templates" / "email.txt.j2"
-    template.write_text(template.read_text(encoding="utf-8").replace("Past issues:", "Earlier issues:"),
-                        encoding="utf-8")
+    template.write_text(
+        template.read_text(encoding="utf-8").replace("Past issues:", "Earlier issues:"), encoding="utf-8"
+    )
     expect(page.locator("#plain-text")).to_contain_text("Earlier issues:", timeout=10_000)
 
 

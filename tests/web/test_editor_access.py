@@ -45,14 +45,21 @@ BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture
-def make_client(web_settings: Settings, engine: Engine, clock: Clock, sender: MemorySender,
-                monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., TestClient]]:
+def make_client(
+    web_settings: Settings, engine: Engine, clock: Clock, sender: MemorySender, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., TestClient]]:
     """A client for an app built with ``web`` changes, credentials in the environment or
     not, connecting from ``peer``."""
     clients: list[TestClient] = []
 
-    def make(web: dict[str, Any] | None = None, *, token: bool = True, password: bool = False,
-             peer: tuple[str, int] = LOOPBACK, base_url: str = "http://127.0.0.1:8000") -> TestClient:
+    def make(
+        web: dict[str, Any] | None = None,
+        *,
+        token: bool = True,
+        password: bool = False,
+        peer: tuple[str, int] = LOOPBACK,
+        base_url: str = "http://127.0.0.1:8000",
+    ) -> TestClient:
         monkeypatch.delenv("NEWSLETTER_PREVIEW_TOKEN", raising=False)
         monkeypatch.delenv("EDITORS_PASSWORD", raising=False)
         if token:
@@ -86,8 +93,9 @@ def test_the_shipped_config_requires_credentials_always(project: Path) -> None:
     assert settings.web.host == "127.0.0.1"
 
 
-def test_by_default_even_a_local_request_needs_credentials(make_client: Callable[..., TestClient],
-                                                          web_settings: Settings) -> None:
+def test_by_default_even_a_local_request_needs_credentials(
+    make_client: Callable[..., TestClient], web_settings: Settings
+) -> None:
     client = make_client()
     for headers in ({}, {"Host": "localhost:8000"}, {"X-Forwarded-For": "203.0.113.9"}):
         refused = client.get("/preview", headers=headers)
@@ -104,11 +112,22 @@ def test_by_default_even_a_local_request_needs_credentials(make_client: Callable
 
 
 def test_the_token_and_the_password_and_nothing_else(make_client: Callable[..., TestClient]) -> None:
-    client = make_client({"preview": {"username": "editor", "password_env": "EDITORS_PASSWORD"}}, password=True,
-                         peer=ELSEWHERE, base_url="https://newsletter.example.org")
-    for headers in ({"Authorization": "Bearer wrong"}, basic("editor", "wrong"), basic("other", PASSWORD),
-                    basic("editor", TOKEN[:-1]), {"Authorization": "Basic !!!"}, {"Authorization": "Digest x"},
-                    {"Authorization": f"Bearer {TOKEN} "[:-2]}, {"Authorization": f"Token {TOKEN}"}):
+    client = make_client(
+        {"preview": {"username": "editor", "password_env": "EDITORS_PASSWORD"}},
+        password=True,
+        peer=ELSEWHERE,
+        base_url="https://newsletter.example.org",
+    )
+    for headers in (
+        {"Authorization": "Bearer wrong"},
+        basic("editor", "wrong"),
+        basic("other", PASSWORD),
+        basic("editor", TOKEN[:-1]),
+        {"Authorization": "Basic !!!"},
+        {"Authorization": "Digest x"},
+        {"Authorization": f"Bearer {TOKEN} "[:-2]},
+        {"Authorization": f"Token {TOKEN}"},
+    ):
         assert client.get("/preview", headers=headers).status_code == 401, headers
     for headers in (BEARER, basic("editor", PASSWORD), basic("anyone", TOKEN)):
         assert client.get("/preview", headers=headers).status_code == 200, headers
@@ -141,15 +160,17 @@ def test_local_mode_opens_only_direct_loopback_requests(make_client: Callable[..
     assert bare.get("/preview", headers={"X-Forwarded-For": "203.0.113.9"}).status_code == 403
 
 
-@pytest.mark.parametrize(("web", "message"), [
-    ({"preview": {"access": "local"}, "trusted_proxies": ["127.0.0.1"]}, "access local is for a server no proxy"),
-    ({"trusted_proxies": ["*"]}, "'*' is not an IP address or network"),
-    ({"trusted_proxies": ["nginx"]}, "'nginx' is not an IP address or network"),
-    ({"preview": {"access": "open"}}, "web.preview.access"),
-    ({"confirmation_window_minutes": 3 * 24 * 60 + 1}, "web.confirmation_window_minutes"),
-])
-def test_bad_web_settings_are_refused(write_config: Callable[..., Path], web: dict[str, Any],
-                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("web", "message"),
+    [
+        ({"preview": {"access": "local"}, "trusted_proxies": ["127.0.0.1"]}, "access local is for a server no proxy"),
+        ({"trusted_proxies": ["*"]}, "'*' is not an IP address or network"),
+        ({"trusted_proxies": ["nginx"]}, "'nginx' is not an IP address or network"),
+        ({"preview": {"access": "open"}}, "web.preview.access"),
+        ({"confirmation_window_minutes": 3 * 24 * 60 + 1}, "web.confirmation_window_minutes"),
+    ],
+)
+def test_bad_web_settings_are_refused(write_config: Callable[..., Path], web: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as raised:
         load_settings(write_config({"web": web}), env={})
     assert message in str(raised.value) and "config.yaml" in str(raised.value)
@@ -160,8 +181,7 @@ def sign_up(client: TestClient, address: str, forwarded_for: str | None) -> int:
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     assert token
     headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
-    return client.post("/subscribe", data={"email": address, "csrf_token": token.group(1)},
-                       headers=headers).status_code
+    return client.post("/subscribe", data={"email": address, "csrf_token": token.group(1)}, headers=headers).status_code
 
 
 def test_only_a_trusted_proxy_names_the_client(make_client: Callable[..., TestClient], engine: Engine) -> None:
@@ -189,16 +209,22 @@ def test_only_a_trusted_proxy_names_the_client(make_client: Callable[..., TestCl
 @pytest.fixture
 def served_project(write_config: Callable[..., Path], project: Path) -> Callable[..., Path]:
     def configure(web: dict[str, Any]) -> Path:
-        config = write_config({"database": {"url": "sqlite:///newsletter.db"}, "web": web,
-                               "delivery": {"backend": "outbox", "outbox": {"dir": "outbox"}}})
+        config = write_config(
+            {
+                "database": {"url": "sqlite:///newsletter.db"},
+                "web": web,
+                "delivery": {"backend": "outbox", "outbox": {"dir": "outbox"}},
+            }
+        )
         cli(config, clean_env(), "db", "upgrade")
         return config
 
     return configure
 
 
-def test_through_a_proxy_the_preview_and_approve_need_credentials(served_project: Callable[..., Path],
-                                                                 project: Path, tmp_path: Path) -> None:
+def test_through_a_proxy_the_preview_and_approve_need_credentials(
+    served_project: Callable[..., Path], project: Path, tmp_path: Path
+) -> None:
     """The report's reproduction: a proxy on this machine, curl with X-Forwarded-For."""
     config = served_project({"trusted_proxies": ["127.0.0.1"]})  # as the shipped config + deploy/ say
     env = clean_env({"NEWSLETTER_SECRET_KEY": SECRET, "NEWSLETTER_PREVIEW_TOKEN": TOKEN})
@@ -213,8 +239,9 @@ def test_through_a_proxy_the_preview_and_approve_need_credentials(served_project
                 assert page.status_code == 200
                 token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
                 assert token
-                approve = httpx.post(f"{url}/preview/{SLUG}/approve", data={"csrf_token": token.group(1)},
-                                     cookies=page.cookies)
+                approve = httpx.post(
+                    f"{url}/preview/{SLUG}/approve", data={"csrf_token": token.group(1)}, cookies=page.cookies
+                )
                 assert approve.status_code == 401
                 assert issue.read_bytes() == before
             assert httpx.get(f"{proxy.url}/preview", auth=("editor", TOKEN)).status_code == 200

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from newsletter import issuefile
 from newsletter.config import Settings
 from newsletter.senders.memory import MemorySender
 
-from .conftest import BASE_URL, csrf_token
+from .conftest import csrf_token
 
 SLUG = "2024-10-25"
 PAGE = f"/preview/{SLUG}"
@@ -84,8 +82,7 @@ def test_the_build_checks_are_shown(client: TestClient, web_settings: Settings) 
     assert '<li class="check-warning"><strong>warning</strong> image without alt text' in page
 
 
-def test_the_fingerprint_changes_with_the_issue_and_the_templates(client: TestClient,
-                                                                  web_settings: Settings) -> None:
+def test_the_fingerprint_changes_with_the_issue_and_the_templates(client: TestClient, web_settings: Settings) -> None:
     def version() -> str:
         response = client.get(f"{PAGE}/version")
         assert response.status_code == 200
@@ -94,8 +91,7 @@ def test_the_fingerprint_changes_with_the_issue_and_the_templates(client: TestCl
     first = version()
     assert version() == first
     path = issue_path(web_settings)
-    path.write_text(path.read_text(encoding="utf-8").replace("subject:", "subject: Edited", 1) + "\n",
-                    encoding="utf-8")
+    path.write_text(path.read_text(encoding="utf-8").replace("subject:", "subject: Edited", 1) + "\n", encoding="utf-8")
     second = version()
     assert second != first
     template = web_settings.templates.dir / "email.txt.j2"
@@ -151,9 +147,13 @@ def test_actions_need_the_csrf_token(client: TestClient, sender: MemorySender, w
 def test_unknown_and_malformed_issues_are_404(client: TestClient, sender: MemorySender) -> None:
     token = csrf_token(client, PAGE)
     for slug in ("1999-01-01", "UPPER", "a..b", "a" * 90):
-        for response in (client.get(f"/preview/{slug}"), client.get(f"/preview/{slug}/email.html"),
-                         client.get(f"/preview/{slug}/email.txt"), client.get(f"/preview/{slug}/version"),
-                         client.post(f"/preview/{slug}/approve", data={"csrf_token": token}),
-                         client.post(f"/preview/{slug}/send-test", data={"csrf_token": token})):
+        for response in (
+            client.get(f"/preview/{slug}"),
+            client.get(f"/preview/{slug}/email.html"),
+            client.get(f"/preview/{slug}/email.txt"),
+            client.get(f"/preview/{slug}/version"),
+            client.post(f"/preview/{slug}/approve", data={"csrf_token": token}),
+            client.post(f"/preview/{slug}/send-test", data={"csrf_token": token}),
+        ):
             assert response.status_code == 404, (slug, response.request.url)
     assert not sender.batches

@@ -39,8 +39,12 @@ def test_run_the_check_and_see_the_screenshots(client: TestClient, web_settings:
     page = client.get(response.headers["location"]).text
     assert "Render check done." in page and 'id="render-check-none"' not in page
     shots = re.findall(r'<img src="/preview/2024-10-25/check/(check-\d+-\w+\.png)" width="(\d+)"', page)
-    assert sorted(shots) == [("check-375-dark.png", "187"), ("check-375-light.png", "187"),
-                             ("check-600-dark.png", "300"), ("check-600-light.png", "300")]
+    assert sorted(shots) == [
+        ("check-375-dark.png", "187"),
+        ("check-375-light.png", "187"),
+        ("check-600-dark.png", "300"),
+        ("check-600-light.png", "300"),
+    ]
     assert "<td>Outlook (Windows)</td><td>border-radius</td><td>unsupported</td><td>square corners" in page
     png = client.get(f"{PAGE}/check/check-600-dark.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"
@@ -53,8 +57,13 @@ def test_run_the_check_and_see_the_screenshots(client: TestClient, web_settings:
 
 
 def test_without_chromium_the_page_says_so(web_settings: Settings, engine: Engine) -> None:
-    settings = web_settings.model_copy(update={"render_check": web_settings.render_check.model_copy(
-        update={"chromium": web_settings.config_path.parent / "no-chromium"})})
+    settings = web_settings.model_copy(
+        update={
+            "render_check": web_settings.render_check.model_copy(
+                update={"chromium": web_settings.config_path.parent / "no-chromium"}
+            )
+        }
+    )
     app = create_app(settings, engine=engine, sender=MemorySender(), clock=Clock(), secret=SECRET)
     with TestClient(app, base_url=BASE_URL, headers={"Authorization": f"Bearer {EDITOR_TOKEN}"}) as client:
         page = client.get(PAGE).text

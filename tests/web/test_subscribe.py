@@ -75,8 +75,9 @@ def test_sign_up_emails_a_link_that_activates(client: TestClient, engine: Engine
     assert client.post(link, data={"csrf_token": csrf_token(client)}).status_code == 404
 
 
-def test_a_link_scanner_confirms_nothing(client: TestClient, engine: Engine, sender: MemorySender,
-                                         app: FastAPI) -> None:
+def test_a_link_scanner_confirms_nothing(
+    client: TestClient, engine: Engine, sender: MemorySender, app: FastAPI
+) -> None:
     """Mail scanners fetch every link in a message, some with HEAD, some twice."""
     sign_up(client, "scanned@example.net")
     link = confirm_link(sender)
@@ -92,8 +93,7 @@ def test_a_link_scanner_confirms_nothing(client: TestClient, engine: Engine, sen
     assert confirm(client, link).status_code == 200  # the reader's own click still works
 
 
-def test_known_and_new_addresses_get_the_same_answer(client: TestClient, engine: Engine,
-                                                     sender: MemorySender) -> None:
+def test_known_and_new_addresses_get_the_same_answer(client: TestClient, engine: Engine, sender: MemorySender) -> None:
     subscribers.add(engine, "known@example.net", status="active")
     known = sign_up(client, "known@example.net")
     new = sign_up(client, "unknown@example.net")
@@ -103,8 +103,9 @@ def test_known_and_new_addresses_get_the_same_answer(client: TestClient, engine:
     assert subscribers.get(engine, "known@example.net").status == "active"
 
 
-def test_signing_up_again_later_sends_a_new_link_and_spends_the_old(client: TestClient, engine: Engine,
-                                                                    sender: MemorySender, clock: Clock) -> None:
+def test_signing_up_again_later_sends_a_new_link_and_spends_the_old(
+    client: TestClient, engine: Engine, sender: MemorySender, clock: Clock
+) -> None:
     sign_up(client, "twice@example.net")
     first = confirm_link(sender)
     clock.advance(minutes=61)
@@ -115,8 +116,9 @@ def test_signing_up_again_later_sends_a_new_link_and_spends_the_old(client: Test
     assert confirm(client, second).status_code == 200
 
 
-def test_one_confirmation_email_per_address_per_hour(app: FastAPI, client: TestClient, engine: Engine,
-                                                     sender: MemorySender, clock: Clock) -> None:
+def test_one_confirmation_email_per_address_per_hour(
+    app: FastAPI, client: TestClient, engine: Engine, sender: MemorySender, clock: Clock
+) -> None:
     """The report: five sign-ups for one address from five client addresses sent five mails."""
     answers = set()
     for n in range(5):
@@ -135,7 +137,8 @@ def test_one_confirmation_email_per_address_per_hour(app: FastAPI, client: TestC
 
 @pytest.mark.parametrize("status", ["complained", "bounced", "removed"])
 def test_addresses_that_must_not_be_mailed_get_the_same_answer_and_no_mail(
-        client: TestClient, engine: Engine, sender: MemorySender, status: str) -> None:
+    client: TestClient, engine: Engine, sender: MemorySender, status: str
+) -> None:
     added = subscribers.add(engine, "no-mail@example.net", name="Ann Reader", status="active")
     if status == "removed":
         subscribers.remove(engine, "no-mail@example.net")
@@ -148,8 +151,9 @@ def test_addresses_that_must_not_be_mailed_get_the_same_answer_and_no_mail(
     assert subscribers.get(engine, "no-mail@example.net") == before  # unchanged, or still erased
 
 
-def test_a_sign_up_keeps_the_record_and_appends_its_consent(app: FastAPI, engine: Engine, sender: MemorySender,
-                                                           clock: Clock) -> None:
+def test_a_sign_up_keeps_the_record_and_appends_its_consent(
+    app: FastAPI, engine: Engine, sender: MemorySender, clock: Clock
+) -> None:
     with TestClient(app, base_url=BASE_URL, client=("192.0.2.1", 1), headers={"User-Agent": "Ann's browser"}) as ann:
         sign_up(ann, "ann@example.net", "Ann Reader")
         confirm(ann, confirm_link(sender))
@@ -161,10 +165,15 @@ def test_a_sign_up_keeps_the_record_and_appends_its_consent(app: FastAPI, engine
         sign_up(other, "ann@example.net", "Mallory")
         kept = subscribers.get(engine, "ann@example.net")
         assert kept is not None and (kept.name, kept.consent, kept.status) == (
-            "Ann Reader", original.consent, "unsubscribed")
+            "Ann Reader",
+            original.consent,
+            "unsubscribed",
+        )
         history = subscribers.consent_history(engine, original.id)
         assert [(c.ip, c.user_agent, c.name, c.confirmed_at is not None) for c in history] == [
-            ("192.0.2.1", "Ann's browser", "Ann Reader", True), ("203.0.113.66", "other", "Mallory", False)]
+            ("192.0.2.1", "Ann's browser", "Ann Reader", True),
+            ("203.0.113.66", "other", "Mallory", False),
+        ]
         # following the new link is fresh consent from the mailbox's owner: the name given then applies
         confirm(other, confirm_link(sender))
     back = subscribers.get(engine, "ann@example.net")
@@ -181,8 +190,7 @@ def test_someone_who_unsubscribed_can_come_back(client: TestClient, engine: Engi
     assert subscribers.get(engine, "back@example.net").status == "active"
 
 
-def test_the_confirmation_link_expires(client: TestClient, engine: Engine, sender: MemorySender,
-                                       clock: Clock) -> None:
+def test_the_confirmation_link_expires(client: TestClient, engine: Engine, sender: MemorySender, clock: Clock) -> None:
     sign_up(client, "late@example.net")
     clock.advance(days=4)
     response = client.get(confirm_link(sender))
@@ -208,8 +216,9 @@ def test_csrf_is_required(client: TestClient, engine: Engine, sender: MemorySend
     assert subscribers.get(engine, "a@example.net") is None and not sender.batches
 
 
-def test_tokens_signed_with_another_key_are_refused(app: FastAPI, web_settings: Settings, engine: Engine,
-                                                    sender: MemorySender, clock: Clock) -> None:
+def test_tokens_signed_with_another_key_are_refused(
+    app: FastAPI, web_settings: Settings, engine: Engine, sender: MemorySender, clock: Clock
+) -> None:
     other = create_app(web_settings, engine=engine, sender=sender, clock=clock, secret="z" * 40)
     with TestClient(other, base_url=BASE_URL) as first, TestClient(app, base_url=BASE_URL) as second:
         token = csrf_token(first)
@@ -219,10 +228,20 @@ def test_tokens_signed_with_another_key_are_refused(app: FastAPI, web_settings: 
     assert SECRET not in response.text
 
 
-@pytest.mark.parametrize("address", ["not-an-address", "a@b", "", "x@example.net\r\nBcc: victim@example.org",
-                                     "=cmd|' /C calc'!A0@example.net", "a" * 400 + "@example.net"])
-def test_bad_addresses_are_a_400_and_nothing_happens(client: TestClient, engine: Engine, sender: MemorySender,
-                                                     address: str) -> None:
+@pytest.mark.parametrize(
+    "address",
+    [
+        "not-an-address",
+        "a@b",
+        "",
+        "x@example.net\r\nBcc: victim@example.org",
+        "=cmd|' /C calc'!A0@example.net",
+        "a" * 400 + "@example.net",
+    ],
+)
+def test_bad_addresses_are_a_400_and_nothing_happens(
+    client: TestClient, engine: Engine, sender: MemorySender, address: str
+) -> None:
     response = sign_up(client, address)
     assert 400 <= response.status_code < 500
     assert subscribers.count(engine) == 0 and not sender.batches
@@ -232,10 +251,16 @@ def test_malformed_forms(client: TestClient, engine: Engine, sender: MemorySende
     token = csrf_token(client)
     for response in (
         client.post("/subscribe", data={"csrf_token": token}),  # no email
-        client.post("/subscribe", content=b"email=%zz&csrf_token=" + token.encode(),
-                    headers={"Content-Type": "application/x-www-form-urlencoded"}),
-        client.post("/subscribe", content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx",
-                    headers={"Content-Type": "multipart/form-data; boundary=b"}),
+        client.post(
+            "/subscribe",
+            content=b"email=%zz&csrf_token=" + token.encode(),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ),
+        client.post(
+            "/subscribe",
+            content=b"--b\r\nContent-Disposition: form-data\r\n\r\nx",
+            headers={"Content-Type": "multipart/form-data; boundary=b"},
+        ),
         client.post("/subscribe", content=b"[1,2]", headers={"Content-Type": "application/json"}),
         client.post("/subscribe", data={"email": "a@example.net", "name": "line\nbreak", "csrf_token": token}),
     ):
@@ -244,14 +269,16 @@ def test_malformed_forms(client: TestClient, engine: Engine, sender: MemorySende
 
 
 def test_oversized_form_is_413(client: TestClient, engine: Engine) -> None:
-    response = client.post("/subscribe", data={"email": "a@example.net", "name": "x" * 20_000,
-                                               "csrf_token": csrf_token(client)})
+    response = client.post(
+        "/subscribe", data={"email": "a@example.net", "name": "x" * 20_000, "csrf_token": csrf_token(client)}
+    )
     assert response.status_code == 413
     assert subscribers.count(engine) == 0
 
 
-def test_sign_ups_are_rate_limited_per_client_address(app: FastAPI, client: TestClient, engine: Engine,
-                                                      clock: Clock) -> None:
+def test_sign_ups_are_rate_limited_per_client_address(
+    app: FastAPI, client: TestClient, engine: Engine, clock: Clock
+) -> None:
     for n in range(3):
         assert sign_up(client, f"r{n}@example.net").status_code == 200
     refused = sign_up(client, "r3@example.net")
@@ -263,8 +290,7 @@ def test_sign_ups_are_rate_limited_per_client_address(app: FastAPI, client: Test
     assert sign_up(client, "r5@example.net").status_code == 200
 
 
-def test_the_configured_outbox_receives_the_confirmation(web_settings: Settings, engine: Engine,
-                                                         clock: Clock) -> None:
+def test_the_configured_outbox_receives_the_confirmation(web_settings: Settings, engine: Engine, clock: Clock) -> None:
     app = create_app(web_settings, engine=engine, clock=clock, secret=SECRET)  # the configured sender
     with TestClient(app, base_url=BASE_URL) as client:
         assert sign_up(client, "outbox@example.net").status_code == 200

@@ -12,8 +12,9 @@ from newsletter.store.subscribers import Subscriber
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 
 
-def test_the_page_asks_with_a_button_and_offers_a_way_back(client: TestClient, subscriber: Subscriber,
-                                                           engine: Engine) -> None:
+def test_the_page_asks_with_a_button_and_offers_a_way_back(
+    client: TestClient, subscriber: Subscriber, engine: Engine
+) -> None:
     response = client.get(f"/unsubscribe/{subscriber.token}")
     assert response.status_code == 200
     page = response.text
@@ -25,8 +26,9 @@ def test_the_page_asks_with_a_button_and_offers_a_way_back(client: TestClient, s
     assert response.headers["referrer-policy"] == "no-referrer"
 
 
-def test_one_click_post_unsubscribes_without_cookies(client: TestClient, subscriber: Subscriber,
-                                                     engine: Engine) -> None:
+def test_one_click_post_unsubscribes_without_cookies(
+    client: TestClient, subscriber: Subscriber, engine: Engine
+) -> None:
     client.cookies.clear()
     response = client.post(f"/unsubscribe/{subscriber.token}", data=ONE_CLICK)
     assert response.status_code == 200
@@ -42,14 +44,18 @@ def test_one_click_post_as_multipart(client: TestClient, subscriber: Subscriber,
 
 
 def test_the_raw_rfc_8058_body(client: TestClient, subscriber: Subscriber, engine: Engine) -> None:
-    response = client.post(f"/unsubscribe/{subscriber.token}", content=b"List-Unsubscribe=One-Click",
-                           headers={"Content-Type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        f"/unsubscribe/{subscriber.token}",
+        content=b"List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert response.status_code == 200
     assert subscribers.get_by_token(engine, subscriber.token).status == "unsubscribed"
 
 
-def test_unsubscribing_twice_is_fine_and_changes_nothing(client: TestClient, subscriber: Subscriber,
-                                                         engine: Engine) -> None:
+def test_unsubscribing_twice_is_fine_and_changes_nothing(
+    client: TestClient, subscriber: Subscriber, engine: Engine
+) -> None:
     assert client.post(f"/unsubscribe/{subscriber.token}", data=ONE_CLICK).status_code == 200
     first = subscribers.get_by_token(engine, subscriber.token)
     assert client.post(f"/unsubscribe/{subscriber.token}", data=ONE_CLICK).status_code == 200
@@ -59,13 +65,11 @@ def test_unsubscribing_twice_is_fine_and_changes_nothing(client: TestClient, sub
     assert page.status_code == 200 and "You are not subscribed" in page.text and "<button" not in page.text
 
 
-def test_unknown_and_forged_tokens_get_the_same_404(client: TestClient, subscriber: Subscriber,
-                                                    engine: Engine) -> None:
+def test_unknown_and_forged_tokens_get_the_same_404(client: TestClient, subscriber: Subscriber, engine: Engine) -> None:
     forged = subscriber.token[:-4] + ("AAAA" if not subscriber.token.endswith("AAAA") else "BBBB")
     answers = []
     for token in (forged, "x" * 40, "short", "has.dots.and~tilde" * 3, "a" * 500):
-        for response in (client.get(f"/unsubscribe/{token}"),
-                         client.post(f"/unsubscribe/{token}", data=ONE_CLICK)):
+        for response in (client.get(f"/unsubscribe/{token}"), client.post(f"/unsubscribe/{token}", data=ONE_CLICK)):
             assert response.status_code == 404, token
             assert token not in response.text
             answers.append(response.text)
@@ -73,25 +77,26 @@ def test_unknown_and_forged_tokens_get_the_same_404(client: TestClient, subscrib
     assert subscribers.get_by_token(engine, subscriber.token).status == "active"
 
 
-def test_post_without_the_one_click_body_is_refused(client: TestClient, subscriber: Subscriber,
-                                                    engine: Engine) -> None:
+def test_post_without_the_one_click_body_is_refused(client: TestClient, subscriber: Subscriber, engine: Engine) -> None:
     url = f"/unsubscribe/{subscriber.token}"
     for response in (
         client.post(url),
         client.post(url, data={"List-Unsubscribe": "yes"}),
         client.post(url, data={"other": "One-Click"}),
         client.post(url, content=b"\xff\xfe=\x00", headers={"Content-Type": "application/x-www-form-urlencoded"}),
-        client.post(url, content=b"--broken\r\nnot multipart", headers={"Content-Type": "multipart/form-data; boundary=x"}),
+        client.post(
+            url, content=b"--broken\r\nnot multipart", headers={"Content-Type": "multipart/form-data; boundary=x"}
+        ),
         client.post(url, content=b"{}", headers={"Content-Type": "application/json"}),
     ):
         assert 400 <= response.status_code < 500, response.text
     assert subscribers.get_by_token(engine, subscriber.token).status == "active"
 
 
-def test_oversized_body_is_413_and_changes_nothing(client: TestClient, subscriber: Subscriber,
-                                                   engine: Engine) -> None:
-    response = client.post(f"/unsubscribe/{subscriber.token}",
-                           data={"List-Unsubscribe": "One-Click", "padding": "x" * 20_000})
+def test_oversized_body_is_413_and_changes_nothing(client: TestClient, subscriber: Subscriber, engine: Engine) -> None:
+    response = client.post(
+        f"/unsubscribe/{subscriber.token}", data={"List-Unsubscribe": "One-Click", "padding": "x" * 20_000}
+    )
     assert response.status_code == 413
     assert subscribers.get_by_token(engine, subscriber.token).status == "active"
 

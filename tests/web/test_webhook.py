@@ -39,8 +39,15 @@ def post(client: TestClient, key: ec.EllipticCurvePrivateKey, clock: Clock, body
 
 
 def ev(n: str, event: str, address: str = "reader@example.net", **extra: Any) -> dict[str, Any]:
-    return {"sg_event_id": f"evt-{n}", "event": event, "email": address, "timestamp": 1730000000,
-            "newsletter_issue": "2024-10-25", "newsletter_batch": "b1", **extra}
+    return {
+        "sg_event_id": f"evt-{n}",
+        "event": event,
+        "email": address,
+        "timestamp": 1730000000,
+        "newsletter_issue": "2024-10-25",
+        "newsletter_batch": "b1",
+        **extra,
+    }
 
 
 def status(engine: Engine, address: str) -> str:
@@ -49,11 +56,19 @@ def status(engine: Engine, address: str) -> str:
     return found.status
 
 
-def test_events_change_statuses_and_count_for_the_issue(client: TestClient, engine: Engine,
-                                                        webhook_key: ec.EllipticCurvePrivateKey,
-                                                        clock: Clock) -> None:
-    for address in ("hard@x.net", "soft@x.net", "dropped@x.net", "spam@x.net", "unsub@x.net",
-                    "group@x.net", "reader@example.net", "quota@x.net"):
+def test_events_change_statuses_and_count_for_the_issue(
+    client: TestClient, engine: Engine, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock
+) -> None:
+    for address in (
+        "hard@x.net",
+        "soft@x.net",
+        "dropped@x.net",
+        "spam@x.net",
+        "unsub@x.net",
+        "group@x.net",
+        "reader@example.net",
+        "quota@x.net",
+    ):
         subscribers.add(engine, address, status="active")
     body = event_body(
         ev("1", "bounce", "hard@x.net", type="bounce", reason="550 5.1.1 user unknown"),
@@ -71,16 +86,27 @@ def test_events_change_statuses_and_count_for_the_issue(client: TestClient, engi
     response = post(client, webhook_key, clock, body)
     assert response.status_code == 200, response.text
     assert response.json() == {"received": 11, "recorded": 11, "duplicates": 0, "ignored": 0, "reconciled": 0}
-    assert [status(engine, a) for a in ("hard@x.net", "soft@x.net", "dropped@x.net", "spam@x.net",
-                                        "unsub@x.net", "group@x.net", "reader@example.net", "quota@x.net")] == [
-        "bounced", "active", "bounced", "complained", "unsubscribed", "unsubscribed", "active", "active"]
+    assert [
+        status(engine, a)
+        for a in (
+            "hard@x.net",
+            "soft@x.net",
+            "dropped@x.net",
+            "spam@x.net",
+            "unsub@x.net",
+            "group@x.net",
+            "reader@example.net",
+            "quota@x.net",
+        )
+    ] == ["bounced", "active", "bounced", "complained", "unsubscribed", "unsubscribed", "active", "active"]
     stats = events.issue_stats(engine, "2024-10-25")
     assert stats.events["delivered"] == 1 and stats.events["open"] == 2 and stats.events["click"] == 1
     assert stats.unique_opens == 1 and stats.unique_clicks == 1
 
 
-def test_a_replayed_delivery_changes_nothing(client: TestClient, engine: Engine, subscriber: Subscriber,
-                                             webhook_key: ec.EllipticCurvePrivateKey, clock: Clock) -> None:
+def test_a_replayed_delivery_changes_nothing(
+    client: TestClient, engine: Engine, subscriber: Subscriber, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock
+) -> None:
     body = event_body(ev("1", "bounce", type="bounce"))
     assert post(client, webhook_key, clock, body).status_code == 200
     assert status(engine, "reader@example.net") == "bounced"
@@ -92,10 +118,9 @@ def test_a_replayed_delivery_changes_nothing(client: TestClient, engine: Engine,
     assert recorded(engine) == 1
 
 
-def test_unsigned_badly_signed_and_stale_requests_are_403(client: TestClient, engine: Engine,
-                                                          subscriber: Subscriber,
-                                                          webhook_key: ec.EllipticCurvePrivateKey,
-                                                          clock: Clock) -> None:
+def test_unsigned_badly_signed_and_stale_requests_are_403(
+    client: TestClient, engine: Engine, subscriber: Subscriber, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock
+) -> None:
     body = event_body(ev("1", "spamreport"))
     now = int(clock().timestamp())
     stranger = ec.generate_private_key(ec.SECP256R1())
@@ -121,38 +146,48 @@ def test_unsigned_badly_signed_and_stale_requests_are_403(client: TestClient, en
     assert recorded(engine) == 0 and status(engine, "reader@example.net") == "active"
 
 
-@pytest.mark.parametrize("body", [b"not json", b'{"event": "bounce"}', b"[1, 2]", b'["a"]', b"null",
-                                  b'[{"event": "bounce"}, 3]', b"\xff\xfe", b""])
-def test_bodies_that_are_not_arrays_of_events_are_400(client: TestClient, engine: Engine,
-                                                      webhook_key: ec.EllipticCurvePrivateKey, clock: Clock,
-                                                      body: bytes) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [b"not json", b'{"event": "bounce"}', b"[1, 2]", b'["a"]', b"null", b'[{"event": "bounce"}, 3]', b"\xff\xfe", b""],
+)
+def test_bodies_that_are_not_arrays_of_events_are_400(
+    client: TestClient, engine: Engine, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock, body: bytes
+) -> None:
     response = post(client, webhook_key, clock, body)
     assert response.status_code == 400
     assert recorded(engine) == 0
 
 
-def test_events_that_cannot_be_kept_are_ignored(client: TestClient, engine: Engine, subscriber: Subscriber,
-                                                webhook_key: ec.EllipticCurvePrivateKey, clock: Clock) -> None:
-    body = event_body({"event": "bounce", "email": "reader@example.net"},  # no sg_event_id
-                      {"sg_event_id": "e1", "event": "made_up"},
-                      {"sg_event_id": 5, "event": "bounce"},
-                      {"sg_event_id": "x" * 101, "event": "open"})
+def test_events_that_cannot_be_kept_are_ignored(
+    client: TestClient, engine: Engine, subscriber: Subscriber, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock
+) -> None:
+    body = event_body(
+        {"event": "bounce", "email": "reader@example.net"},  # no sg_event_id
+        {"sg_event_id": "e1", "event": "made_up"},
+        {"sg_event_id": 5, "event": "bounce"},
+        {"sg_event_id": "x" * 101, "event": "open"},
+    )
     response = post(client, webhook_key, clock, body)
     assert response.status_code == 200 and response.json()["ignored"] == 4
     assert recorded(engine) == 0 and status(engine, "reader@example.net") == "active"
 
 
-def test_oversized_body_is_413(client: TestClient, engine: Engine, webhook_key: ec.EllipticCurvePrivateKey,
-                               clock: Clock) -> None:
+def test_oversized_body_is_413(
+    client: TestClient, engine: Engine, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock
+) -> None:
     body = event_body(*[ev(str(n), "open", reason="x" * 500) for n in range(100)])
     assert len(body) > 50_000
     assert post(client, webhook_key, clock, body).status_code == 413
     assert recorded(engine) == 0
 
 
-def test_without_a_key_the_webhook_is_unavailable(web_settings: Settings, engine: Engine, clock: Clock,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  webhook_key: ec.EllipticCurvePrivateKey) -> None:
+def test_without_a_key_the_webhook_is_unavailable(
+    web_settings: Settings,
+    engine: Engine,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    webhook_key: ec.EllipticCurvePrivateKey,
+) -> None:
     monkeypatch.delenv(WEBHOOK_KEY_ENV)
     app = create_app(web_settings, engine=engine, sender=MemorySender(), clock=clock, secret=SECRET)
     with TestClient(app, base_url=BASE_URL) as client:
@@ -162,8 +197,9 @@ def test_without_a_key_the_webhook_is_unavailable(web_settings: Settings, engine
     assert recorded(engine) == 0
 
 
-def test_a_malformed_key_stops_the_app_from_starting(web_settings: Settings, engine: Engine,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_malformed_key_stops_the_app_from_starting(
+    web_settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from newsletter.errors import ConfigError
 
     monkeypatch.setenv(WEBHOOK_KEY_ENV, "bm90IGEga2V5")
@@ -171,9 +207,14 @@ def test_a_malformed_key_stops_the_app_from_starting(web_settings: Settings, eng
         create_app(web_settings, engine=engine, secret=SECRET)
 
 
-def test_the_response_and_logs_hold_no_addresses(client: TestClient, engine: Engine, subscriber: Subscriber,
-                                                 webhook_key: ec.EllipticCurvePrivateKey, clock: Clock,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_the_response_and_logs_hold_no_addresses(
+    client: TestClient,
+    engine: Engine,
+    subscriber: Subscriber,
+    webhook_key: ec.EllipticCurvePrivateKey,
+    clock: Clock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level("INFO", logger="newsletter")
     response = post(client, webhook_key, clock, event_body(ev("1", "spamreport")))
     assert response.status_code == 200
@@ -193,16 +234,23 @@ def _ambiguous_send(engine: Engine, addresses: list[str]) -> tuple[int, list[led
     return send.id, claimed
 
 
-def test_events_settle_the_ambiguous_rows_they_name(client: TestClient, engine: Engine,
-                                                    webhook_key: ec.EllipticCurvePrivateKey, clock: Clock) -> None:
+def test_events_settle_the_ambiguous_rows_they_name(
+    client: TestClient, engine: Engine, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock
+) -> None:
     send_id, claimed = _ambiguous_send(engine, ["a@x.net", "b@x.net", "c@x.net", "d@x.net"])
-    a, b, c, _d = claimed
+    a, b, _c, _d = claimed
     body = event_body(
         ev("r1", "processed", "a@x.net", newsletter_batch="b-lost", newsletter_delivery=str(a.key)),
         ev("r2", "delivered", "a@x.net", newsletter_batch="b-lost", newsletter_delivery=str(a.key)),
         ev("r3", "processed", "b@x.net", newsletter_batch="b-lost", newsletter_delivery=str(b.key)),
-        ev("r4", "dropped", "b@x.net", newsletter_batch="b-lost", newsletter_delivery=str(b.key),
-           reason="Bounced Address"),
+        ev(
+            "r4",
+            "dropped",
+            "b@x.net",
+            newsletter_batch="b-lost",
+            newsletter_delivery=str(b.key),
+            reason="Bounced Address",
+        ),
         # no delivery id (an older message): matched by batch and subscriber
         ev("r5", "deferred", "c@x.net", newsletter_batch="b-lost"),
         # an open for another batch proves nothing about this one
@@ -214,15 +262,16 @@ def test_events_settle_the_ambiguous_rows_they_name(client: TestClient, engine: 
     assert states == {"a@x.net": "sent", "b@x.net": "rejected", "c@x.net": "sent", "d@x.net": "ambiguous"}
     # replayed events change nothing; a late event for the last row settles it
     assert post(client, webhook_key, clock, body).json()["reconciled"] == 0
-    late = event_body(ev("r7", "delivered", "d@x.net", newsletter_batch="b-lost",
-                         newsletter_delivery=str(claimed[3].key)))
+    late = event_body(
+        ev("r7", "delivered", "d@x.net", newsletter_batch="b-lost", newsletter_delivery=str(claimed[3].key))
+    )
     assert post(client, webhook_key, clock, late).json()["reconciled"] == 1
     assert ledger.counts(engine, send_id).ambiguous == 0
 
 
-def test_events_never_touch_rows_that_are_not_ambiguous(client: TestClient, engine: Engine,
-                                                        webhook_key: ec.EllipticCurvePrivateKey,
-                                                        clock: Clock) -> None:
+def test_events_never_touch_rows_that_are_not_ambiguous(
+    client: TestClient, engine: Engine, webhook_key: ec.EllipticCurvePrivateKey, clock: Clock
+) -> None:
     subscribers.add(engine, "live@x.net", status="active")
     send, _ = ledger.start_send(engine, "2024-10-25", "subject", "hash")
     [row], _ = ledger.claim_batch(engine, send.id, 1, "b-live", owner="here:1:x", lease_seconds=60)
@@ -236,7 +285,9 @@ def _states(engine: Engine, send_id: int) -> dict[str, str]:
     from newsletter.store.tables import subscribers as table
 
     with engine.connect() as conn:
-        rows = conn.execute(select(table.c.email, deliveries.c.state)
-                            .select_from(deliveries.join(table, table.c.id == deliveries.c.subscriber_id))
-                            .where(deliveries.c.send_id == send_id)).all()
-    return {e: s for e, s in rows}
+        rows = conn.execute(
+            select(table.c.email, deliveries.c.state)
+            .select_from(deliveries.join(table, table.c.id == deliveries.c.subscriber_id))
+            .where(deliveries.c.send_id == send_id)
+        ).all()
+    return dict(rows)

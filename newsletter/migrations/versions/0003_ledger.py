@@ -45,8 +45,9 @@ def upgrade() -> None:
         sa.Column("settled_at", _WHEN),
         sa.Column("message_id", sa.String(200)),
         sa.Column("error", sa.String(500)),
-        sa.CheckConstraint("state IN ('pending', 'in_flight', 'sent', 'rejected', 'skipped')",
-                           name="ck_deliveries_state"),
+        sa.CheckConstraint(
+            "state IN ('pending', 'in_flight', 'sent', 'rejected', 'skipped')", name="ck_deliveries_state"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_deliveries"),
     )
     op.create_index("ix_deliveries_send_id_subscriber_id", "deliveries", ["send_id", "subscriber_id"], unique=True)

@@ -34,8 +34,9 @@ def upgrade() -> None:
         sa.Column("name", sa.String(200), server_default="", nullable=False),
         sa.Column("expires_at", _WHEN, nullable=False),
         sa.Column("confirmed_at", _WHEN),
-        sa.ForeignKeyConstraint(["subscriber_id"], ["subscribers.id"], ondelete="CASCADE",
-                                name="fk_consents_subscriber_id_subscribers"),
+        sa.ForeignKeyConstraint(
+            ["subscriber_id"], ["subscribers.id"], ondelete="CASCADE", name="fk_consents_subscriber_id_subscribers"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_consents"),
     )
     op.create_index("ix_consents_subscriber_id_at", "consents", ["subscriber_id", "at"])

@@ -23,8 +23,9 @@ _HAS_BATCH = sa.text("batch_id IS NOT NULL")
 
 def upgrade() -> None:
     op.drop_index("ix_deliveries_batch_id", table_name="deliveries")
-    op.create_index("ix_deliveries_batch_id", "deliveries", ["batch_id"],
-                    sqlite_where=_HAS_BATCH, postgresql_where=_HAS_BATCH)
+    op.create_index(
+        "ix_deliveries_batch_id", "deliveries", ["batch_id"], sqlite_where=_HAS_BATCH, postgresql_where=_HAS_BATCH
+    )
 
 
 def downgrade() -> None:
