@@ -29,6 +29,7 @@ from sqlalchemy import Column, Connection, Engine, Integer, MetaData, String, Ta
 from newsletter.errors import SubscriberError
 from newsletter.store.addresses import cell_problem, check_address, defuse_cell, shorten, suppression_hash
 from newsletter.store.db import insert_ignoring_conflicts, writing
+from newsletter.store.export import COLUMNS as EXPORT_COLUMNS
 from newsletter.store.subscribers import NAME_MAX, token_stream, utcnow
 from newsletter.store.tables import OPTED_OUT, STATUSES, subscribers, suppressions
 from newsletter.yamlfile import file_mode_for
@@ -61,20 +62,9 @@ COLUMNS = {
 DATES = ("created_at", "confirmed_at", "unsubscribed_at", "consent_at")
 TEXT_LIMITS = {"name": NAME_MAX, "source": 200, "consent_ip": 45, "consent_user_agent": 500, "consent_form": 200}
 STATUS_ALIASES = {"subscribed": "active", "confirmed": "active"}
-# the fields an import may change on an existing subscriber
-FIELDS = (
-    "name",
-    "status",
-    "source",
-    "created_at",
-    "confirmed_at",
-    "unsubscribed_at",
-    "consent_at",
-    "consent_ip",
-    "consent_user_agent",
-    "consent_form",
-    "attributes",
-)
+# the fields an import may change on an existing subscriber: what an export writes
+# besides the address, so an export imports back whole
+FIELDS = tuple(name for name in EXPORT_COLUMNS if name != "email")
 _SUSPECT_START = frozenset("=+-@ \t\r\n")
 
 

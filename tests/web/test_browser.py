@@ -18,18 +18,10 @@ from pathlib import Path
 import pytest
 
 from newsletter import issuefile
+from newsletter.rendercheck import CHROMIUM, CHROMIUM_ARGS  # the render check's browser, as it runs it
 from newsletter.store import subscribers
 from newsletter.store.db import create_store_engine
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SLUG = "2024-10-25"
 PREVIEW_TOKEN = "browser-preview-token-" + "p" * 20
 
