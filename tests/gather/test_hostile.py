@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.tls import Certificate, self_signed
+
 from .feedmaker import rss, rss_item
 
 DEADLINE = 2.0  # sources.fetch.timeout_seconds in these tests
@@ -396,45 +398,13 @@ def test_a_wrong_charset_header_does_not_garble_the_text(
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, and its key."""
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
-def hostile_tls(certificate: tuple[Path, Path]) -> Iterator[HostileServer]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*certificate)
-    server = HostileServer(tls=context)
+def hostile_tls(certificate: Certificate) -> Iterator[HostileServer]:
+    server = HostileServer(tls=certificate.server_context())
     yield server
     server.stop()
 
@@ -453,13 +423,13 @@ def test_over_https_the_same_deadline_holds(
     reason: str | None,
     hostile_tls: HostileServer,
     config: Callable[..., Path],
-    certificate: tuple[Path, Path],
+    certificate: Certificate,
     project: Path,
     tmp_path: Path,
 ) -> None:
     url = hostile_tls.add("/feed", behaviour)
     out = tmp_path / "draft.yaml"
-    run = gather(config(roundup=url), "--out", str(out), env={"SSL_CERT_FILE": str(certificate[0])})
+    run = gather(config(roundup=url), "--out", str(out), env={"SSL_CERT_FILE": str(certificate.cert)})
     if reason is None:
         assert run.code == 0, run.err
         assert yaml.safe_load(out.read_text(encoding="utf-8"))["roundup"]["title"] == "Diplomacy Watch: over TLS"
