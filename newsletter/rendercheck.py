@@ -266,6 +266,7 @@ async def _browse(html: str, out_dir: Path, chromium: Path) -> list[Render]:
         context = await browser.new_context()
         await context.route("**/*", offline)
         page = await context.new_page()
+        cdp = await context.new_cdp_session(page)
         await page.emulate_media(color_scheme=scheme)
         renders: list[Render] = []
         for n, width in enumerate(sorted(WIDTHS, reverse=True)):
@@ -289,7 +290,7 @@ async def _browse(html: str, out_dir: Path, chromium: Path) -> list[Render]:
                     )
                 ).response
             name = screenshot_name(width, scheme)
-            await page.screenshot(path=str(out_dir / name), full_page=True)
+            await _screenshot(cdp, page, out_dir / name)
             renders.append(_render(width, scheme, name, measured, results))
         await context.close()
         return renders
@@ -301,6 +302,24 @@ async def _browse(html: str, out_dir: Path, chromium: Path) -> list[Render]:
         finally:
             await browser.close()
     return [r for renders in by_scheme for r in renders]
+
+
+async def _screenshot(cdp: Any, page: Any, path: Path) -> None:
+    """The whole page as a PNG. Chromium's own capture with its fast PNG encoder: a
+    third of the time of Playwright's full-page screenshot (0.12 s, not 0.3 s)."""
+    import base64
+
+    width, height = await page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+    shot = await cdp.send(
+        "Page.captureScreenshot",
+        {
+            "format": "png",
+            "optimizeForSpeed": True,
+            "captureBeyondViewport": True,
+            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+        },
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
 
 
 def _render(width: int, scheme: Scheme, name: str, measured: dict[str, Any], axe: dict[str, Any]) -> Render:
