@@ -29,13 +29,13 @@ try:  # typer >= 0.22 vendors click
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors  # type: ignore[no-redef]
 
-from newsletter.config import Settings, load_settings
 from newsletter.errors import NewsletterError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter import send as send_job_types
+    from newsletter.config import Settings
     from newsletter.rendercheck import CheckOutput, RenderReport
     from newsletter.send import SendSummary
     from newsletter.weekly import WeekReport
@@ -66,6 +66,8 @@ EXIT_PARTIAL_IMPORT = 4
 
 def settings() -> Settings:
     """The settings for this invocation (``--config``, ``NEWSLETTER_CONFIG``, ./config.yaml)."""
+    from newsletter.config import load_settings  # pydantic: 0.1 s that --help does without
+
     return load_settings(state.config)
 
 

@@ -291,3 +291,13 @@ def test_approve_changes_only_the_status_lines(project: Path, capsys) -> None:
     assert len(added) == 2 and added[1].startswith("approved_at: ")
     assert after.splitlines()[after.splitlines().index(added[0]) + 1] == added[1]
     assert "approved" in capsys.readouterr().out
+
+
+def test_the_command_line_starts_without_the_heavy_libraries() -> None:
+    """`newsletter --help` (and every command's parsing) needs neither pydantic, the
+    database, the web stack nor the browser: each is imported by the command that uses it."""
+    heavy = ("pydantic", "sqlalchemy", "fastapi", "httpx", "apscheduler", "playwright", "lxml", "jinja2")
+    probe = f"import sys, newsletter.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
