@@ -46,6 +46,8 @@ SERIOUS = ("serious", "critical")
 LAYOUT_RULES = ["color-contrast", "target-size", "link-in-text-block", "scrollable-region-focusable"]
 # Not applicable to an email, which a client shows inside its own page and landmarks.
 AXE_RULES_OFF = {"region": {"enabled": False}, "landmark-one-main": {"enabled": False}}
+ALL_AXE_RULES: dict[str, Any] = {"resultTypes": ["violations"], "rules": AXE_RULES_OFF}
+LAYOUT_AXE_RULES: dict[str, Any] = {"resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}}
 # Bumped when the check itself changes, so a recorded report is not reused.
 CHECK_VERSION = 1
 
@@ -274,21 +276,10 @@ async def _browse(html: str, out_dir: Path, chromium: Path) -> list[Render]:
             if n == 0:
                 await page.set_content(html, wait_until="load")
             measured = await page.evaluate(_MEASURE)
-            if n == 0:  # inject axe-core; the whole rule set only on the first light render
-                full = scheme == SCHEMES[0]
-                options: dict[str, Any] = (
-                    {"resultTypes": ["violations"], "rules": AXE_RULES_OFF}
-                    if full
-                    else {"resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}}
-                )
-                results = (await Axe().run(page, options=options)).response
-            else:
-                results = (
-                    await Axe(axe_script="void 0").run(
-                        page,
-                        options={"resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}},
-                    )
-                ).response
+            # axe-core is injected once a page; the whole rule set runs on the first light render
+            axe = Axe() if n == 0 else Axe(axe_script="void 0")
+            options = ALL_AXE_RULES if n == 0 and scheme == SCHEMES[0] else LAYOUT_AXE_RULES
+            results = (await axe.run(page, options=options)).response
             name = screenshot_name(width, scheme)
             await _screenshot(cdp, page, out_dir / name)
             renders.append(_render(width, scheme, name, measured, results))
