@@ -67,6 +67,7 @@ class Event:
     reason: str | None
     occurred_at: dt.datetime | None
     status: str | None  # the subscriber status it implies, if any
+    bounce_type: str | None = None  # "hard" or "soft" for a bounce
 
 
 @dataclass
@@ -95,11 +96,19 @@ def _first(raw: Mapping[str, Any], names: Iterable[str], limit: int) -> str | No
     return None
 
 
+def bounce_type(event: str, raw: Mapping[str, Any]) -> str | None:
+    """``hard`` or ``soft`` for a bounce event (SendGrid's type ``blocked`` is a
+    temporary refusal), None for any other event."""
+    if event != "bounce":
+        return None
+    return "hard" if str(raw.get("type") or "bounce").lower() == "bounce" else "soft"
+
+
 def implied_status(event: str, raw: Mapping[str, Any]) -> str | None:
     """The subscriber status an event implies: bounced, complained, unsubscribed or None."""
     if event == "bounce":
         # "blocked" is SendGrid's soft bounce (a temporary refusal): keep mailing.
-        return "bounced" if str(raw.get("type") or "bounce").lower() == "bounce" else None
+        return "bounced" if bounce_type(event, raw) == "hard" else None
     if event == "dropped":
         return _DROPPED.get(str(raw.get("reason") or "").strip().lower())
     if event == "spamreport":
@@ -136,6 +145,7 @@ def parse_event(raw: Mapping[str, Any]) -> Event | None:
         reason=reason,
         occurred_at=occurred_at,
         status=implied_status(name, raw),
+        bounce_type=bounce_type(name, raw),
     )
 
 
@@ -193,6 +203,7 @@ def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]], *, now
                     subscriber_id=found[0] if found else None,
                     delivery_id=event.delivery_id,
                     reason=event.reason,
+                    bounce_type=event.bounce_type,
                     occurred_at=event.occurred_at,
                     received_at=now,
                 )

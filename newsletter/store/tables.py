@@ -212,6 +212,7 @@ webhook_events = Table(
     Column("subscriber_id", Id),  # when the address is a known subscriber
     Column("delivery_id", Id),  # the ledger row, from custom_args (reconciliation)
     Column("reason", String(500)),
+    Column("bounce_type", String(8)),  # "hard" or "soft" for a bounce, else NULL
     Column("occurred_at", UtcDateTime()),
     Column("received_at", UtcDateTime(), nullable=False),
     Index("ix_webhook_events_issue_event", "issue", "event"),
