@@ -104,7 +104,7 @@ def test_events_change_statuses_and_count_for_the_issue(
     assert stats.unique_opens == 1 and stats.unique_clicks == 1
     with engine.connect() as conn:
         kinds = dict(conn.execute(select(webhook_events.c.sg_event_id, webhook_events.c.bounce_type)).all())
-    assert (kinds["1"], kinds["2"], kinds["7"]) == ("hard", "soft", None)
+    assert (kinds["evt-1"], kinds["evt-2"], kinds["evt-7"]) == ("hard", "soft", None)
 
 
 def test_a_replayed_delivery_changes_nothing(
