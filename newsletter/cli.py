@@ -101,13 +101,16 @@ def error(message: str) -> None:
     err_console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", soft_wrap=True)
 
 
-def _built(issue_file: Path, out: Path | None, check: Literal["auto", "required", "off"]) -> CheckOutput:
+def _built(
+    issue_file: Path, out: Path | None, check: Literal["auto", "required", "off"], *, early_start: bool = False
+) -> CheckOutput:
     """Build ``issue_file`` into ``out`` (default: output.dir), run the render check in mode
-    ``check`` and print the build's warnings."""
+    ``check`` (``early_start``: Chromium starts while the build runs) and print the
+    build's warnings."""
     from newsletter import rendercheck
 
     cfg = settings()
-    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, check)
+    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, check, early_start=early_start)
     for message in done.build.warnings:
         warn(message)
     return done
@@ -156,7 +159,7 @@ def check(
 ) -> None:
     """Build ISSUE_FILE and open it in Chromium at 375 and 600 px, light and dark: overflow,
     font sizes, contrast, tap targets, axe-core, email-client support, screenshots."""
-    _print_render_check(_built(issue_file, out, "auto").report)
+    _print_render_check(_built(issue_file, out, "auto", early_start=True).report)
 
 
 def _print_render_check(report: RenderReport) -> None:

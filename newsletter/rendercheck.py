@@ -12,6 +12,7 @@ fallback) are listed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -41,8 +42,8 @@ MIN_TARGET_PX = 24  # WCAG 2.2 success criterion 2.5.8 (target size, minimum)
 MIN_FONT_PX = 12
 SERIOUS = ("serious", "critical")
 # The DOM is the same in every render; only the width and the colour scheme change. So
-# the whole axe rule set runs once (the first render) and the other renders run the
-# rules whose outcome depends on layout or colours.
+# the rules whose outcome does not depend on layout or colours run once, shared out
+# between the first light and the first dark render, and every render runs the others.
 LAYOUT_RULES = ["color-contrast", "target-size", "link-in-text-block", "scrollable-region-focusable"]
 # Not applicable to an email, which a client shows inside its own page and landmarks.
 AXE_RULES_OFF = {"region": {"enabled": False}, "landmark-one-main": {"enabled": False}}
@@ -201,10 +202,11 @@ def screenshot_name(width: int, scheme: Scheme) -> str:
     return f"check-{width}-{scheme}.png"
 
 
-def run_check(html: str, out_dir: Path, chromium: Path = CHROMIUM) -> RenderReport:
+def run_check(html: str, out_dir: Path, chromium: Path = CHROMIUM, browser: Browser | None = None) -> RenderReport:
     """Render ``html`` four times, write the screenshots and ``check.json`` into
     ``out_dir`` and return the report. Without Chromium the report says it was skipped
-    and carries the compatibility report only."""
+    and carries the compatibility report only. ``browser``: one already started (see
+    ``Browser``); else one is started here."""
     started = time.perf_counter()
     digest = html_sha256(html)
     notes = compat.report(html)
@@ -212,7 +214,11 @@ def run_check(html: str, out_dir: Path, chromium: Path = CHROMIUM) -> RenderRepo
     missing = chromium_missing(chromium)
     if missing:
         return RenderReport(html_sha256=digest, compat=notes, checks=checks, skipped=missing)
-    renders = _renders(html, out_dir, chromium)
+    if browser is None:
+        with Browser(chromium) as started_here:
+            renders = started_here.renders(html, out_dir)
+    else:
+        renders = browser.renders(html, out_dir)
     checks = _render_checks(renders) + checks
     report = RenderReport(
         html_sha256=digest,
@@ -234,65 +240,153 @@ def recorded(out_dir: Path, html: str) -> RenderReport | None:
     return report if report is not None and report.html_sha256 == html_sha256(html) else None
 
 
-def _renders(html: str, out_dir: Path, chromium: Path) -> list[Render]:
-    import asyncio
+class Browser:
+    """Playwright and Chromium, started on a thread of their own, with a page per colour
+    scheme (each its own renderer process, so the two schemes render side by side on two
+    cores). Started before the build, they come up while it runs: the check then waits
+    for neither the driver, nor the browser, nor its renderers (about 0.6 s).
 
-    from playwright.async_api import Error as PlaywrightError
+    ``renders(html, out_dir)`` runs the four renders; ``close()`` (or the ``with`` block)
+    stops the browser and the driver. A Chromium that fails to start is a ``BuildError``
+    from ``renders``."""
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        return asyncio.run(_browse(html, out_dir, chromium))
-    except PlaywrightError as exc:
-        from newsletter.errors import BuildError
+    def __init__(self, chromium: Path = CHROMIUM) -> None:
+        import asyncio
+        import threading
 
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BuildError(f"render check: Chromium failed: {first}") from None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="render-check", daemon=True)
+        self._thread.start()
+        self._playwright: Any = None
+        self._browser: Any = None
+        self._ready = asyncio.run_coroutine_threadsafe(self._start(chromium), self._loop)
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    async def _start(self, chromium: Path) -> list[tuple[_Tab, list[str]]]:
+        """The driver, the browser, a page per scheme, and for each the axe rules it
+        leaves to the others."""
+        import asyncio
+
+        from playwright.async_api import async_playwright
+
+        self._playwright = await async_playwright().start()
+        self._browser = await self._playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        tabs = list(await asyncio.gather(*(_Tab.open(self._browser, scheme) for scheme in SCHEMES)))
+        # The DOM is the same in both schemes: the rules that do not depend on layout or
+        # colour are shared out between them.
+        return list(zip(tabs, await tabs[0].split_rules(len(tabs)), strict=True))
+
+    def renders(self, html: str, out_dir: Path) -> list[Render]:
+        """Light and dark side by side, each at 600 px and then 375 px (see ``_Tab``)."""
+        import asyncio
+
+        from playwright.async_api import Error as PlaywrightError
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+        async def side_by_side(tabs: list[tuple[_Tab, list[str]]]) -> list[list[Render]]:
+            return list(await asyncio.gather(*(tab.renders(html, out_dir, others) for tab, others in tabs)))
+
+        try:
+            by_scheme = asyncio.run_coroutine_threadsafe(side_by_side(self._ready.result()), self._loop).result()
+        except PlaywrightError as exc:
+            from newsletter.errors import BuildError
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BuildError(f"render check: Chromium failed: {first}") from None
+        return [r for renders in by_scheme for r in renders]
+
+    def close(self) -> None:
+        """Stop the browser and the driver (waiting for a start still under way)."""
+        import asyncio
+
+        async def stop() -> None:
+            if self._browser is not None:
+                await self._browser.close()
+            if self._playwright is not None:
+                await self._playwright.stop()
+
+        if not self._thread.is_alive():
+            return
+        try:
+            with contextlib.suppress(Exception):  # a start that failed leaves nothing more to stop
+                self._ready.exception()  # wait for the start, whatever its outcome
+                asyncio.run_coroutine_threadsafe(stop(), self._loop).result()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
 
 
-async def _browse(html: str, out_dir: Path, chromium: Path) -> list[Render]:
-    """Light and dark side by side: one browser, a context (so a renderer process, on its
-    own core) per scheme; each loads the email once and is resized in place, so the
-    media queries apply anew and axe-core, injected once, stays in the page."""
-    import asyncio
+@dataclass
+class _Tab:
+    """One colour scheme's page: images served offline, the scheme emulated. It loads the
+    email once and is resized in place, so the media queries apply anew and axe-core,
+    injected once, stays in the page."""
 
-    from axe_playwright_python.async_playwright import Axe
-    from playwright.async_api import Route, async_playwright
+    scheme: Scheme
+    page: Any
+    cdp: Any
 
-    async def offline(route: Route) -> None:
-        if route.request.resource_type == "image":
-            await route.fulfill(status=200, content_type="image/svg+xml", body=_PLACEHOLDER)
-        else:
-            await route.abort()
+    @classmethod
+    async def open(cls, browser: Any, scheme: Scheme) -> _Tab:
+        from playwright.async_api import Route
 
-    async def scheme_renders(browser: Any, scheme: Scheme) -> list[Render]:
+        async def offline(route: Route) -> None:
+            if route.request.resource_type == "image":
+                await route.fulfill(status=200, content_type="image/svg+xml", body=_PLACEHOLDER)
+            else:
+                await route.abort()
+
         context = await browser.new_context()
         await context.route("**/*", offline)
         page = await context.new_page()
-        cdp = await context.new_cdp_session(page)
         await page.emulate_media(color_scheme=scheme)
+        await page.set_viewport_size({"width": max(WIDTHS), "height": 800})
+        return cls(scheme=scheme, page=page, cdp=await context.new_cdp_session(page))
+
+    async def split_rules(self, parts: int) -> list[list[str]]:
+        """The axe rules that do not depend on layout or colour, dealt out into ``parts``
+        lists, each the rules the other parts run (axe-core is injected into this page
+        to read them)."""
+        from axe_playwright_python.async_playwright import Axe
+
+        await self.page.evaluate(Axe().axe_script)
+        rules = await self.page.evaluate("axe.getRules().map((r) => r.ruleId)")
+        shared = sorted(set(rules) - set(LAYOUT_RULES) - set(AXE_RULES_OFF))
+        return [[rule for k in range(parts) if k != n for rule in shared[k::parts]] for n in range(parts)]
+
+    async def renders(self, html: str, out_dir: Path, others: list[str]) -> list[Render]:
+        """600 px then 375 px: measurements, axe-core (its default rule set but the
+        ``others`` at the first width, the layout rules at the second) and a screenshot
+        of each."""
+        from axe_playwright_python.async_playwright import Axe
+
         renders: list[Render] = []
         for n, width in enumerate(sorted(WIDTHS, reverse=True)):
-            await page.set_viewport_size({"width": width, "height": 800})
             if n == 0:
-                await page.set_content(html, wait_until="load")
-            measured = await page.evaluate(_MEASURE)
-            # axe-core is injected once a page; the whole rule set runs on the first light render
+                await self.page.set_content(html, wait_until="load")
+            else:
+                await self.page.set_viewport_size({"width": width, "height": 800})
+            measured = await self.page.evaluate(_MEASURE)
             axe = Axe() if n == 0 else Axe(axe_script="void 0")
-            options = ALL_AXE_RULES if n == 0 and scheme == SCHEMES[0] else LAYOUT_AXE_RULES
-            results = (await axe.run(page, options=options)).response
-            name = screenshot_name(width, scheme)
-            await _screenshot(cdp, page, out_dir / name)
-            renders.append(_render(width, scheme, name, measured, results))
-        await context.close()
+            options = _axe_without(others) if n == 0 else LAYOUT_AXE_RULES
+            results = (await axe.run(self.page, options=options)).response
+            name = screenshot_name(width, self.scheme)
+            await _screenshot(self.cdp, self.page, out_dir / name)
+            renders.append(_render(width, self.scheme, name, measured, results))
         return renders
 
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            by_scheme = await asyncio.gather(*(scheme_renders(browser, scheme) for scheme in SCHEMES))
-        finally:
-            await browser.close()
-    return [r for renders in by_scheme for r in renders]
+
+def _axe_without(others: list[str]) -> dict[str, Any]:
+    """axe-core's default rule set (less those that do not apply to an email) without
+    ``others``, which another render runs."""
+    return {**ALL_AXE_RULES, "rules": {**AXE_RULES_OFF, **{rule: {"enabled": False} for rule in others}}}
 
 
 async def _screenshot(cdp: Any, page: Any, path: Path) -> None:
@@ -397,7 +491,13 @@ def _dedupe(checks: list[Check]) -> list[Check]:
     return out
 
 
-def check_html(html: str, out_dir: Path, chromium: Path, mode: Literal["auto", "required", "off"]) -> RenderReport:
+def check_html(
+    html: str,
+    out_dir: Path,
+    chromium: Path,
+    mode: Literal["auto", "required", "off"],
+    browser: Browser | None = None,
+) -> RenderReport:
     """The render check as build and send run it (``render_check.on_build``/``on_send``):
     a report recorded for exactly this HTML is reused; ``required`` without Chromium is
     an error, ``auto`` gives a skipped report, ``off`` a skipped report at once."""
@@ -411,7 +511,7 @@ def check_html(html: str, out_dir: Path, chromium: Path, mode: Literal["auto", "
     missing = chromium_missing(chromium)
     if missing and mode == "required":
         raise BuildError(f"{missing.replace('skipped', 'required')} (render_check says required)")
-    return run_check(html, out_dir, chromium)
+    return run_check(html, out_dir, chromium, browser)
 
 
 def summary(report: RenderReport) -> list[str]:
@@ -455,11 +555,42 @@ def sample_html(build: Any, settings: Any) -> str:
 
 
 def check_issue(
-    issue_path: Path, settings: Any, out_dir: Path, mode: Literal["auto", "required", "off"] = "auto"
+    issue_path: Path,
+    settings: Any,
+    out_dir: Path,
+    mode: Literal["auto", "required", "off"] = "auto",
+    *,
+    early_start: bool = False,
 ) -> CheckOutput:
-    """Build ``issue_path`` into ``out_dir`` and run the render check on it."""
+    """Build ``issue_path`` into ``out_dir`` and run the render check on it.
+    ``early_start``: start Chromium while the build runs, unless the recorded report is
+    newer than everything the build reads (then it is most likely reused)."""
     from newsletter import render
 
-    build = render.build_to_dir(issue_path, settings, out_dir)
-    report = check_html(sample_html(build, settings), out_dir, settings.render_check.chromium, mode)
+    chromium = settings.render_check.chromium
+    browser = None
+    if (
+        early_start
+        and mode != "off"
+        and chromium_missing(chromium) is None
+        and not _probably_recorded(out_dir, issue_path, settings)
+    ):
+        browser = Browser(chromium)
+    try:
+        build = render.build_to_dir(issue_path, settings, out_dir)
+        report = check_html(sample_html(build, settings), out_dir, chromium, mode, browser)
+    finally:
+        if browser is not None:
+            browser.close()
     return CheckOutput(build=build, report=report)
+
+
+def _probably_recorded(out_dir: Path, issue_path: Path, settings: Any) -> bool:
+    """Whether ``check.json`` is newer than the issue file, the templates and the
+    configuration (a guess: the HTML's digest decides whether it is reused)."""
+    try:
+        recorded_at = (out_dir / REPORT_NAME).stat().st_mtime
+        inputs = [issue_path, settings.config_path, *Path(settings.templates.dir).iterdir()]
+        return all(path.stat().st_mtime < recorded_at for path in inputs if path is not None)
+    except OSError:
+        return False

@@ -122,3 +122,49 @@ def test_quirks_mode_is_an_error(tmp_path: Path, settings: Settings) -> None:
         settings.render_check.chromium,
     )
     assert any("no <!doctype html>" in e for e in report.errors)
+
+
+def test_rules_shared_out_between_the_schemes_are_all_run(tmp_path: Path, settings: Settings) -> None:
+    # image-alt and html-has-lang depend on neither layout nor colour: each runs in one
+    # scheme's first render only, and each is found
+    broken = (
+        "<!doctype html><html><head><title>t</title></head><body>"
+        '<p>Text</p><img src="https://img.example.org/a.jpg" width="100" height="60"></body></html>'
+    )
+    report = rendercheck.run_check(broken, tmp_path, settings.render_check.chromium)
+    found = {v.rule: r.name for r in report.renders for v in r.axe}
+    assert {"image-alt", "html-has-lang"} <= set(found), found
+    # ...once each, in a first (600 px) render, whichever scheme it was dealt to
+    assert all(found[rule].startswith("600 px") for rule in ("image-alt", "html-has-lang"))
+    assert sum(1 for e in report.errors if "image-alt" in e) == 1
+
+
+def test_a_browser_that_cannot_start_is_one_error_and_leaves_nothing_running(tmp_path: Path) -> None:
+    import threading
+
+    from newsletter.errors import BuildError
+
+    not_a_browser = tmp_path / "chromium"
+    not_a_browser.write_text("#!/bin/sh\nexit 3\n")
+    not_a_browser.chmod(0o755)
+    before = threading.active_count()
+    with pytest.raises(BuildError, match=r"^render check: Chromium failed: ") as caught:
+        rendercheck.run_check("<!doctype html><p>Hi</p>", tmp_path, not_a_browser)
+    assert "\n" not in str(caught.value)
+    assert threading.active_count() == before
+    assert not (tmp_path / rendercheck.REPORT_NAME).exists()
+
+
+def test_chromium_starts_early_only_when_the_recorded_report_is_older_than_the_inputs(
+    checked_project: tuple[Settings, dict[str, Path]], checked: dict[str, CheckOutput]
+) -> None:
+    import os
+
+    settings, issues = checked_project
+    out = settings.output.dir / "example"
+    assert rendercheck._probably_recorded(out, issues["example"], settings)
+    again = rendercheck.check_issue(issues["example"], settings, out, early_start=True)
+    assert again.report == checked["example"].report  # reused, not rendered again
+    later = (out / rendercheck.REPORT_NAME).stat().st_mtime + 5
+    os.utime(issues["example"], (later, later))
+    assert not rendercheck._probably_recorded(out, issues["example"], settings)
