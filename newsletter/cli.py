@@ -102,15 +102,20 @@ def error(message: str) -> None:
 
 
 def _built(
-    issue_file: Path, out: Path | None, check: Literal["auto", "required", "off"], *, early_start: bool = False
+    issue_file: Path,
+    out: Path | None,
+    check: Literal["auto", "required", "off"],
+    *,
+    early_start: bool = False,
+    reuse: bool = True,
 ) -> CheckOutput:
     """Build ``issue_file`` into ``out`` (default: output.dir), run the render check in mode
-    ``check`` (``early_start``: Chromium starts while the build runs) and print the
-    build's warnings."""
+    ``check`` (``early_start``: Chromium starts while the build runs; ``reuse``: a report
+    recorded for the same HTML is reused) and print the build's warnings."""
     from newsletter import rendercheck
 
     cfg = settings()
-    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, check, early_start=early_start)
+    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, check, early_start=early_start, reuse=reuse)
     for message in done.build.warnings:
         warn(message)
     return done
@@ -156,10 +161,15 @@ def check(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default: output.dir in config).")
     ] = None,
+    again: Annotated[
+        bool,
+        typer.Option("--again", help="Check again even if a report is recorded for exactly this HTML."),
+    ] = False,
 ) -> None:
     """Build ISSUE_FILE and open it in Chromium at 375 and 600 px, light and dark: overflow,
-    font sizes, contrast, tap targets, axe-core, email-client support, screenshots."""
-    _print_render_check(_built(issue_file, out, "auto", early_start=True).report)
+    font sizes, contrast, tap targets, axe-core, email-client support, screenshots. A report
+    recorded for exactly the same HTML is reused (--again checks anew)."""
+    _print_render_check(_built(issue_file, out, "auto", early_start=True, reuse=not again).report)
 
 
 def _print_render_check(report: RenderReport) -> None:

@@ -404,7 +404,9 @@ async def _screenshot(cdp: Any, page: Any, path: Path) -> None:
             "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
         },
     )
-    path.write_bytes(base64.b64decode(shot["data"]))
+    # whole or not at all (the preview may be showing the last one), and not fsynced:
+    # a screenshot lost in a crash is taken again with the next check
+    atomic_write(path, base64.b64decode(shot["data"]), durable=False)
 
 
 def _render(width: int, scheme: Scheme, name: str, measured: dict[str, Any], axe: dict[str, Any]) -> Render:
@@ -497,6 +499,8 @@ def check_html(
     chromium: Path,
     mode: Literal["auto", "required", "off"],
     browser: Browser | None = None,
+    *,
+    reuse: bool = True,
 ) -> RenderReport:
     """The render check as build and send run it (``render_check.on_build``/``on_send``):
     a report recorded for exactly this HTML is reused; ``required`` without Chromium is
@@ -505,7 +509,7 @@ def check_html(
 
     if mode == "off":
         return RenderReport(html_sha256=html_sha256(html), skipped="render check off (render_check in config)")
-    found = recorded(out_dir, html)
+    found = recorded(out_dir, html) if reuse else None
     if found is not None:
         return found
     missing = chromium_missing(chromium)
@@ -561,10 +565,12 @@ def check_issue(
     mode: Literal["auto", "required", "off"] = "auto",
     *,
     early_start: bool = False,
+    reuse: bool = True,
 ) -> CheckOutput:
     """Build ``issue_path`` into ``out_dir`` and run the render check on it.
     ``early_start``: start Chromium while the build runs, unless the recorded report is
-    newer than everything the build reads (then it is most likely reused)."""
+    newer than everything the build reads (then it is most likely reused); ``reuse``:
+    whether a report recorded for the same HTML is reused (else the check runs again)."""
     from newsletter import render
 
     chromium = settings.render_check.chromium
@@ -578,7 +584,7 @@ def check_issue(
         browser = Browser(chromium)
     try:
         build = render.build_to_dir(issue_path, settings, out_dir)
-        report = check_html(sample_html(build, settings), out_dir, chromium, mode, browser)
+        report = check_html(sample_html(build, settings), out_dir, chromium, mode, browser, reuse=reuse)
     finally:
         if browser is not None:
             browser.close()

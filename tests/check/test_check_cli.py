@@ -100,3 +100,20 @@ def test_an_unknown_mode_names_the_key(tmp_path: Path, capsys: pytest.CaptureFix
     config = make_project(tmp_path, {"render_check": {"on_send": "sometimes"}})
     code, _out, err = _run(capsys, "--config", str(config), "check", str(tmp_path / "issues/2024-10-25.yaml"))
     assert code != 0 and "render_check.on_send" in err and "Traceback" not in err
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_an_unchanged_email_reuses_its_report_and_again_checks_anew(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = make_project(tmp_path)
+    issue = str(tmp_path / "issues/2024-10-25.yaml")
+    assert _run(capsys, "--config", str(config), "check", issue)[0] == 0
+    shot = tmp_path / "build" / "check-375-dark.png"
+    first = shot.stat().st_mtime_ns
+    code, out, _ = _run(capsys, "--config", str(config), "check", issue)
+    assert code == 0 and "render check: 4 renders in" in out and shot.stat().st_mtime_ns == first
+    code, out, _ = _run(capsys, "--config", str(config), "check", issue, "--again")
+    assert code == 0 and "render check: 4 renders in" in out and shot.stat().st_mtime_ns != first
+    assert not list((tmp_path / "build").glob(".*.tmp"))  # screenshots are written whole
