@@ -4,8 +4,9 @@ inline stylesheet. A new ``newsletter build`` of an unchanged email then neither
 the templates nor imports and runs premailer (together about 0.2 s of a 0.45 s build).
 
 An entry is found by a hash of everything that makes it: the inputs, this module's
-format, and the installed mjml-python, premailer, cssutils and lxml. An unreadable,
-damaged or missing entry is a miss; a folder that cannot be written is no cache at all.
+format, the installed mjml-python, premailer, cssutils and lxml, and render.py itself.
+An unreadable, damaged or missing entry is a miss; a folder that cannot be written is
+no cache at all.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from newsletter.yamlfile import atomic_write
 log = logging.getLogger(__name__)
 
 CACHE_FOLDER = ".cache"
-# Bumped when compile_mjml or inline_css change what they make of the same input.
+# Bumped when the entries' layout changes. An edit of render.py (compile_mjml,
+# inline_css) changes the key by itself: the module's file is part of the stamp.
 HTML_FORMAT = 1
 # Compiled emails kept; the oldest (by last use) go first. About 50 KB each.
 HTML_ENTRIES = 64
-# The libraries whose output the HTML entries hold.
-_LIBRARIES = ("mjml", "premailer", "cssutils", "lxml")
+# The modules whose output the HTML entries hold.
+_LIBRARIES = ("mjml", "premailer", "cssutils", "lxml", "newsletter.render")
 
 
 def cache_dir(output_dir: Path) -> Path:

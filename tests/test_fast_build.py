@@ -142,6 +142,18 @@ def test_with_a_stored_render_check_the_build_opens_no_browser(write_config: Any
     assert (out / "email.html").read_text(encoding="utf-8") == html
 
 
+def test_help_imports_neither_rich_nor_the_configuration() -> None:
+    """`newsletter --help` is click's plain help: no rich, no pydantic, no templates."""
+    probe = (
+        "import sys\nfrom newsletter.cli import main\ncode = main(['--help'])\n"
+        "print(sorted(m for m in ('rich', 'pydantic', 'markdown_it', 'jinja2', 'yaml') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: newsletter" in done.stdout and "build" in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_old_entries_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(buildcache, "HTML_ENTRIES", 3)
     cache = buildcache.HtmlCache(tmp_path)
