@@ -15,6 +15,7 @@ import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from newsletter import issuefile, rendercheck, send
@@ -212,7 +213,8 @@ async def issue_changes(
     """A long poll: the fingerprint ``version`` gives, as soon as it differs from
     ``since`` or after ``wait`` seconds (at most ``WATCH_SECONDS``) with it unchanged."""
     ctx = context(request)
-    path = issue_path(ctx.settings, slug)
+    # off the event loop: a slug that is not its file's name reads every issue file
+    path = await run_in_threadpool(issue_path, ctx.settings, slug)
     deadline = time.monotonic() + min(max(wait, 0.0), WATCH_SECONDS)
     version = fingerprint(ctx.settings, path)
     while version == since and time.monotonic() < deadline:
