@@ -30,7 +30,7 @@ import jinja2
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from newsletter import issuefile, links, plaintext, sanitize
+from newsletter import buildcache, issuefile, links, plaintext, sanitize
 from newsletter.config import Settings
 from newsletter.errors import BuildError, HeaderError, TemplateError
 from newsletter.models import Issue, Recipient
@@ -130,13 +130,14 @@ class BuildOutput:
 _markdown = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": True})
 
 
-def _environment(templates_dir: Path) -> jinja2.Environment:
-    """A Jinja2 environment for a templates folder (cached: templates compile once)."""
-    return _cached_environment(str(templates_dir.resolve()))
+def _environment(templates_dir: Path, output_dir: Path) -> jinja2.Environment:
+    """A Jinja2 environment for a templates folder (cached: templates compile once in a
+    process, and their compiled code is kept under the output folder for the next one)."""
+    return _cached_environment(str(templates_dir.resolve()), str(output_dir.resolve()))
 
 
 @lru_cache(maxsize=8)
-def _cached_environment(templates_dir: str) -> jinja2.Environment:
+def _cached_environment(templates_dir: str, output_dir: str) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(templates_dir),
         undefined=jinja2.StrictUndefined,
@@ -144,6 +145,7 @@ def _cached_environment(templates_dir: str) -> jinja2.Environment:
         trim_blocks=False,
         keep_trailing_newline=True,
         auto_reload=True,
+        bytecode_cache=buildcache.jinja_cache(Path(output_dir)),
     )
     env.filters["wrap"] = plaintext.wrap
     env.filters["host"] = lambda url: urlsplit(url).hostname or url
@@ -288,13 +290,39 @@ def compile_mjml(mjml_source: str, source_name: str = "email.mjml.j2") -> str:
     return _IMG_CSS_HEIGHT.sub(r"\1height:auto;", html)
 
 
+@lru_cache(maxsize=1)
+def _premailer() -> Any:
+    """premailer's class, imported when an email is inlined (0.1 s to import)."""
+    import cssutils
+    from premailer import Premailer
+
+    # premailer validates every style attribute against cssutils' property profiles,
+    # whatever disable_validation says; validating only logs, and compiling the profiles'
+    # patterns takes 60 ms of a build. Without profiles nothing is validated; the
+    # output is the same.
+    cssutils.profile.removeProfile(all=True)
+    return Premailer
+
+
+def compiled_html(mjml_source: str, css: str, output_dir: Path) -> str:
+    """``mjml_source`` compiled and ``css`` inlined: found in the build cache under
+    ``output_dir`` when this exact email was compiled before, else made and kept there."""
+    cache = buildcache.HtmlCache(output_dir)
+    key = buildcache.html_key(mjml_source, css)
+    html = cache.get(key)
+    if html is None:
+        html = inline_css(compile_mjml(mjml_source), css)
+        cache.put(key, html)
+    return html
+
+
 def inline_css(html: str, css: str) -> str:
     """Inline ``css`` into the elements with premailer. MJML's own <style> blocks (resets,
     column widths, media queries) are kept as they are and not inlined: inlining its
     resets into every table cell would add some 15 KB towards Gmail's clipping limit."""
     import logging
 
-    from premailer import Premailer  # ~0.25 s to import: only when an email is built
+    Premailer = _premailer()  # the class, imported late
 
     html = _CSS_IMPORT.sub("", html)  # cssutils would fetch @import even with allow_network=False
     html = html.replace("<style", f"<style {_KEEP_STYLE}")
@@ -391,7 +419,7 @@ def check_email(
 
 def _prepare(issue: Issue, settings: Settings) -> tuple[jinja2.Environment, dict[str, Any]]:
     """The template environment (shared, cached) and this issue's template context."""
-    return _environment(settings.templates.dir), _context(issue, settings)
+    return _environment(settings.templates.dir, settings.output.dir), _context(issue, settings)
 
 
 def render_mjml(issue: Issue, settings: Settings) -> str:
@@ -404,7 +432,7 @@ def build_issue(issue: Issue, settings: Settings) -> Built:
     """Render ``issue`` once into a ``RenderedEmail`` and run the checks on it."""
     env, context = _prepare(issue, settings)
     mjml_source = _render_template(env, "email.mjml.j2", context)
-    html = inline_css(compile_mjml(mjml_source), _render_template(env, "inline.css.j2", context))
+    html = compiled_html(mjml_source, _render_template(env, "inline.css.j2", context), settings.output.dir)
     text = _tidy_text(_render_template(env, "email.txt.j2", context))
     sender = settings.sender
     email = RenderedEmail(
@@ -551,6 +579,6 @@ def build_to_dir(issue_path: Path, settings: Settings, out_dir: Path) -> BuildOu
     files: list[tuple[Path, int]] = []
     for name, data in (("email.html", html.encode("utf-8")), ("email.txt", text.encode("utf-8")), ("email.eml", eml)):
         path = out_dir / name
-        atomic_write(path, data)
+        atomic_write(path, data, sync=False)  # made again by the next build
         files.append((path, len(data)))
     return BuildOutput(files=files, warnings=built.warnings, built=built)

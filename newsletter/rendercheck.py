@@ -406,7 +406,7 @@ async def _screenshot(cdp: Any, page: Any, path: Path) -> None:
     )
     # whole or not at all (the preview may be showing the last one), and not fsynced:
     # a screenshot lost in a crash is taken again with the next check
-    atomic_write(path, base64.b64decode(shot["data"]), durable=False)
+    atomic_write(path, base64.b64decode(shot["data"]), sync=False)
 
 
 def _render(width: int, scheme: Scheme, name: str, measured: dict[str, Any], axe: dict[str, Any]) -> Render:
@@ -596,7 +596,7 @@ def _probably_recorded(out_dir: Path, issue_path: Path, settings: Any) -> bool:
     configuration (a guess: the HTML's digest decides whether it is reused)."""
     try:
         recorded_at = (out_dir / REPORT_NAME).stat().st_mtime
-        inputs = [issue_path, settings.config_path, *Path(settings.templates.dir).iterdir()]
+        inputs = [issue_path, settings.config_path, *Path(settings.templates.dir).rglob("*")]
         return all(path.stat().st_mtime < recorded_at for path in inputs if path is not None)
     except OSError:
         return False

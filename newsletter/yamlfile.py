@@ -129,10 +129,11 @@ def validate(
         raise error(f"{path}: {key_path(first['loc'])}: {msg}{tail}") from None
 
 
-def atomic_write(path: Path, data: str | bytes, *, durable: bool = True) -> None:
+def atomic_write(path: Path, data: str | bytes, *, sync: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename: all or nothing.
     The file keeps the mode it had, or gets the umask's for a new file (not mkstemp's 0600).
-    ``durable=False`` skips the fsync, for files that are made again if a crash loses them."""
+    ``sync=False`` skips the fsync (about 10 ms a file) for files that can be made again,
+    such as a build's output: a crash may then lose the new file, never mix two."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -141,7 +142,7 @@ def atomic_write(path: Path, data: str | bytes, *, durable: bool = True) -> None
             fh.write(raw)
             fh.flush()
             os.fchmod(fh.fileno(), file_mode_for(path))
-            if durable:
+            if sync:
                 os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -2,16 +2,20 @@
 mobile frame, its plain text, its size against Gmail's clipping limit, the build's
 checks and the render check (its report and four screenshots side by side, when one is
 recorded for this exact HTML; a button runs it), with "send test" and "approve". The
-page polls a fingerprint of the issue file and the templates and reloads itself when
-either changes.
+page reloads itself when the issue file or a template changes: it waits on ``changes``
+(a long poll, answered within ``WATCH_INTERVAL`` of the change) and falls back to polling
+``version`` when that fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from newsletter import issuefile, rendercheck, send
@@ -33,7 +37,11 @@ NOTICES = {
 }
 SCREENSHOTS = {rendercheck.screenshot_name(w, s): (w, s) for s in rendercheck.SCHEMES for w in rendercheck.WIDTHS}
 MOBILE_WIDTH = 375
-POLL_MS = 500
+POLL_MS = 500  # the fallback's interval
+# How often a waiting ``changes`` request looks at the files (a few stat calls), and how
+# long it waits before answering "unchanged" (shorter than a proxy's idle timeout).
+WATCH_INTERVAL = 0.025
+WATCH_SECONDS = 20.0
 
 
 def require_editor(request: Request) -> None:
@@ -108,6 +116,7 @@ def issue_page(
         "view": view,
         "mobile_width": MOBILE_WIDTH,
         "poll_ms": POLL_MS,
+        "changes_url": f"/preview/{slug}/changes",
         "version": fingerprint(ctx.settings, path),
         "csrf_field": CSRF_FIELD,
         "csrf_token": token,
@@ -195,6 +204,25 @@ def issue_version(slug: str, request: Request) -> JSONResponse:
     still reloads the page (which then shows the error)."""
     ctx = context(request)
     return JSONResponse({"version": fingerprint(ctx.settings, issue_path(ctx.settings, slug))})
+
+
+@router.get("/{slug}/changes", summary="Answers when the issue file or a template changes")
+async def issue_changes(
+    slug: str, request: Request, since: Annotated[str, Query(max_length=200)] = "", wait: float = WATCH_SECONDS
+) -> JSONResponse:
+    """A long poll: the fingerprint ``version`` gives, as soon as it differs from
+    ``since`` or after ``wait`` seconds (at most ``WATCH_SECONDS``) with it unchanged."""
+    ctx = context(request)
+    # off the event loop: a slug that is not its file's name reads every issue file
+    path = await run_in_threadpool(issue_path, ctx.settings, slug)
+    deadline = time.monotonic() + min(max(wait, 0.0), WATCH_SECONDS)
+    version = fingerprint(ctx.settings, path)
+    while version == since and time.monotonic() < deadline:
+        if await request.is_disconnected():  # the tab was closed or reloaded
+            break
+        await asyncio.sleep(WATCH_INTERVAL)
+        version = fingerprint(ctx.settings, path)
+    return JSONResponse({"version": version}, headers={"Cache-Control": "no-store"})
 
 
 @router.post("/{slug}/send-test", summary="Send a test to delivery.test_recipients")

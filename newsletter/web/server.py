@@ -75,4 +75,6 @@ def serve(settings: Settings, host: str | None = None, port: int | None = None) 
         proxy_headers=False,
         server_header=False,
         lifespan="on",
+        # open previews hold a long poll (web/preview.py): Ctrl-C does not wait them out
+        timeout_graceful_shutdown=2,
     )

@@ -193,6 +193,24 @@ def test_the_preview_reloads_when_the_issue_file_changes(server: Server, editor_
     expect(page.locator("#plain-text")).to_contain_text("Earlier issues:", timeout=10_000)
 
 
+def test_the_preview_waits_on_the_long_poll_and_polls_where_it_fails(server: Server, editor_page: Page) -> None:
+    """The page reloads through ``changes``; where that request fails (a proxy cutting
+    long requests: here the browser aborts it) it falls back to polling ``version``."""
+    page = editor_page
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    with page.expect_request(lambda request: "/changes?since=" in request.url):
+        page.goto(f"{server.url}/preview/{SLUG}")
+    page.wait_for_timeout(1200)  # two of the fallback's intervals: no polling while the long poll works
+    assert not any(url.endswith("/version") for url in asked), asked
+    page.route(re.compile(r"/changes\?since="), lambda route: route.abort())
+    with page.expect_request(lambda request: request.url.endswith("/version"), timeout=10_000):
+        page.reload()
+    issue = issuefile.load(server.issue_path)
+    issuefile.save(issue.model_copy(update={"subject": "Edited behind a proxy"}), server.issue_path)
+    expect(page.locator("h1")).to_have_text("Edited behind a proxy", timeout=10_000)
+
+
 def test_a_subscriber_unsubscribes_from_a_sent_email(server: Server, page: Page) -> None:
     server.cli("approve", str(server.issue_path))
     server.cli("send", str(server.issue_path))

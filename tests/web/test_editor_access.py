@@ -105,6 +105,8 @@ def test_by_default_even_a_local_request_needs_credentials(
     form = approve_form(client, BEARER)
     assert client.post(f"/preview/{SLUG}/approve", data=form, follow_redirects=False).status_code == 401
     assert client.post(f"/preview/{SLUG}/send-test", data=form, follow_redirects=False).status_code == 401
+    # the long poll too: it tells when an issue file changes, and holds a connection
+    assert client.get(f"/preview/{SLUG}/changes", params={"since": "x", "wait": "5"}).status_code == 401
     assert issuefile.load(issuefile.path_for(web_settings.issues_dir, SLUG)).status == "draft"
     done = client.post(f"/preview/{SLUG}/approve", data=form, headers=BEARER, follow_redirects=False)
     assert done.status_code == 303

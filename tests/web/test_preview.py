@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,41 @@ def test_the_fingerprint_changes_with_the_issue_and_the_templates(client: TestCl
     assert version() != second
 
 
+def test_the_long_poll_answers_when_the_issue_is_saved(client: TestClient, web_settings: Settings) -> None:
+    """The page waits on ``changes``: it answers with the new fingerprint as soon as the
+    file changes (here well before its 10 s deadline), unchanged after the deadline."""
+    first = client.get(f"{PAGE}/version").json()["version"]
+    unchanged = client.get(f"{PAGE}/changes", params={"since": first, "wait": "0.2"})
+    assert unchanged.status_code == 200 and unchanged.json() == {"version": first}
+    assert unchanged.headers["cache-control"] == "no-store"
+    assert client.get(f"{PAGE}/changes", params={"since": "older"}).json() == {"version": first}  # at once
+
+    answered: list[tuple[float, str]] = []
+
+    def wait() -> None:
+        response = client.get(f"{PAGE}/changes", params={"since": first, "wait": "10"})
+        answered.append((time.monotonic(), response.json()["version"]))
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    time.sleep(0.3)
+    assert not answered  # still waiting: nothing changed
+    path = issue_path(web_settings)
+    saved = time.monotonic()
+    path.write_text(path.read_text(encoding="utf-8").replace("subject:", "subject: Edited", 1), encoding="utf-8")
+    waiting.join(timeout=15)
+    assert answered, "the long poll did not answer"
+    (when, version), now = answered[0], client.get(f"{PAGE}/version").json()["version"]
+    assert version == now != first and when - saved < 5
+
+
+def test_the_page_reloads_by_the_long_poll_and_falls_back_to_polling(client: TestClient) -> None:
+    page = client.get(PAGE).text
+    assert f'data-changes-url="/preview/{SLUG}/changes"' in page
+    script = client.get("/static/preview.js").text
+    assert "changesUrl" in script and "setTimeout(poll, every)" in script
+
+
 def test_a_broken_file_shows_the_error_and_keeps_reloading(client: TestClient, web_settings: Settings) -> None:
     issue_path(web_settings).write_text("slug: 2024-10-25\nsubject: [unclosed\n", encoding="utf-8")
     response = client.get(PAGE)
@@ -152,6 +189,7 @@ def test_unknown_and_malformed_issues_are_404(client: TestClient, sender: Memory
             client.get(f"/preview/{slug}/email.html"),
             client.get(f"/preview/{slug}/email.txt"),
             client.get(f"/preview/{slug}/version"),
+            client.get(f"/preview/{slug}/changes", params={"wait": "0"}),
             client.post(f"/preview/{slug}/approve", data={"csrf_token": token}),
             client.post(f"/preview/{slug}/send-test", data={"csrf_token": token}),
         ):
