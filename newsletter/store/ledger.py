@@ -255,37 +255,68 @@ def claim_batch(
     by the look from the start that follows when nothing is pending above it.
     """
     now = now or utcnow()
+    lease_until = now + dt.timedelta(seconds=lease_seconds)
     with durable_transaction(engine) as conn:
-        taken = 0
-        for bound in (after, 0) if after else (0,):
-            pick = (
-                select(deliveries.c.id)
-                .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending", deliveries.c.id > bound)
-                .order_by(deliveries.c.id)
-                .limit(size)
-            )
-            if conn.dialect.name == "postgresql":
-                pick = pick.with_for_update(skip_locked=True)
-            taken = conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(pick.scalar_subquery()))
-                .values(state="in_flight", batch_id=batch_id, claimed_at=now, attempts=deliveries.c.attempts + 1)
-            ).rowcount
-            if taken:
-                break
-        if not taken:
+        if conn.dialect.name == "postgresql":
+            rows = _claim_postgresql(conn, send_id, size, batch_id, owner, now, lease_until, after)
+        else:
+            rows = _claim_generic(conn, send_id, size, batch_id, owner, now, lease_until, after)
+        if not rows:
             return [], 0
-        conn.execute(
-            insert(send_batches).values(
-                batch_id=batch_id,
-                send_id=send_id,
-                owner=owner,
-                state="in_flight",
-                claimed_at=now,
-                lease_until=now + dt.timedelta(seconds=lease_seconds),
+        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
+        gone = [r[0] for r in rows if r[5] != "active"]
+        if gone:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(gone))
+                .values(state="skipped", settled_at=now, error="no longer active")
             )
+        if not claimed:
+            _close_batch(conn, batch_id, now)
+    return claimed, len(gone)
+
+
+def _bounds(after: int) -> tuple[int, ...]:
+    """Where claims look for pending rows: above ``after`` first, then from the start."""
+    return (after, 0) if after else (0,)
+
+
+def _claim_generic(
+    conn: Connection,
+    send_id: int,
+    size: int,
+    batch_id: str,
+    owner: str,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    after: int,
+) -> list[Any]:
+    """The claim in Core statements (SQLite serialises writers, so no row locks): mark
+    the rows, record the batch, read the rows back with their subscribers."""
+    taken = 0
+    for bound in _bounds(after):
+        pick = (
+            select(deliveries.c.id)
+            .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending", deliveries.c.id > bound)
+            .order_by(deliveries.c.id)
+            .limit(size)
         )
-        rows = conn.execute(
+        taken = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(pick.scalar_subquery()))
+            .values(state="in_flight", batch_id=batch_id, claimed_at=now, attempts=deliveries.c.attempts + 1)
+        ).rowcount
+        if taken:
+            break
+    if not taken:
+        return []
+    conn.execute(
+        insert(send_batches).values(
+            batch_id=batch_id, send_id=send_id, owner=owner, state="in_flight", claimed_at=now, lease_until=lease_until
+        )
+    )
+    return list(
+        conn.execute(
             select(
                 deliveries.c.id,
                 deliveries.c.subscriber_id,
@@ -298,17 +329,58 @@ def claim_batch(
             .where(deliveries.c.batch_id == batch_id)
             .order_by(deliveries.c.id)
         ).all()
-        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
-        gone = [r[0] for r in rows if r[5] != "active"]
-        if gone:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(gone))
-                .values(state="skipped", settled_at=now, error="no longer active")
-            )
-        if not claimed:
-            _close_batch(conn, batch_id, now)
-    return claimed, len(gone)
+    )
+
+
+# PostgreSQL: the claim in one statement (one round trip, not three). The rows are picked
+# and locked with SKIP LOCKED, so concurrent claimers take different rows; ``= ANY(ARRAY(
+# ...))`` makes the UPDATE fetch them by primary key (as ``IN (sub-select)`` it was
+# planned as a hash join over a sequential scan of every delivery of every send: 64-77 ms
+# a batch at 200,000 rows instead of 15). The batch row is written only when rows were
+# taken, and the rows come back joined to their subscribers.
+_PG_CLAIM = """
+WITH claimed AS (
+    UPDATE deliveries SET state = 'in_flight', batch_id = %(batch_id)s, claimed_at = %(now)s,
+        attempts = attempts + 1
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM deliveries
+        WHERE send_id = %(send_id)s AND state = 'pending' AND id > %(bound)s
+        ORDER BY id LIMIT %(size)s FOR UPDATE SKIP LOCKED))
+    RETURNING id, subscriber_id
+), batch AS (
+    INSERT INTO send_batches (batch_id, send_id, owner, state, claimed_at, lease_until)
+    SELECT %(batch_id)s, %(send_id)s, %(owner)s, 'in_flight', %(now)s, %(lease_until)s
+    WHERE EXISTS (SELECT 1 FROM claimed)
+)
+SELECT c.id, c.subscriber_id, s.email, s.name, s.token, s.status
+FROM claimed AS c LEFT JOIN subscribers AS s ON s.id = c.subscriber_id
+ORDER BY c.id
+"""
+
+
+def _claim_postgresql(
+    conn: Connection,
+    send_id: int,
+    size: int,
+    batch_id: str,
+    owner: str,
+    now: dt.datetime,
+    lease_until: dt.datetime,
+    after: int,
+) -> list[Any]:
+    params: dict[str, Any] = {
+        "batch_id": batch_id,
+        "now": now,
+        "send_id": send_id,
+        "size": size,
+        "owner": owner,
+        "lease_until": lease_until,
+    }
+    for bound in _bounds(after):
+        rows = conn.exec_driver_sql(_PG_CLAIM, {**params, "bound": bound}).all()
+        if rows:
+            return list(rows)
+    return []
 
 
 def renew_leases(engine: Engine, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
