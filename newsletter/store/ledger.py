@@ -244,11 +244,12 @@ def claim_batch(
     and return them with the subscriber's current data. Rows whose subscriber is no
     longer active (or was erased) become ``skipped``. Returns (claimed, skipped).
 
-    One UPDATE with a sub-select claims the rows (``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL, so concurrent claimers take different rows; SQLite serialises writers);
-    the batch is then read back by its id.
+    PostgreSQL claims in one statement (see ``_PG_CLAIM``): rows picked with ``FOR
+    UPDATE SKIP LOCKED``, so concurrent claimers take different rows, marked, the batch
+    recorded and the rows returned joined to their subscribers. SQLite serialises
+    writers; its claim is an UPDATE with a sub-select, then the batch is read back.
 
-    ``after``: the highest row id this caller claimed last time. The claim looks above
+    ``after``: the highest row id this process claimed so far. The claim looks above
     it first: the index still holds an entry for every row claimed so far (until
     vacuum), and on PostgreSQL reading past half a million of them cost 80 ms a batch
     half-way through a million. Rows below it (given back by a failed batch) are found
@@ -424,13 +425,18 @@ def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: d
     if not reasons:
         return
     now = now or utcnow()
+    by_reason: dict[str, list[int]] = {}
+    for key, reason in reasons.items():
+        by_reason.setdefault(reason[:500], []).append(key)
     with write_transaction(engine) as conn:
-        for key, reason in reasons.items():
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == key, *_open_rows(batch_id))
-                .values(state="rejected", error=reason[:500], settled_at=now)
-            )
+        # One statement a reason (usually one for the whole batch), not one a recipient.
+        for reason, keys in by_reason.items():
+            for chunk in _chunks(keys, 900):
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(chunk), *_open_rows(batch_id))
+                    .values(state="rejected", error=reason, settled_at=now)
+                )
 
 
 def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, reason: str) -> None:
@@ -462,6 +468,11 @@ def _update_rows(
         return
     where = [deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id)
     with write_transaction(engine) as conn:
+        if keys is None and close_at is not None and conn.dialect.name == "postgresql":
+            # The whole batch settled and closed in one statement (one round trip).
+            rows = update(deliveries).where(*where).values(**values).cte("settled")
+            conn.execute(_closing(batch_id, close_at).add_cte(rows))
+            return
         if keys is None:
             conn.execute(update(deliveries).where(*where).values(**values))
         else:
@@ -478,7 +489,11 @@ def finish_batch(engine: Engine, batch_id: str, now: dt.datetime | None = None) 
 
 
 def _close_batch(conn: Connection, batch_id: str, now: dt.datetime) -> None:
-    conn.execute(
+    conn.execute(_closing(batch_id, now))
+
+
+def _closing(batch_id: str, now: dt.datetime) -> Any:
+    return (
         update(send_batches)
         .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight")
         .values(state="done", lease_until=now)
