@@ -258,10 +258,8 @@ def claim_batch(
     now = now or utcnow()
     lease_until = now + dt.timedelta(seconds=lease_seconds)
     with durable_transaction(engine) as conn:
-        if conn.dialect.name == "postgresql":
-            rows = _claim_postgresql(conn, send_id, size, batch_id, owner, now, lease_until, after)
-        else:
-            rows = _claim_generic(conn, send_id, size, batch_id, owner, now, lease_until, after)
+        claim = _Claim(send_id, size, batch_id, owner, now, lease_until)
+        rows = (_claim_postgresql if conn.dialect.name == "postgresql" else _claim_generic)(conn, claim, after)
         if not rows:
             return [], 0
         claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
@@ -282,18 +280,21 @@ def _bounds(after: int) -> tuple[int, ...]:
     return (after, 0) if after else (0,)
 
 
-def _claim_generic(
-    conn: Connection,
-    send_id: int,
-    size: int,
-    batch_id: str,
-    owner: str,
-    now: dt.datetime,
-    lease_until: dt.datetime,
-    after: int,
-) -> list[Any]:
+class _Claim(NamedTuple):
+    """What one claim writes."""
+
+    send_id: int
+    size: int
+    batch_id: str
+    owner: str
+    now: dt.datetime
+    lease_until: dt.datetime
+
+
+def _claim_generic(conn: Connection, claim: _Claim, after: int) -> list[Any]:
     """The claim in Core statements (SQLite serialises writers, so no row locks): mark
     the rows, record the batch, read the rows back with their subscribers."""
+    send_id, size, batch_id, owner, now, lease_until = claim
     taken = 0
     for bound in _bounds(after):
         pick = (
@@ -359,24 +360,8 @@ ORDER BY c.id
 """
 
 
-def _claim_postgresql(
-    conn: Connection,
-    send_id: int,
-    size: int,
-    batch_id: str,
-    owner: str,
-    now: dt.datetime,
-    lease_until: dt.datetime,
-    after: int,
-) -> list[Any]:
-    params: dict[str, Any] = {
-        "batch_id": batch_id,
-        "now": now,
-        "send_id": send_id,
-        "size": size,
-        "owner": owner,
-        "lease_until": lease_until,
-    }
+def _claim_postgresql(conn: Connection, claim: _Claim, after: int) -> list[Any]:
+    params: dict[str, Any] = claim._asdict()
     for bound in _bounds(after):
         rows = conn.exec_driver_sql(_PG_CLAIM, {**params, "bound": bound}).all()
         if rows:
