@@ -47,7 +47,12 @@ class Explainer:
         self, conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
     ) -> None:
         words = statement.lstrip().split(None, 1)
-        if not self.on or executemany or not words or words[0].upper() not in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+        if (
+            not self.on
+            or executemany
+            or not words
+            or words[0].upper() not in ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
+        ):
             return
         cursor.execute("SAVEPOINT explain_send")
         cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + statement, parameters)

@@ -192,6 +192,10 @@ class _Run:
         self.sent_this_run = 0
         self.done_this_run = 0
         self.ambiguous_streak = 0
+        # The highest row any worker of this process claimed: every claim looks above it
+        # first (see ledger.claim_batch), so it does not walk past the rows the other
+        # workers took since its own last batch (three batches' worth with four workers).
+        self.frontier = 0
 
     def halt(self, reason: str) -> None:
         with self.lock:
@@ -200,7 +204,6 @@ class _Run:
         self.stop.set()
 
     def worker(self) -> None:
-        after = 0  # the last row this worker claimed: see ledger.claim_batch
         while not self.stop.is_set():
             batch_id = ledger.new_batch_id()
             claimed, skipped = ledger.claim_batch(
@@ -210,7 +213,7 @@ class _Run:
                 batch_id,
                 owner=self.owner,
                 lease_seconds=self.lease,
-                after=after,
+                after=self.frontier,
             )
             if skipped:
                 self._advance(skipped, 0)
@@ -218,7 +221,8 @@ class _Run:
                 if not skipped:
                     return
                 continue
-            after = claimed[-1].key
+            with self.lock:
+                self.frontier = max(self.frontier, claimed[-1].key)
             closed = False
             try:
                 closed = self._deliver(batch_id, claimed)

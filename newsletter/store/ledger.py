@@ -244,48 +244,81 @@ def claim_batch(
     and return them with the subscriber's current data. Rows whose subscriber is no
     longer active (or was erased) become ``skipped``. Returns (claimed, skipped).
 
-    One UPDATE with a sub-select claims the rows (``FOR UPDATE SKIP LOCKED`` on
-    PostgreSQL, so concurrent claimers take different rows; SQLite serialises writers);
-    the batch is then read back by its id.
+    PostgreSQL claims in one statement (see ``_PG_CLAIM``): rows picked with ``FOR
+    UPDATE SKIP LOCKED``, so concurrent claimers take different rows, marked, the batch
+    recorded and the rows returned joined to their subscribers. SQLite serialises
+    writers; its claim is an UPDATE with a sub-select, then the batch is read back.
 
-    ``after``: the highest row id this caller claimed last time. The claim looks above
+    ``after``: the highest row id this process claimed so far. The claim looks above
     it first: the index still holds an entry for every row claimed so far (until
     vacuum), and on PostgreSQL reading past half a million of them cost 80 ms a batch
     half-way through a million. Rows below it (given back by a failed batch) are found
     by the look from the start that follows when nothing is pending above it.
     """
     now = now or utcnow()
+    lease_until = now + dt.timedelta(seconds=lease_seconds)
     with durable_transaction(engine) as conn:
-        taken = 0
-        for bound in (after, 0) if after else (0,):
-            pick = (
-                select(deliveries.c.id)
-                .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending", deliveries.c.id > bound)
-                .order_by(deliveries.c.id)
-                .limit(size)
-            )
-            if conn.dialect.name == "postgresql":
-                pick = pick.with_for_update(skip_locked=True)
-            taken = conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(pick.scalar_subquery()))
-                .values(state="in_flight", batch_id=batch_id, claimed_at=now, attempts=deliveries.c.attempts + 1)
-            ).rowcount
-            if taken:
-                break
-        if not taken:
+        claim = _Claim(send_id, size, batch_id, owner, now, lease_until)
+        rows = (_claim_postgresql if conn.dialect.name == "postgresql" else _claim_generic)(conn, claim, after)
+        if not rows:
             return [], 0
-        conn.execute(
-            insert(send_batches).values(
-                batch_id=batch_id,
-                send_id=send_id,
-                owner=owner,
-                state="in_flight",
-                claimed_at=now,
-                lease_until=now + dt.timedelta(seconds=lease_seconds),
+        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
+        gone = [r[0] for r in rows if r[5] != "active"]
+        if gone:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(gone))
+                .values(state="skipped", settled_at=now, error="no longer active")
             )
+        if not claimed:
+            _close_batch(conn, batch_id, now)
+    return claimed, len(gone)
+
+
+def _bounds(after: int) -> tuple[int, ...]:
+    """Where claims look for pending rows: above ``after`` first, then from the start."""
+    return (after, 0) if after else (0,)
+
+
+class _Claim(NamedTuple):
+    """What one claim writes."""
+
+    send_id: int
+    size: int
+    batch_id: str
+    owner: str
+    now: dt.datetime
+    lease_until: dt.datetime
+
+
+def _claim_generic(conn: Connection, claim: _Claim, after: int) -> list[Any]:
+    """The claim in Core statements (SQLite serialises writers, so no row locks): mark
+    the rows, record the batch, read the rows back with their subscribers."""
+    send_id, size, batch_id, owner, now, lease_until = claim
+    taken = 0
+    for bound in _bounds(after):
+        pick = (
+            select(deliveries.c.id)
+            .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending", deliveries.c.id > bound)
+            .order_by(deliveries.c.id)
+            .limit(size)
         )
-        rows = conn.execute(
+        taken = conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(pick.scalar_subquery()))
+            .values(state="in_flight", batch_id=batch_id, claimed_at=now, attempts=deliveries.c.attempts + 1)
+        ).rowcount
+        if taken:
+            break
+    if not taken:
+        return []
+    conn.execute(
+        insert(send_batches).values(
+            batch_id=batch_id, send_id=send_id, owner=owner, state="in_flight", claimed_at=now, lease_until=lease_until
+        )
+    )
+    return list(
+        conn.execute(
             select(
                 deliveries.c.id,
                 deliveries.c.subscriber_id,
@@ -298,17 +331,42 @@ def claim_batch(
             .where(deliveries.c.batch_id == batch_id)
             .order_by(deliveries.c.id)
         ).all()
-        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
-        gone = [r[0] for r in rows if r[5] != "active"]
-        if gone:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(gone))
-                .values(state="skipped", settled_at=now, error="no longer active")
-            )
-        if not claimed:
-            _close_batch(conn, batch_id, now)
-    return claimed, len(gone)
+    )
+
+
+# PostgreSQL: the claim in one statement (one round trip, not three). The rows are picked
+# and locked with SKIP LOCKED, so concurrent claimers take different rows; ``= ANY(ARRAY(
+# ...))`` makes the UPDATE fetch them by primary key (as ``IN (sub-select)`` it was
+# planned as a hash join over a sequential scan of every delivery of every send: 64-77 ms
+# a batch at 200,000 rows instead of 15). The batch row is written only when rows were
+# taken, and the rows come back joined to their subscribers.
+_PG_CLAIM = """
+WITH claimed AS (
+    UPDATE deliveries SET state = 'in_flight', batch_id = %(batch_id)s, claimed_at = %(now)s,
+        attempts = attempts + 1
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM deliveries
+        WHERE send_id = %(send_id)s AND state = 'pending' AND id > %(bound)s
+        ORDER BY id LIMIT %(size)s FOR UPDATE SKIP LOCKED))
+    RETURNING id, subscriber_id
+), batch AS (
+    INSERT INTO send_batches (batch_id, send_id, owner, state, claimed_at, lease_until)
+    SELECT %(batch_id)s, %(send_id)s, %(owner)s, 'in_flight', %(now)s, %(lease_until)s
+    WHERE EXISTS (SELECT 1 FROM claimed)
+)
+SELECT c.id, c.subscriber_id, s.email, s.name, s.token, s.status
+FROM claimed AS c LEFT JOIN subscribers AS s ON s.id = c.subscriber_id
+ORDER BY c.id
+"""
+
+
+def _claim_postgresql(conn: Connection, claim: _Claim, after: int) -> list[Any]:
+    params: dict[str, Any] = claim._asdict()
+    for bound in _bounds(after):
+        rows = conn.exec_driver_sql(_PG_CLAIM, {**params, "bound": bound}).all()
+        if rows:
+            return list(rows)
+    return []
 
 
 def renew_leases(engine: Engine, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
@@ -352,13 +410,18 @@ def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: d
     if not reasons:
         return
     now = now or utcnow()
+    by_reason: dict[str, list[int]] = {}
+    for key, reason in reasons.items():
+        by_reason.setdefault(reason[:500], []).append(key)
     with write_transaction(engine) as conn:
-        for key, reason in reasons.items():
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == key, *_open_rows(batch_id))
-                .values(state="rejected", error=reason[:500], settled_at=now)
-            )
+        # One statement a reason (usually one for the whole batch), not one a recipient.
+        for reason, keys in by_reason.items():
+            for chunk in _chunks(keys, 900):
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.id.in_(chunk), *_open_rows(batch_id))
+                    .values(state="rejected", error=reason, settled_at=now)
+                )
 
 
 def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, reason: str) -> None:
@@ -390,6 +453,11 @@ def _update_rows(
         return
     where = [deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id)
     with write_transaction(engine) as conn:
+        if keys is None and close_at is not None and conn.dialect.name == "postgresql":
+            # The whole batch settled and closed in one statement (one round trip).
+            rows = update(deliveries).where(*where).values(**values).cte("settled")
+            conn.execute(_closing(batch_id, close_at).add_cte(rows))
+            return
         if keys is None:
             conn.execute(update(deliveries).where(*where).values(**values))
         else:
@@ -406,7 +474,11 @@ def finish_batch(engine: Engine, batch_id: str, now: dt.datetime | None = None) 
 
 
 def _close_batch(conn: Connection, batch_id: str, now: dt.datetime) -> None:
-    conn.execute(
+    conn.execute(_closing(batch_id, now))
+
+
+def _closing(batch_id: str, now: dt.datetime) -> Any:
+    return (
         update(send_batches)
         .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight")
         .values(state="done", lease_until=now)

@@ -156,6 +156,9 @@ sends = Table(
     Column("gave_up_at", UtcDateTime()),  # the scheduler stopped resuming it and said so
 )
 
+# The delivery states a send still has to work on (see ledger.DELIVERY_STATES).
+UNSETTLED_SQL: Final = "state IN ('pending', 'in_flight', 'ambiguous')"
+
 deliveries = Table(
     "deliveries",
     metadata,
@@ -172,7 +175,17 @@ deliveries = Table(
     Column("error", String(500)),
     CheckConstraint("state IN ('pending', 'in_flight', 'ambiguous', 'sent', 'rejected', 'skipped')", name="state"),
     Index("ix_deliveries_send_id_subscriber_id", "send_id", "subscriber_id", unique=True),
-    Index("ix_deliveries_send_id_state_id", "send_id", "state", "id"),  # claiming
+    # claiming, and the unsettled rows of a send. On PostgreSQL only the unsettled rows
+    # are in it: a row leaves it when it is settled instead of getting a third entry
+    # (a quarter less server CPU to mark a batch sent; see migration 0008). SQLite
+    # would not use the partial index for ``state = 'pending'``, so it keeps them all.
+    Index(
+        "ix_deliveries_send_id_state_id",
+        "send_id",
+        "state",
+        "id",
+        postgresql_where=text(UNSETTLED_SQL),
+    ),
     # partial: a frozen row has no batch yet, and a million of them cost the freeze
     # a million index entries nobody looks up
     Index(

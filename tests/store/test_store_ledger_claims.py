@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import Engine
 
 from newsletter.store import ledger, subscribers
@@ -32,3 +33,50 @@ def test_claims_above_the_last_one_still_find_rows_given_back_below_it(engine: E
     assert claim(first[-1]) == []
     assert sorted(second + third + fourth + first) == sorted({*first, *second, *third, *fourth})
     assert ledger.counts(engine, send.id).in_flight == 10
+
+
+def test_a_claim_returns_its_subscribers_skips_the_gone_and_records_its_batch(engine: Engine) -> None:
+    for i in range(6):
+        subscribers.add(engine, f"reader{i}@example.org", name=f"Reader {i}")
+    send, _ = ledger.start_send(engine, "2024-10-25", "Subject")
+    subscribers.unsubscribe(engine, "reader1@example.org")
+    subscribers.remove(engine, "reader2@example.org")  # erased: no subscriber row left
+
+    claimed, skipped = ledger.claim_batch(engine, send.id, 4, "b-1", owner="me:1:a", lease_seconds=60)
+
+    assert [c.email for c in claimed] == ["reader0@example.org", "reader3@example.org"]
+    assert [c.name for c in claimed] == ["Reader 0", "Reader 3"]
+    assert all(c.token for c in claimed) and skipped == 2
+    counts = ledger.counts(engine, send.id)
+    assert (counts.in_flight, counts.skipped, counts.pending) == (2, 2, 2)
+    [batch] = ledger.batches(engine, send.id, "in_flight")
+    assert (batch.batch_id, batch.owner, batch.rows, batch.state) == ("b-1", "me:1:a", 2, "in_flight")
+
+    ledger.mark_sent(engine, "b-1", None, "msg-1", close=True)
+    assert ledger.counts(engine, send.id).sent == 2
+    assert ledger.batches(engine, send.id, "in_flight") == []
+    assert ledger.expire_dead_owners(engine, send.id) == 0  # closed: its lease no longer matters
+
+
+def test_a_batch_is_claimed_and_settled_in_one_statement_each_on_postgresql(engine: Engine) -> None:
+    from sqlalchemy import event
+
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite claims in three statements under its write lock")
+    for i in range(5):
+        subscribers.add(engine, f"reader{i}@example.org")
+    send, _ = ledger.start_send(engine, "2024-10-25", "Subject")
+    statements: list[str] = []
+
+    def seen(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        claimed, _ = ledger.claim_batch(engine, send.id, 5, "b-1", owner="me:1:a", lease_seconds=60)
+        assert len(claimed) == 5 and len(statements) == 1
+        ledger.mark_sent(engine, "b-1", None, "msg-1", close=True)
+        assert len(statements) == 2
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert ledger.counts(engine, send.id).sent == 5 and ledger.batches(engine, send.id, "in_flight") == []
