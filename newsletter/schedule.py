@@ -3,7 +3,8 @@ handled by the trigger's time zone), the project's database as the job store so 
 restart keeps state, coalescing, one instance at a time, and a misfire grace window
 after which a missed run is dropped rather than sending a stale issue late. A permanent
 interval job resumes unfinished sends; the ledger is its state, so it needs no other. A
-daily job forgets sign-ups nobody confirmed in time.
+daily job forgets sign-ups nobody confirmed in time; with a bounce mailbox configured, an
+hourly job reads it.
 
 The jobs are module-level functions taking the config path, so the job store holds
 only a reference and a string; settings are read fresh at every run.
@@ -31,6 +32,7 @@ SEND_JOB = "weekly-send"
 DRAFT_JOB = "weekly-draft"
 RESUME_JOB = "weekly-resume"
 EXPIRE_JOB = "daily-expire"
+BOUNCES_JOB = "hourly-bounces"
 EXPIRE_AT = (3, 30)  # local time of the daily job that forgets unconfirmed sign-ups
 # The resume job fires at fixed multiples of its interval from this instant, so its run
 # times do not depend on when it was installed, and --status can tell them.
@@ -68,6 +70,11 @@ def expire_trigger(settings: Settings) -> CronTrigger:
     return WallClockTrigger(hour=EXPIRE_AT[0], minute=EXPIRE_AT[1], timezone=settings.schedule_zone)
 
 
+def bounces_trigger(settings: Settings) -> IntervalTrigger:
+    """Every hour, on the hour (UTC)."""
+    return IntervalTrigger(hours=1, start_date=RESUME_EPOCH, timezone=dt.UTC)
+
+
 def jobs(settings: Settings) -> dict[str, tuple[str, BaseTrigger]]:
     """Job id -> (function reference, trigger) for the configured mode."""
     found: dict[str, tuple[str, BaseTrigger]] = {
@@ -75,6 +82,8 @@ def jobs(settings: Settings) -> dict[str, tuple[str, BaseTrigger]]:
         RESUME_JOB: ("newsletter.schedule:scheduled_resume", resume_trigger(settings)),
         EXPIRE_JOB: ("newsletter.schedule:scheduled_expire", expire_trigger(settings)),
     }
+    if settings.bounces.imap is not None or settings.bounces.path is not None:
+        found[BOUNCES_JOB] = ("newsletter.schedule:scheduled_bounces", bounces_trigger(settings))
     if settings.schedule.mode == "approve" and settings.schedule.draft is not None:
         found[DRAFT_JOB] = ("newsletter.schedule:scheduled_draft", trigger(settings.schedule.draft, settings))
     return found
@@ -95,7 +104,7 @@ def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3
     for job_id, (_func, trig) in jobs(settings).items():
         previous = None
         at = now
-        for _ in range(1 if job_id in (RESUME_JOB, EXPIRE_JOB) else count):
+        for _ in range(1 if job_id in (RESUME_JOB, EXPIRE_JOB, BOUNCES_JOB) else count):
             fire = trig.get_next_fire_time(previous, at)
             if fire is None:
                 break
@@ -245,6 +254,35 @@ def scheduled_expire(config_path: str) -> None:
         "daily expire job: forgot %d unconfirmed sign-ups and %d unconfirmed sign-ups of people already on the list",
         done.subscribers,
         done.consents,
+    )
+
+
+def scheduled_bounces(config_path: str) -> None:
+    """The hourly job: ``bounces.fetch``; a failure (mailbox unreachable, login refused)
+    is logged and the next hour tries again."""
+    from newsletter import bounces
+    from newsletter.errors import NewsletterError
+    from newsletter.store.db import database
+
+    try:
+        settings = load_settings(Path(config_path))
+        with database(settings) as engine:
+            report = bounces.fetch(settings, engine)
+    except NewsletterError as exc:
+        log.error("hourly bounces job failed: %s", exc)
+        return
+    for ref, why in report.left:
+        log.warning("hourly bounces job: %s: %s: %s; left in the mailbox", report.source, ref, why)
+    log.info(
+        "hourly bounces job: %s: %d read, %d hard, %d soft, %d delays, %d seen before, %d left; changed: %s",
+        report.source,
+        report.read,
+        report.hard,
+        report.soft,
+        report.deferred,
+        report.duplicates,
+        len(report.left),
+        report.status_changes or "none",
     )
 
 
