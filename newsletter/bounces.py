@@ -198,7 +198,8 @@ def parse(raw: bytes, tokens: DeliveryTokens) -> Dsn:
     at = _date(str(msg.get("Date") or ""))
     notices = [n for n in (_notice(block, at) for block in _delivery_status_blocks(msg)) if n is not None]
     text = _body_text(msg)
-    if not notices and not any(p.get_content_type() == "message/delivery-status" for p in msg.walk()):
+    has_report = any(p.get_content_type() == "message/delivery-status" for p in msg.walk())
+    if not notices and not has_report:
         # No report part: a mangled report, or a non-standard bounce.
         notices = [n for n in (_notice(fields, at) for fields in _text_fields(text)) if n is not None]
         if not notices:
@@ -206,7 +207,12 @@ def parse(raw: bytes, tokens: DeliveryTokens) -> Dsn:
     if not notices:
         subject = _one_line(str(msg.get("Subject") or "")) or "(no subject)"
         auto = str(msg.get("Auto-Submitted") or "").lower()
-        kind = "an automatic reply" if auto.startswith("auto-replied") else "no failed or delayed delivery"
+        if has_report:
+            kind = "a delivery report with no failed or delayed delivery"
+        elif auto.startswith("auto-replied"):
+            kind = "an automatic reply"
+        else:
+            kind = "no failed or delayed delivery in it"
         raise NotUsable(f"not a bounce: {kind} ({subject[:80]!r})")
     # The token: in the address the DSN came to (VERP), else the returned Message-ID.
     candidates = [str(v) for name in _ENVELOPE_HEADERS for v in (msg.get_all(name) or [])]
