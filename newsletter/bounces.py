@@ -278,26 +278,36 @@ class FetchReport:
 
     source: str
     read: int = 0
-    hard: int = 0
+    hard: int = 0  # notices read, recorded before or not
     soft: int = 0
     deferred: int = 0
     duplicates: int = 0  # notices recorded by an earlier fetch
     status_changes: dict[str, int] = field(default_factory=dict)
     left: list[tuple[str, str]] = field(default_factory=list)  # (message, why it was left in place)
 
+    def summary(self) -> str:
+        changes = ", ".join(f"{n:,} {status}" for status, n in sorted(self.status_changes.items())) or "none"
+        return (
+            f"{self.read:,} messages read: {self.hard:,} hard bounces, {self.soft:,} soft bounces, "
+            f"{self.deferred:,} delays ({self.duplicates:,} of them recorded before), {len(self.left):,} left in "
+            f"place; subscribers changed: {changes}"
+        )
 
-def apply_letter(
-    engine: Engine, letter: Letter, tokens: DeliveryTokens, soft: events.SoftBounces, now: dt.datetime
-) -> tuple[Dsn, events.Applied]:
-    """Parse and apply one message; NotUsable when it is left in place."""
+
+def prepare(
+    engine: Engine, letter: Letter, tokens: DeliveryTokens, now: dt.datetime
+) -> tuple[Dsn, list[dict[str, Any]]]:
+    """One message as its DSN and the events to record; NotUsable when it is left."""
     dsn = parse(letter.raw, tokens)
     if dsn.delivery_id is None:
         raise NotUsable("a bounce that names no delivery of ours (no signed token in its address or Message-ID)")
     delivered = _delivered(engine, dsn.delivery_id)
     if delivered is None:
         raise NotUsable(f"a bounce for delivery {dsn.delivery_id}, which this database does not have")
-    raw_events = webhook_events(dsn, delivered, dsn.delivery_id, now)
-    return dsn, events.apply_events(engine, raw_events, now=now, soft_bounces=soft)
+    return dsn, webhook_events(dsn, delivered, dsn.delivery_id, now)
+
+
+BATCH: Final = 200  # messages whose events are applied in one transaction
 
 
 def process(
@@ -308,14 +318,15 @@ def process(
     soft: events.SoftBounces = events.SoftBounces(),
     now: dt.datetime | None = None,
 ) -> FetchReport:
-    """Apply every unprocessed message of ``source``: each applied one is marked done
-    (after its events are committed, so a crash re-reads it and records nothing twice),
-    each unusable one is left in place and reported."""
+    """Apply every unprocessed message of ``source``, ``BATCH`` at a time: each applied
+    one is marked done after its events are committed (a crash re-reads it and records
+    nothing twice), each unusable one is left in place and reported."""
     report = FetchReport(source=source.name)
+    waiting: list[tuple[Letter, Dsn, list[dict[str, Any]]]] = []
     for letter in source.letters():
         report.read += 1
         try:
-            dsn, applied = apply_letter(engine, letter, tokens, soft, now or dt.datetime.now(dt.UTC))
+            dsn, raw_events = prepare(engine, letter, tokens, now or dt.datetime.now(dt.UTC))
         except NotUsable as exc:
             report.left.append((letter.ref, str(exc)))
             source.skip(letter)
@@ -324,15 +335,34 @@ def process(
             report.left.append((letter.ref, f"cannot be parsed: {exc}"))
             source.skip(letter)
             continue
-        report.duplicates += applied.duplicates
-        for status, n in applied.status_changes.items():
-            report.status_changes[status] = report.status_changes.get(status, 0) + n
-        if applied.recorded:
-            for notice in dsn.notices:
-                kind = "deferred" if notice.action == "delayed" else notice.bounce_type
-                setattr(report, kind, getattr(report, kind) + 1)
-        source.done(letter)
+        waiting.append((letter, dsn, raw_events))
+        if len(waiting) >= BATCH:
+            _apply(engine, source, waiting, soft, now, report)
+            waiting = []
+    _apply(engine, source, waiting, soft, now, report)
     return report
+
+
+def _apply(
+    engine: Engine,
+    source: Source,
+    waiting: list[tuple[Letter, Dsn, list[dict[str, Any]]]],
+    soft: events.SoftBounces,
+    now: dt.datetime | None,
+    report: FetchReport,
+) -> None:
+    if not waiting:
+        return
+    raw_events = [event for _, _, batch in waiting for event in batch]
+    applied = events.apply_events(engine, raw_events, now=now, soft_bounces=soft)
+    report.duplicates += applied.duplicates
+    for status, n in applied.status_changes.items():
+        report.status_changes[status] = report.status_changes.get(status, 0) + n
+    for letter, dsn, _ in waiting:
+        for notice in dsn.notices:
+            kind = "deferred" if notice.action == "delayed" else notice.bounce_type
+            setattr(report, kind, getattr(report, kind) + 1)
+        source.done(letter)
 
 
 def open_source(settings: Settings) -> Source:

@@ -798,12 +798,7 @@ def bounces_fetch() -> None:
         report = bounces.fetch(cfg, engine)
     for ref, why in report.left:
         warn(f"{report.source}: {ref}: {why}; left in the mailbox")
-    changes = ", ".join(f"{n:,} {status}" for status, n in sorted(report.status_changes.items())) or "none"
-    console.print(
-        f"{escape(report.source)}: {report.read:,} messages read: {report.hard:,} hard bounces, "
-        f"{report.soft:,} soft bounces, {report.deferred:,} delays, {report.duplicates:,} seen before, "
-        f"{len(report.left):,} left in place; subscribers changed: {changes}"
-    )
+    console.print(escape(f"{report.source}: {report.summary()}"))
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import mailbox as stdlib_mailbox
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -165,32 +166,46 @@ class ImapSource:
 
 
 class MaildirSource:
-    """A Maildir folder; processed messages move to its ``Processed`` subfolder."""
+    """A Maildir folder; processed messages move to its ``Processed`` subfolder (a rename:
+    atomic, and no copy or fsync per message)."""
 
     def __init__(self, path: Path, *, delete: bool = False) -> None:
         if not (path / "cur").is_dir() or not (path / "new").is_dir():
             raise MailboxError(f"bounces.path: {path} is not a Maildir folder (no cur/ and new/)")
-        self.name, self.delete = str(path), delete
-        self._box = stdlib_mailbox.Maildir(path, factory=None, create=False)
+        self.name, self.delete, self._path = str(path), delete, path
+        self._files: dict[str, Path] = {}
+        self._processed: Path | None = None
 
     def letters(self) -> Iterator[Letter]:
-        for key in sorted(self._box.keys()):  # a Maildir key starts with its delivery time
-            with self._box.get_file(key) as handle:
-                raw = handle.read()
+        for sub in ("new", "cur"):
+            for path in (self._path / sub).iterdir():
+                if not path.name.startswith("."):
+                    self._files[path.name.partition(":")[0]] = path
+        for key in sorted(self._files):  # a Maildir name starts with its delivery time
+            try:
+                raw = self._files[key].read_bytes()
+            except FileNotFoundError:  # another reader took it meanwhile
+                continue
             yield Letter(key=key, ref=f"{self.name} {key}", raw=raw)
 
     def done(self, letter: Letter) -> None:
-        if not self.delete:
-            processed = self._box.add_folder(PROCESSED) if PROCESSED not in self._box.list_folders() else None
-            folder = processed or self._box.get_folder(PROCESSED)
-            folder.add(stdlib_mailbox.MaildirMessage(letter.raw))
-        self._box.discard(letter.key)
+        path = self._files.pop(letter.key)
+        if self.delete:
+            path.unlink(missing_ok=True)
+            return
+        if self._processed is None:
+            box = stdlib_mailbox.Maildir(self._path, factory=None, create=False)
+            if PROCESSED not in box.list_folders():
+                box.add_folder(PROCESSED)
+            self._processed = self._path / f".{PROCESSED}"
+        info = path.name.partition(":")[2] or "2,S"
+        os.replace(path, self._processed / "cur" / f"{letter.key}:{info}")
 
     def skip(self, letter: Letter) -> None:
         return None
 
     def close(self) -> None:
-        self._box.close()
+        return None
 
 
 class MboxSource:

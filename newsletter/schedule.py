@@ -15,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -25,6 +26,11 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter.config import Settings, WeeklyTime, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -217,17 +223,9 @@ def scheduled_resume(config_path: str) -> None:
     """The resume job (see ``weekly.resume_unfinished``): quiet when nothing is
     unfinished; a failure is logged and the next run tries again."""
     from newsletter import weekly
-    from newsletter.errors import NewsletterError
-    from newsletter.store.db import database
 
-    try:
-        settings = load_settings(Path(config_path))
-        with database(settings) as engine:
-            reports = weekly.resume_unfinished(settings, engine)
-    except NewsletterError as exc:
-        log.error("weekly resume job failed: %s", exc)
-        return
-    for report in reports:
+    reports = _on_database(config_path, "weekly resume job", weekly.resume_unfinished)
+    for report in reports or []:
         log.log(
             RESUME_LEVELS.get(report.outcome, logging.ERROR),
             "weekly resume job: %s: %s: %s",
@@ -240,15 +238,10 @@ def scheduled_resume(config_path: str) -> None:
 def scheduled_expire(config_path: str) -> None:
     """The daily job: ``subscribers.expire_pending``; a failure is logged and tomorrow's
     run tries again."""
-    from newsletter.errors import NewsletterError
     from newsletter.store import subscribers
-    from newsletter.store.db import database
 
-    try:
-        with database(load_settings(Path(config_path))) as engine:
-            done = subscribers.expire_pending(engine)
-    except NewsletterError as exc:
-        log.error("daily expire job failed: %s", exc)
+    done = _on_database(config_path, "daily expire job", lambda _, engine: subscribers.expire_pending(engine))
+    if done is None:
         return
     log.info(
         "daily expire job: forgot %d unconfirmed sign-ups and %d unconfirmed sign-ups of people already on the list",
@@ -261,29 +254,28 @@ def scheduled_bounces(config_path: str) -> None:
     """The hourly job: ``bounces.fetch``; a failure (mailbox unreachable, login refused)
     is logged and the next hour tries again."""
     from newsletter import bounces
+
+    report = _on_database(config_path, "hourly bounces job", bounces.fetch)
+    if report is None:
+        return
+    for ref, why in report.left:
+        log.warning("hourly bounces job: %s: %s: %s; left in the mailbox", report.source, ref, why)
+    log.info("hourly bounces job: %s: %s", report.source, report.summary())
+
+
+def _on_database(config_path: str, job: str, call: Callable[[Settings, Engine], T]) -> T | None:
+    """``call`` with fresh settings and the database; a failure is logged (the next run
+    tries again) and gives None."""
     from newsletter.errors import NewsletterError
     from newsletter.store.db import database
 
     try:
         settings = load_settings(Path(config_path))
         with database(settings) as engine:
-            report = bounces.fetch(settings, engine)
+            return call(settings, engine)
     except NewsletterError as exc:
-        log.error("hourly bounces job failed: %s", exc)
-        return
-    for ref, why in report.left:
-        log.warning("hourly bounces job: %s: %s: %s; left in the mailbox", report.source, ref, why)
-    log.info(
-        "hourly bounces job: %s: %d read, %d hard, %d soft, %d delays, %d seen before, %d left; changed: %s",
-        report.source,
-        report.read,
-        report.hard,
-        report.soft,
-        report.deferred,
-        report.duplicates,
-        len(report.left),
-        report.status_changes or "none",
-    )
+        log.error("%s failed: %s", job, exc)
+        return None
 
 
 def _run_logged(what: str, call: Any) -> None:

@@ -19,8 +19,8 @@ from newsletter.config import Settings, load_settings
 from tests.dbfixtures import *  # noqa: F403 - database_url and engine, on SQLite and PostgreSQL
 from tests.helpers import dovecot
 from tests.helpers.tls import Certificate, self_signed
-from tests.send.conftest import add_subscribers
-from tests.senders.conftest import start_smtp_server
+from tests.send.conftest import add_subscribers, issue_path  # noqa: F401 - issue_path: a fixture
+from tests.senders.conftest import smtp_delivery, start_smtp_server
 
 SECRET = "bounce-test-signing-key"
 RETURN_PATH = "bounces@news.example.org"
@@ -109,14 +109,6 @@ def mailbox(imap_server: dovecot.Dovecot) -> Mailbox:
     return Mailbox(imap_server, user, password)
 
 
-@pytest.fixture
-def issue_path(project: Path) -> Path:
-    path = project / "issues" / "2024-10-25.yaml"
-    text = path.read_text(encoding="utf-8").replace("\nstatus: draft\n", "\nstatus: approved\n")
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 @dataclass
 class Sent:
     """An issue sent over SMTP: what the server received, by recipient address."""
@@ -133,7 +125,7 @@ def sent(
     write_config: Callable[..., Path],
     database_url: str,
     engine: Engine,
-    issue_path: Path,
+    issue_path: Path,  # noqa: F811 - the fixture imported above
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[..., Sent]]:
     """``sent(n, bounces={...})``: ``n`` subscribers, the issue sent to them through
@@ -147,17 +139,7 @@ def sent(
         config = write_config(
             {
                 "database": {"url": database_url},
-                "delivery": {
-                    "backend": "smtp",
-                    "smtp": {
-                        "host": "127.0.0.1",
-                        "port": server.port,
-                        "security": "none",
-                        "connections": 1,
-                        "username_env": None,
-                        "password_env": None,
-                    },
-                },
+                "delivery": smtp_delivery(server.port),
                 "bounces": {"return_path": RETURN_PATH, **(bounces or {})},
             }
         )
