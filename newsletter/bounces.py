@@ -110,9 +110,9 @@ def _notice(block: Message | dict[str, str], fallback_at: dt.datetime | None) ->
     )
 
 
-def _delivery_status_blocks(msg: Message) -> Iterator[Message]:
+def _delivery_status_blocks(parts: list[Message]) -> Iterator[Message]:
     """The per-recipient field blocks of every message/delivery-status part."""
-    for part in msg.walk():
+    for part in parts:
         if part.get_content_type() != "message/delivery-status":
             continue
         payload = part.get_payload()
@@ -135,10 +135,10 @@ def _text_fields(text: str) -> list[dict[str, str]]:
     return blocks
 
 
-def _body_text(msg: Message) -> str:
-    """Every text part of ``msg``, decoded, one after another."""
+def _body_text(parts: list[Message]) -> str:
+    """Every text part of ``parts``, decoded, one after another."""
     texts = []
-    for part in msg.walk():
+    for part in parts:
         if part.is_multipart():
             continue
         payload = part.get_payload(decode=True)
@@ -149,10 +149,10 @@ def _body_text(msg: Message) -> str:
     return "\n\n".join(texts)
 
 
-def _returned_message_ids(msg: Message) -> list[str]:
+def _returned_message_ids(parts: list[Message]) -> list[str]:
     """The Message-ID of the message the DSN returns (message/rfc822 or its headers)."""
     found = []
-    for part in msg.walk():
+    for part in parts:
         kind = part.get_content_type()
         if kind in ("message/rfc822", "message/global"):
             payload = part.get_payload()
@@ -160,7 +160,7 @@ def _returned_message_ids(msg: Message) -> list[str]:
             if isinstance(inner, Message) and inner.get("Message-ID"):
                 found.append(str(inner["Message-ID"]))
         elif kind in ("text/rfc822-headers", "message/global-headers"):
-            headers = email.message_from_string(_body_text(part))
+            headers = email.message_from_string(_body_text([part]))
             if headers.get("Message-ID"):
                 found.append(str(headers["Message-ID"]))
     return found
@@ -196,10 +196,11 @@ def parse(raw: bytes, tokens: DeliveryTokens) -> Dsn:
     """``raw`` as a DSN; NotUsable when it is none (an auto-reply, a person's mail)."""
     msg = email.message_from_bytes(raw)
     at = _date(str(msg.get("Date") or ""))
-    notices = [n for n in (_notice(block, at) for block in _delivery_status_blocks(msg)) if n is not None]
-    text = _body_text(msg)
-    has_report = any(p.get_content_type() == "message/delivery-status" for p in msg.walk())
+    parts = list(msg.walk())
+    notices = [n for n in (_notice(block, at) for block in _delivery_status_blocks(parts)) if n is not None]
+    has_report = any(p.get_content_type() == "message/delivery-status" for p in parts)
     if not notices and not has_report:
+        text = _body_text(parts)
         # No report part: a mangled report, or a non-standard bounce.
         notices = [n for n in (_notice(fields, at) for fields in _text_fields(text)) if n is not None]
         if not notices:
@@ -216,7 +217,7 @@ def parse(raw: bytes, tokens: DeliveryTokens) -> Dsn:
         raise NotUsable(f"not a bounce: {kind} ({subject[:80]!r})")
     # The token: in the address the DSN came to (VERP), else the returned Message-ID.
     candidates = [str(v) for name in _ENVELOPE_HEADERS for v in (msg.get_all(name) or [])]
-    candidates += _returned_message_ids(msg)
+    candidates += _returned_message_ids(parts)
     delivery_id = next((d for d in map(tokens.delivery, candidates) if d is not None), None)
     message_id = str(msg.get("Message-ID") or "").strip() or hashlib.sha256(raw).hexdigest()
     return Dsn(message_id=message_id, notices=notices, delivery_id=delivery_id)

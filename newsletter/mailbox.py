@@ -149,7 +149,9 @@ class ImapSource:
             self._command("STORE", letter.key, "+FLAGS.SILENT", f"(\\Seen {DONE_KEYWORD})")
 
     def skip(self, letter: Letter) -> None:
-        self._command("STORE", letter.key, "+FLAGS.SILENT", f"({SKIPPED_KEYWORD})")
+        # A server that takes no keywords: the message stays unflagged, reported again.
+        with contextlib.suppress(MailboxError):
+            self._command("STORE", letter.key, "+FLAGS.SILENT", f"({SKIPPED_KEYWORD})")
 
     def _logout(self) -> None:
         with contextlib.suppress(imaplib.IMAP4.error, OSError, socket.timeout):

@@ -114,7 +114,11 @@ def test_cli_reports_and_one_line_errors(sent, mailbox: Mailbox, fetch_cli) -> N
     mailbox.append(dsn.auto_reply(done.messages[rcpt], envelope_to=done.envelopes[rcpt]))
     code, output = fetch_cli(config, env)
     assert code == 0, output
-    assert "2 messages read: 1 hard bounces, 0 soft bounces, 0 delays (0 of them recorded before), 1 left in place" in output and "subscribers changed: 1 bounced" in output
+    assert (
+        "2 messages read: 1 hard bounces, 0 soft bounces, 0 delays (0 of them recorded before), 1 left in place"
+        in output
+        and "subscribers changed: 1 bounced" in output
+    )
     assert "INBOX uid 2: not a bounce: an automatic reply" in output and "left in the mailbox" in output
     for name, value, message in (
         ("imap", mailbox.imap_config(folder="Nowhere"), "has no folder 'Nowhere'"),
