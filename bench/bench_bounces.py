@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -70,11 +72,19 @@ Subject: Diplomacy Watch
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=2000)
-    parser.add_argument("--postgres", help="a PostgreSQL URL (an empty database) instead of a fresh SQLite file")
+    parser.add_argument("--postgres", help="a PostgreSQL URL: a schema of its own there instead of a SQLite file")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-bounces-"))
+    schema = f"bench_bounces_{secrets.token_hex(4)}"
+    admin = None
+    if args.postgres:
+        admin = sa.create_engine(args.postgres)
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
     try:
-        url = args.postgres or f"sqlite:///{folder / 'bench.db'}"
+        url = (
+            f"{args.postgres}?options=-csearch_path%3D{schema}" if args.postgres else f"sqlite:///{folder / 'bench.db'}"
+        )
         engine = create_store_engine(url)
         upgrade(engine)
         tokens = DeliveryTokens(secrets.token_hex(16))
@@ -156,6 +166,10 @@ def main() -> None:
         engine.dispose()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if admin is not None:
+            with admin.begin() as conn:
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+            admin.dispose()
 
 
 if __name__ == "__main__":
