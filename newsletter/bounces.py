@@ -236,19 +236,19 @@ class _Delivered:
     email: str | None
 
 
-def _delivered(engine: Engine, delivery_id: int) -> _Delivered | None:
+def _delivered(engine: Engine, delivery_ids: set[int]) -> dict[int, _Delivered]:
+    """The deliveries of these ids that the database has, with their issue and address."""
     query = (
-        select(sends.c.issue, deliveries.c.batch_id, subscribers.c.email)
+        select(deliveries.c.id, sends.c.issue, deliveries.c.batch_id, subscribers.c.email)
         .select_from(
             deliveries.join(sends, sends.c.id == deliveries.c.send_id).outerjoin(
                 subscribers, subscribers.c.id == deliveries.c.subscriber_id
             )
         )
-        .where(deliveries.c.id == delivery_id)
+        .where(deliveries.c.id.in_(sorted(delivery_ids)))
     )
     with engine.connect() as conn:
-        row = conn.execute(query).first()
-    return None if row is None else _Delivered(str(row.issue), row.batch_id, row.email)
+        return {int(r.id): _Delivered(str(r.issue), r.batch_id, r.email) for r in conn.execute(query)}
 
 
 def webhook_events(dsn: Dsn, delivered: _Delivered, delivery_id: int, received: dt.datetime) -> list[dict[str, Any]]:
@@ -295,20 +295,18 @@ class FetchReport:
         )
 
 
-def prepare(
-    engine: Engine, letter: Letter, tokens: DeliveryTokens, now: dt.datetime
-) -> tuple[Dsn, list[dict[str, Any]]]:
-    """One message as its DSN and the events to record; NotUsable when it is left."""
-    dsn = parse(letter.raw, tokens)
+def _dsn_of(letter: Letter, tokens: DeliveryTokens) -> Dsn:
+    """``letter`` as a DSN that names a delivery; NotUsable when it is left in place."""
+    try:
+        dsn = parse(letter.raw, tokens)
+    except (ValueError, LookupError, UnicodeError) as exc:  # a message the email package chokes on
+        raise NotUsable(f"cannot be parsed: {exc}") from None
     if dsn.delivery_id is None:
         raise NotUsable("a bounce that names no delivery of ours (no signed token in its address or Message-ID)")
-    delivered = _delivered(engine, dsn.delivery_id)
-    if delivered is None:
-        raise NotUsable(f"a bounce for delivery {dsn.delivery_id}, which this database does not have")
-    return dsn, webhook_events(dsn, delivered, dsn.delivery_id, now)
+    return dsn
 
 
-BATCH: Final = 200  # messages whose events are applied in one transaction
+BATCH: Final = 200  # messages looked up and applied together, in one transaction
 
 
 def process(
@@ -323,43 +321,52 @@ def process(
     one is marked done after its events are committed (a crash re-reads it and records
     nothing twice), each unusable one is left in place and reported."""
     report = FetchReport(source=source.name)
-    waiting: list[tuple[Letter, Dsn, list[dict[str, Any]]]] = []
+    waiting: list[tuple[Letter, Dsn]] = []
     for letter in source.letters():
         report.read += 1
         try:
-            dsn, raw_events = prepare(engine, letter, tokens, now or dt.datetime.now(dt.UTC))
+            waiting.append((letter, _dsn_of(letter, tokens)))
         except NotUsable as exc:
             report.left.append((letter.ref, str(exc)))
             source.skip(letter)
             continue
-        except (ValueError, LookupError, UnicodeError) as exc:  # a message the email package chokes on
-            report.left.append((letter.ref, f"cannot be parsed: {exc}"))
-            source.skip(letter)
-            continue
-        waiting.append((letter, dsn, raw_events))
         if len(waiting) >= BATCH:
-            _apply(engine, source, waiting, soft, now, report)
+            _apply(engine, source, waiting, soft, now or dt.datetime.now(dt.UTC), report)
             waiting = []
-    _apply(engine, source, waiting, soft, now, report)
+    _apply(engine, source, waiting, soft, now or dt.datetime.now(dt.UTC), report)
     return report
 
 
 def _apply(
     engine: Engine,
     source: Source,
-    waiting: list[tuple[Letter, Dsn, list[dict[str, Any]]]],
+    waiting: list[tuple[Letter, Dsn]],
     soft: events.SoftBounces,
-    now: dt.datetime | None,
+    now: dt.datetime,
     report: FetchReport,
 ) -> None:
     if not waiting:
         return
-    raw_events = [event for _, _, batch in waiting for event in batch]
+    found = _delivered(engine, {dsn.delivery_id for _, dsn in waiting if dsn.delivery_id is not None})
+    usable: list[tuple[Letter, Dsn]] = []
+    raw_events: list[dict[str, Any]] = []
+    for letter, dsn in waiting:
+        delivered = found.get(dsn.delivery_id or 0)
+        if delivered is None or dsn.delivery_id is None:
+            report.left.append(
+                (letter.ref, f"a bounce for delivery {dsn.delivery_id}, which this database does not have")
+            )
+            source.skip(letter)
+            continue
+        usable.append((letter, dsn))
+        raw_events += webhook_events(dsn, delivered, dsn.delivery_id, now)
+    if not usable:
+        return
     applied = events.apply_events(engine, raw_events, now=now, soft_bounces=soft)
     report.duplicates += applied.duplicates
     for status, n in applied.status_changes.items():
         report.status_changes[status] = report.status_changes.get(status, 0) + n
-    for letter, dsn, _ in waiting:
+    for letter, dsn in usable:
         for notice in dsn.notices:
             kind = "deferred" if notice.action == "delayed" else notice.bounce_type
             setattr(report, kind, getattr(report, kind) + 1)
