@@ -247,14 +247,11 @@ class SmtpSender(SenderBase):
         tokens = self._tokens if ledger else None
         for index, delivery in enumerate(deliveries):
             try:
-                envelope = sender
+                envelope, message_id = sender, None
                 if tokens is not None:
                     envelope = tokens.return_path(sender, delivery.key)
-                    data = template.render(
-                        delivery.recipient, message_id=tokens.message_id(delivery.key, template.domain)
-                    )
-                else:
-                    data = template.render(delivery.recipient)
+                    message_id = tokens.message_id(delivery.key, template.domain)
+                data = template.render(delivery.recipient, message_id=message_id)
                 to = envelope_address(delivery.recipient.email)
             except HeaderError as exc:
                 out.rejected[delivery.key] = str(exc)
