@@ -394,9 +394,9 @@ def open_source(settings: Settings) -> Source:
 def fetch(settings: Settings, engine: Engine, *, now: dt.datetime | None = None) -> FetchReport:
     """``newsletter bounces fetch`` and the hourly job: read the configured mailbox once."""
     config = settings.bounces
-    tokens = DeliveryTokens(settings.secret(config.signing_key_env, "the bounce tokens' signing key"))
     source = open_source(settings)
     try:
+        tokens = DeliveryTokens(settings.secret(config.signing_key_env, "the bounce tokens' signing key"))
         return process(
             engine, source, tokens, soft=events.SoftBounces(config.soft_limit, config.soft_window_days), now=now
         )
