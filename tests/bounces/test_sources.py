@@ -176,3 +176,21 @@ def test_the_scheduler_reads_the_mailbox_hourly(sent, mailbox: Mailbox, caplog, 
     with caplog.at_level(logging.INFO, logger="newsletter.schedule"):
         schedule.scheduled_bounces(str(config))  # logged, not raised: the next hour tries again
     assert "hourly bounces job failed: imap: 127.0.0.1" in caplog.text and "refused the login" in caplog.text
+
+
+def test_delete_processed_on_disk(sent, tmp_path: Path) -> None:
+    done = sent(2)
+    a, b = sorted(done.envelopes)
+    folder = stdlib_mailbox.Maildir(tmp_path / "maildir", create=True)
+    folder.add(dsn.dsn(done.messages[a], envelope_to=done.envelopes[a], recipient=a))
+    path = tmp_path / "bounces.mbox"
+    box = stdlib_mailbox.mbox(path)
+    box.add(dsn.dsn(done.messages[b], envelope_to=done.envelopes[b], recipient=b))
+    box.flush()
+    box.close()
+    for where in (tmp_path / "maildir", path):
+        settings = load_settings(_with_bounces(done, path=str(where), delete_processed=True), env={})
+        assert bounces.fetch(settings, done.engine).hard == 1
+    assert len(folder) == 0 and "Processed" not in folder.list_folders()
+    assert _count(path) == 0 and not (tmp_path / "bounces.mbox.processed").exists()
+    assert {subscribers.get(done.engine, e).status for e in (a, b)} == {"bounced"}
