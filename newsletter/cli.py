@@ -119,7 +119,7 @@ def _global(
         stream=sys.stderr,
     )
     # Third-party chatter stays out of the editor's way unless asked for.
-    for noisy in ("httpx", "httpcore", "cssutils", "CSSUTILS", "apscheduler.scheduler", "alembic"):
+    for noisy in ("httpx", "httpcore", "cssutils", "CSSUTILS", "apscheduler.scheduler", "alembic", "flufl.bounce"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
@@ -824,6 +824,27 @@ def subscribers_expire() -> None:
         f"forgot {done.subscribers:,} unconfirmed sign-ups, and {done.consents:,} unconfirmed "
         "sign-ups of people already on the list"
     )
+
+
+# --- bounces (newsletter/bounces.py) --------------------------------------------------------
+
+bounces_app = typer.Typer(help="Bounces of SMTP sends: read the bounce mailbox.", no_args_is_help=True)
+app.add_typer(bounces_app, name="bounces")
+
+
+@bounces_app.command("fetch")
+def bounces_fetch() -> None:
+    """Read the bounce mailbox once (bounces.imap or bounces.path) and apply its delivery
+    status notifications; the scheduler does it hourly."""
+    from newsletter import bounces
+    from newsletter.store.db import database
+
+    cfg = settings()
+    with database(cfg) as engine:
+        report = bounces.fetch(cfg, engine)
+    for ref, why in report.left:
+        warn(f"{report.source}: {ref}: {why}; left in the mailbox")
+    console.print(escape(f"{report.source}: {report.summary()}"))
 
 
 def _interrupt(signum: int, frame: object) -> None:

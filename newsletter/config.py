@@ -363,6 +363,59 @@ class Web(Section):
         return self
 
 
+class BounceImap(Section):
+    """The bounce mailbox on an IMAP server; the login comes from the environment."""
+
+    host: str
+    port: int | None = Field(default=None, gt=0, lt=65536)  # default: 993 for tls, 143 otherwise
+    security: Literal["tls", "starttls", "none"] = "tls"
+    username_env: EnvName = "BOUNCES_IMAP_USERNAME"
+    password_env: EnvName = "BOUNCES_IMAP_PASSWORD"
+    folder: str = "INBOX"
+    # where a processed message goes; none: it stays, flagged \Seen and $NewsletterBounce
+    processed_folder: str | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @property
+    def server_port(self) -> int:
+        return self.port or (993 if self.security == "tls" else 143)
+
+
+class Bounces(Section):
+    """Delivery status notifications (bounces) for the SMTP backend: the envelope sender
+    that names each delivery (VERP), where the DSNs arrive, and when soft bounces (from
+    DSNs and SendGrid's ``blocked``) mark an address bounced."""
+
+    # e.g. bounces@news.example.org: each message's envelope sender becomes
+    # bounces+<signed delivery token>@news.example.org; none: the From address, no VERP
+    return_path: str | None = None
+    signing_key_env: EnvName = "NEWSLETTER_SECRET_KEY"  # signs the delivery tokens
+    imap: BounceImap | None = None
+    path: Annotated[Path, AfterValidator(_under_config_folder)] | None = (
+        None  # a Maildir folder or an mbox file instead of IMAP
+    )
+    delete_processed: bool = False  # delete (expunge) processed DSNs instead of flagging/moving them
+    soft_limit: int = Field(default=3, gt=0)  # soft bounces within the window that mark an address bounced
+    soft_window_days: int = Field(default=30, gt=0)
+
+    @field_validator("return_path")
+    @classmethod
+    def _return_path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        _no_newline(value)
+        local, _, domain = value.rpartition("@")
+        if not local or not domain or "+" in local or not value.isascii():
+            raise ValueError("must be a plain ASCII address without '+', like bounces@news.example.org")
+        return value
+
+    @model_validator(mode="after")
+    def _one_mailbox(self) -> Bounces:
+        if self.imap is not None and self.path is not None:
+            raise ValueError("give imap or path, not both")
+        return self
+
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -439,6 +492,7 @@ class Settings(Section):
     delivery: Delivery = _paths_section()
     web: Web = Web()
     schedule: Schedule = Schedule()
+    bounces: Bounces = _paths_section()
     editors: list[str] = []  # addresses that get notices (skipped weeks, failures)
 
     # Where the file was read from; not a key in the file.

@@ -15,6 +15,7 @@
     │   ├── PermanentDeliveryError  retrying cannot help (400/401/403/413)
     │   └── AmbiguousDeliveryError  the request may have arrived: never retried blindly
     ├── SendError                   the send job: nothing to send, issue state, leftovers
+    ├── MailboxError                the bounce mailbox: unreachable, login refused, no folder
     └── ScheduleError               the weekly job's schedule
 
 The CLI maps the tree to exit codes in one place (``cli.main``); the web layer maps it to
@@ -119,6 +120,13 @@ class AmbiguousDeliveryError(DeliveryError):
 
 class SendError(NewsletterError):
     """The send job cannot start, or finished with recipients left unsent."""
+
+
+class MailboxError(NewsletterError):
+    """The bounce mailbox cannot be read: the IMAP server is unreachable or refuses the
+    login, the folder is missing, the Maildir or mbox path is not one."""
+
+    status = 502
 
 
 class ScheduleError(NewsletterError):

@@ -531,8 +531,11 @@ def list_unsubscribe(email: RenderedEmail, recipient: Recipient) -> str:
     return value
 
 
-def personalize(email: RenderedEmail, recipient: Recipient, now: dt.datetime | None = None) -> EmailMessage:
-    """The complete MIME message for one recipient (multipart/alternative, UTF-8)."""
+def personalize(
+    email: RenderedEmail, recipient: Recipient, now: dt.datetime | None = None, message_id: str | None = None
+) -> EmailMessage:
+    """The complete MIME message for one recipient (multipart/alternative, UTF-8);
+    ``message_id``: its Message-ID (default: a random one)."""
     if "\n" in email.subject or "\r" in email.subject:
         raise HeaderError(f"the subject contains a line break: {email.subject!r}")
     html, text = personalize_parts(email, recipient)
@@ -546,7 +549,7 @@ def personalize(email: RenderedEmail, recipient: Recipient, now: dt.datetime | N
         if email.reply_to:
             msg["Reply-To"] = _address("", email.reply_to, "sender.reply_to")
         msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
-        msg["Message-ID"] = make_msgid(domain=email.from_address.rpartition("@")[2])
+        msg["Message-ID"] = message_id or make_msgid(domain=email.from_address.rpartition("@")[2])
         if email.list_id:
             msg["List-Id"] = email.list_id
         msg["List-Unsubscribe"] = list_unsubscribe(email, recipient)

@@ -3,7 +3,8 @@ handled by the trigger's time zone), the project's database as the job store so 
 restart keeps state, coalescing, one instance at a time, and a misfire grace window
 after which a missed run is dropped rather than sending a stale issue late. A permanent
 interval job resumes unfinished sends; the ledger is its state, so it needs no other. A
-daily job forgets sign-ups nobody confirmed in time.
+daily job forgets sign-ups nobody confirmed in time; with a bounce mailbox configured, an
+hourly job reads it.
 
 The jobs are module-level functions taking the config path, so the job store holds
 only a reference and a string; settings are read fresh at every run.
@@ -14,9 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -25,12 +27,18 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from newsletter.config import Settings, WeeklyTime, load_settings
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+T = TypeVar("T")
+
 log = logging.getLogger(__name__)
 
 SEND_JOB = "weekly-send"
 DRAFT_JOB = "weekly-draft"
 RESUME_JOB = "weekly-resume"
 EXPIRE_JOB = "daily-expire"
+BOUNCES_JOB = "hourly-bounces"
 EXPIRE_AT = (3, 30)  # local time of the daily job that forgets unconfirmed sign-ups
 # The resume job fires at fixed multiples of its interval from this instant, so its run
 # times do not depend on when it was installed, and --status can tell them.
@@ -68,6 +76,11 @@ def expire_trigger(settings: Settings) -> CronTrigger:
     return WallClockTrigger(hour=EXPIRE_AT[0], minute=EXPIRE_AT[1], timezone=settings.schedule_zone)
 
 
+def bounces_trigger(settings: Settings) -> IntervalTrigger:
+    """Every hour, on the hour (UTC)."""
+    return IntervalTrigger(hours=1, start_date=RESUME_EPOCH, timezone=dt.UTC)
+
+
 def jobs(settings: Settings) -> dict[str, tuple[str, BaseTrigger]]:
     """Job id -> (function reference, trigger) for the configured mode."""
     found: dict[str, tuple[str, BaseTrigger]] = {
@@ -75,6 +88,8 @@ def jobs(settings: Settings) -> dict[str, tuple[str, BaseTrigger]]:
         RESUME_JOB: ("newsletter.schedule:scheduled_resume", resume_trigger(settings)),
         EXPIRE_JOB: ("newsletter.schedule:scheduled_expire", expire_trigger(settings)),
     }
+    if settings.bounces.imap is not None or settings.bounces.path is not None:
+        found[BOUNCES_JOB] = ("newsletter.schedule:scheduled_bounces", bounces_trigger(settings))
     if settings.schedule.mode == "approve" and settings.schedule.draft is not None:
         found[DRAFT_JOB] = ("newsletter.schedule:scheduled_draft", trigger(settings.schedule.draft, settings))
     return found
@@ -95,7 +110,7 @@ def next_runs(settings: Settings, now: dt.datetime | None = None, count: int = 3
     for job_id, (_func, trig) in jobs(settings).items():
         previous = None
         at = now
-        for _ in range(1 if job_id in (RESUME_JOB, EXPIRE_JOB) else count):
+        for _ in range(1 if job_id in (RESUME_JOB, EXPIRE_JOB, BOUNCES_JOB) else count):
             fire = trig.get_next_fire_time(previous, at)
             if fire is None:
                 break
@@ -208,17 +223,9 @@ def scheduled_resume(config_path: str) -> None:
     """The resume job (see ``weekly.resume_unfinished``): quiet when nothing is
     unfinished; a failure is logged and the next run tries again."""
     from newsletter import weekly
-    from newsletter.errors import NewsletterError
-    from newsletter.store.db import database
 
-    try:
-        settings = load_settings(Path(config_path))
-        with database(settings) as engine:
-            reports = weekly.resume_unfinished(settings, engine)
-    except NewsletterError as exc:
-        log.error("weekly resume job failed: %s", exc)
-        return
-    for report in reports:
+    reports = _on_database(config_path, "weekly resume job", weekly.resume_unfinished)
+    for report in reports or []:
         log.log(
             RESUME_LEVELS.get(report.outcome, logging.ERROR),
             "weekly resume job: %s: %s: %s",
@@ -231,21 +238,44 @@ def scheduled_resume(config_path: str) -> None:
 def scheduled_expire(config_path: str) -> None:
     """The daily job: ``subscribers.expire_pending``; a failure is logged and tomorrow's
     run tries again."""
-    from newsletter.errors import NewsletterError
     from newsletter.store import subscribers
-    from newsletter.store.db import database
 
-    try:
-        with database(load_settings(Path(config_path))) as engine:
-            done = subscribers.expire_pending(engine)
-    except NewsletterError as exc:
-        log.error("daily expire job failed: %s", exc)
+    done = _on_database(config_path, "daily expire job", lambda _, engine: subscribers.expire_pending(engine))
+    if done is None:
         return
     log.info(
         "daily expire job: forgot %d unconfirmed sign-ups and %d unconfirmed sign-ups of people already on the list",
         done.subscribers,
         done.consents,
     )
+
+
+def scheduled_bounces(config_path: str) -> None:
+    """The hourly job: ``bounces.fetch``; a failure (mailbox unreachable, login refused)
+    is logged and the next hour tries again."""
+    from newsletter import bounces
+
+    report = _on_database(config_path, "hourly bounces job", bounces.fetch)
+    if report is None:
+        return
+    for ref, why in report.left:
+        log.warning("hourly bounces job: %s: %s: %s; left in the mailbox", report.source, ref, why)
+    log.info("hourly bounces job: %s: %s", report.source, report.summary())
+
+
+def _on_database(config_path: str, job: str, call: Callable[[Settings, Engine], T]) -> T | None:
+    """``call`` with fresh settings and the database; a failure is logged (the next run
+    tries again) and gives None."""
+    from newsletter.errors import NewsletterError
+    from newsletter.store.db import database
+
+    try:
+        settings = load_settings(Path(config_path))
+        with database(settings) as engine:
+            return call(settings, engine)
+    except NewsletterError as exc:
+        log.error("%s failed: %s", job, exc)
+        return None
 
 
 def _run_logged(what: str, call: Any) -> None:

@@ -242,7 +242,13 @@ class _Run:
         }
         attempt = 0
         while waiting:
-            batch = Batch(issue=self.send.issue, batch_id=batch_id, email=self.email, deliveries=list(waiting.values()))
+            batch = Batch(
+                issue=self.send.issue,
+                batch_id=batch_id,
+                email=self.email,
+                deliveries=list(waiting.values()),
+                ledger=True,
+            )
             try:
                 result = self.sender.send(batch)
             except AmbiguousDeliveryError as exc:

@@ -38,6 +38,9 @@ class Batch:
     batch_id: str  # unique per batch; SendGrid gets it in custom_args
     email: RenderedEmail
     deliveries: Sequence[Delivery]
+    # the deliveries' keys are ledger rows (a send's batch, not a test or a notice): the
+    # SMTP backend then names each one in its envelope sender and Message-ID (bounces)
+    ledger: bool = False
 
 
 @dataclass

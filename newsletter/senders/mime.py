@@ -98,12 +98,18 @@ class MessageTemplate:
         """Whether the bytes are 7-bit (SMTP then needs no BODY=8BITMIME)."""
         return self._fast and self._ascii
 
-    def render(self, recipient: Recipient, now: dt.datetime | None = None) -> bytes:
-        """The complete message for ``recipient`` (raises HeaderError like personalize)."""
-        fast = self._fast and self._fast_bytes(recipient, now)
-        return fast or render.personalize(self.email, recipient, now).as_bytes(policy=self._policy)
+    @property
+    def domain(self) -> str:
+        """The From address's domain, the right-hand side of the Message-IDs."""
+        return self._domain
 
-    def _fast_bytes(self, recipient: Recipient, now: dt.datetime | None) -> bytes | None:
+    def render(self, recipient: Recipient, now: dt.datetime | None = None, message_id: str | None = None) -> bytes:
+        """The complete message for ``recipient`` (raises HeaderError like personalize);
+        ``message_id``: its Message-ID (default: a random one)."""
+        fast = self._fast and self._fast_bytes(recipient, now, message_id)
+        return fast or render.personalize(self.email, recipient, now, message_id).as_bytes(policy=self._policy)
+
+    def _fast_bytes(self, recipient: Recipient, now: dt.datetime | None, message_id: str | None) -> bytes | None:
         if not (
             _SIMPLE_ADDRESS.fullmatch(recipient.email)
             and _PRINTABLE_ASCII.fullmatch(recipient.name)
@@ -123,7 +129,7 @@ class MessageTemplate:
         headers = {
             "To": to,
             "Date": format_datetime(now or dt.datetime.now(dt.UTC)),
-            "Message-ID": make_msgid(domain=self._domain),
+            "Message-ID": message_id or make_msgid(domain=self._domain),
             "List-Unsubscribe": unsubscribe,
         }
         head = self._eol.join(

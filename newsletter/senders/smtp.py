@@ -3,7 +3,9 @@ connections (STARTTLS, implicit TLS or plain), each kept open across messages an
 batches and reopened when the server drops it. Per-recipient outcomes: 5xx -> rejected,
 4xx and connections lost before the message was handed over -> retry; a connection
 lost after the message went out (after DATA, before the server's answer) -> ambiguous,
-never retried blindly; a login or TLS failure stops the send.
+never retried blindly; a login or TLS failure stops the send. With a bounce address
+(``bounces.return_path``), each message of a send names its delivery in its envelope
+sender and Message-ID (``verp``), so ``bounces`` can match the DSNs that come back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from newsletter.config import Settings, SmtpBackend
 from newsletter.errors import DeliveryError, HeaderError, PermanentDeliveryError
 from newsletter.senders.base import Batch, BatchResult, Delivery, SenderBase
 from newsletter.senders.mime import MessageTemplate, envelope_address
+from newsletter.verp import DeliveryTokens
 
 
 class _Lost(Exception):
@@ -69,9 +72,14 @@ class SmtpSender(SenderBase):
         password: str | None = None,
         max_batch_size: int = 500,
         tls_context: ssl.SSLContext | None = None,
+        return_path: str | None = None,
+        tokens: DeliveryTokens | None = None,
     ) -> None:
         """``tls_context``: how the server's certificate is checked (default: the system's
-        trusted CAs, hostname checked); tests pass one that trusts their own CA."""
+        trusted CAs, hostname checked); tests pass one that trusts their own CA.
+        ``return_path``: the envelope sender (default: the From address); with ``tokens``,
+        a ledger batch's messages get ``local+<token>@domain`` and a Message-ID naming
+        their delivery."""
         self.host, self.port, self.security = config.host, config.port, config.security
         self.timeout = config.timeout_seconds
         self.connections = config.connections
@@ -83,6 +91,7 @@ class SmtpSender(SenderBase):
         self._open: set[smtplib.SMTP] = set()
         self._lock = threading.Lock()
         self._fatal: PermanentDeliveryError | None = None
+        self.return_path, self._tokens = return_path, tokens
 
     @classmethod
     def from_settings(cls, settings: Settings, tls_context: ssl.SSLContext | None = None) -> SmtpSender:
@@ -91,12 +100,18 @@ class SmtpSender(SenderBase):
         if config.username_env:
             username = settings.secret(config.username_env, "the SMTP user name")
             password = settings.secret(config.password_env, "the SMTP password")
+        bounces = settings.bounces
+        tokens = None
+        if bounces.return_path:
+            tokens = DeliveryTokens(settings.secret(bounces.signing_key_env, "the bounce tokens' signing key"))
         return cls(
             config,
             username=username,
             password=password,
             max_batch_size=settings.delivery.batch_size,
             tls_context=tls_context,
+            return_path=bounces.return_path,
+            tokens=tokens,
         )
 
     @property
@@ -225,11 +240,18 @@ class SmtpSender(SenderBase):
                 conn.close()
         return code, _reply(code, reply)
 
-    def _send_chunk(self, template: MessageTemplate, sender: str, deliveries: Sequence[Delivery]) -> _Outcome:
+    def _send_chunk(
+        self, template: MessageTemplate, sender: str, deliveries: Sequence[Delivery], ledger: bool
+    ) -> _Outcome:
         out = _Outcome([], {}, {}, {})
+        tokens = self._tokens if ledger else None
         for index, delivery in enumerate(deliveries):
             try:
-                data = template.render(delivery.recipient)
+                envelope, message_id = sender, None
+                if tokens is not None:
+                    envelope = tokens.return_path(sender, delivery.key)
+                    message_id = tokens.message_id(delivery.key, template.domain)
+                data = template.render(delivery.recipient, message_id=message_id)
                 to = envelope_address(delivery.recipient.email)
             except HeaderError as exc:
                 out.rejected[delivery.key] = str(exc)
@@ -240,7 +262,7 @@ class SmtpSender(SenderBase):
                     options = ["BODY=8BITMIME"] if not template.is_ascii and conn.has_extn("8bitmime") else []
                     if not to.isascii():
                         options.append("SMTPUTF8")
-                    refusal = self._transaction(conn, sender, to, data, options)
+                    refusal = self._transaction(conn, envelope, to, data, options)
                 except _Lost as lost:
                     self._drop()
                     # Lost before the message was handed over (an idle connection the
@@ -287,12 +309,13 @@ class SmtpSender(SenderBase):
             return BatchResult()
         template = MessageTemplate(batch.email, linesep="\r\n")
         try:
-            sender = envelope_address(batch.email.from_address)
+            sender = envelope_address(self.return_path or batch.email.from_address)
         except HeaderError as exc:
-            raise PermanentDeliveryError(f"smtp: sender.from_address: {exc}") from None
+            what = "bounces.return_path" if self.return_path else "sender.from_address"
+            raise PermanentDeliveryError(f"smtp: {what}: {exc}") from None
         size = -(-len(deliveries) // self.connections)
         chunks = [deliveries[i : i + size] for i in range(0, len(deliveries), size)]
-        futures = [self._pool.submit(self._send_chunk, template, sender, chunk) for chunk in chunks]
+        futures = [self._pool.submit(self._send_chunk, template, sender, chunk, batch.ledger) for chunk in chunks]
         result = BatchResult()
         errors: list[DeliveryError] = []
         for future in futures:

@@ -1,6 +1,7 @@
 """SendGrid event webhook events, applied once each: the ``webhook_events`` table keeps
 every event by its ``sg_event_id`` (a replayed event changes nothing), bounces, drops,
-spam reports and unsubscribes change the subscriber's status, delivered, open and click
+spam reports and unsubscribes change the subscriber's status (a soft bounce only once
+``SoftBounces.limit`` of them came within its window), delivered, open and click
 events are kept for the per-issue statistics, and events for the rows of an ambiguous
 batch settle them in the ledger (``ledger.reconcile``).
 """
@@ -68,6 +69,15 @@ class Event:
     occurred_at: dt.datetime | None
     status: str | None  # the subscriber status it implies, if any
     bounce_type: str | None = None  # "hard" or "soft" for a bounce
+
+
+@dataclass(frozen=True)
+class SoftBounces:
+    """How many soft bounces (SendGrid's ``blocked``, a 4.x.x DSN) within how many days
+    mark an address bounced: ``bounces.soft_limit`` and ``bounces.soft_window_days``."""
+
+    limit: int = 3
+    window_days: int = 30
 
 
 @dataclass
@@ -175,10 +185,31 @@ def _set_status(conn: Connection, subscriber_id: int, current: str, status: str,
     return True
 
 
-def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]], *, now: dt.datetime | None = None) -> Applied:
+def _soft_limit_reached(conn: Connection, subscriber_id: int, now: dt.datetime, soft: SoftBounces) -> bool:
+    since = now - dt.timedelta(days=soft.window_days)
+    count = conn.execute(
+        select(func.count())
+        .select_from(webhook_events)
+        .where(
+            webhook_events.c.subscriber_id == subscriber_id,
+            webhook_events.c.bounce_type == "soft",
+            func.coalesce(webhook_events.c.occurred_at, webhook_events.c.received_at) >= since,
+        )
+    ).scalar_one()
+    return int(count) >= soft.limit
+
+
+def apply_events(
+    engine: Engine,
+    raw_events: Iterable[Mapping[str, Any]],
+    *,
+    now: dt.datetime | None = None,
+    soft_bounces: SoftBounces = SoftBounces(),
+) -> Applied:
     """Record and apply a webhook request's events in one transaction; an event whose
     ``sg_event_id`` was seen before is skipped, so SendGrid's retries change nothing.
-    Then the ambiguous ledger rows of the batches these events name are reconciled."""
+    Then the ambiguous ledger rows of the batches these events name are reconciled.
+    The DSN reader (``newsletter.bounces``) hands its bounces in here too."""
     from newsletter.store import ledger
 
     now = now or dt.datetime.now(dt.UTC)
@@ -215,8 +246,11 @@ def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]], *, now
             applied.recorded += 1
             if event.batch_id:
                 batches.add(event.batch_id)
-            if event.status and found and _set_status(conn, found[0], found[1], event.status, now):
-                applied.status_changes[event.status] = applied.status_changes.get(event.status, 0) + 1
+            status = event.status
+            if event.bounce_type == "soft" and found and _soft_limit_reached(conn, found[0], now, soft_bounces):
+                status = "bounced"
+            if status and found and _set_status(conn, found[0], found[1], status, now):
+                applied.status_changes[status] = applied.status_changes.get(status, 0) + 1
     if batches:
         applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total
     return applied

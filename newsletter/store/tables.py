@@ -231,4 +231,11 @@ webhook_events = Table(
     Index("ix_webhook_events_issue_event", "issue", "event"),
     Index("ix_webhook_events_delivery_id", "delivery_id"),
     Index("ix_webhook_events_batch_id", "batch_id"),
+    # partial: a subscriber's soft bounces, counted against bounces.soft_limit
+    Index(
+        "ix_webhook_events_soft_bounces",
+        "subscriber_id",
+        sqlite_where=text("bounce_type = 'soft'"),
+        postgresql_where=text("bounce_type = 'soft'"),
+    ),
 )

@@ -30,7 +30,7 @@ from newsletter.config import load_settings
 from newsletter.store import ledger
 from newsletter.store.tables import deliveries, subscribers
 from newsletter.web.app import create_app
-from tests.senders.conftest import Reply, SendgridStub, start_smtp_server
+from tests.senders.conftest import Reply, SendgridStub, smtp_delivery, start_smtp_server
 from tests.web.conftest import BASE_URL, SECRET, WEBHOOK_KEY_ENV, TestClient, event_body, sign
 
 from .conftest import bulk_subscribers
@@ -230,17 +230,7 @@ def test_an_smtp_drop_after_the_message_was_queued_is_ambiguous(write_config, da
         config = write_config(
             {
                 "database": {"url": database_url},
-                "delivery": {
-                    "backend": "smtp",
-                    "smtp": {
-                        "host": "127.0.0.1",
-                        "port": server.port,
-                        "security": "none",
-                        "connections": 1,
-                        "username_env": None,
-                        "password_env": None,
-                    },
-                },
+                "delivery": smtp_delivery(server.port),
             }
         )
         code, output = run_send(config, issue_path)

@@ -426,6 +426,22 @@ def start_smtp_server(
     return SmtpServer(handler, controller, port)
 
 
+def smtp_delivery(port: int) -> dict[str, Any]:
+    """The config's ``delivery`` section for the local aiosmtpd server on ``port``: no
+    TLS, no login, one connection."""
+    return {
+        "backend": "smtp",
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "connections": 1,
+            "username_env": None,
+            "password_env": None,
+        },
+    }
+
+
 @pytest.fixture
 def smtp_server_factory() -> Iterator[Any]:
     """Start aiosmtpd on 127.0.0.1: ``factory(tls=None|"starttls"|"tls", auth=(user, pw),
