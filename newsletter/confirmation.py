@@ -10,7 +10,6 @@ import html
 from newsletter import links
 from newsletter.config import Settings
 from newsletter.errors import DeliveryError
-from newsletter.models import Recipient
 from newsletter.render import RenderedEmail
 from newsletter.senders.base import Batch, Delivery, Sender
 from newsletter.store.ledger import new_batch_id
@@ -63,9 +62,7 @@ def send_confirmation(settings: Settings, sender: Sender, subscriber: Subscriber
     """Email ``subscriber`` the link that confirms their sign-up (``token`` is secret)."""
     pub = settings.publication
     email = confirmation_email(settings, links.confirm(pub, token))
-    recipient = Recipient(
-        email=subscriber.email, name=subscriber.name, unsubscribe_url=links.unsubscribe(pub, subscriber.token)
-    )
+    recipient = links.recipient(pub, subscriber.email, subscriber.name, subscriber.token)
     result = sender.send(
         Batch(
             issue=KIND,

@@ -38,7 +38,7 @@ from newsletter.yamlfile import atomic_write
 
 # The per-recipient placeholders. HTML and text get their own keys for values that need
 # HTML escaping, so a name like "<Ann & Bob>" cannot inject.
-PLACEHOLDER_KEYS = ("unsubscribe_url", "email", "email_html", "name", "name_html")
+PLACEHOLDER_KEYS = ("unsubscribe_url", "preferences_url", "email", "email_html", "name", "name_html")
 # Hex digits of the nonce: 80 bits, so no content can be made to contain its own hash.
 _NONCE_LENGTH = 20
 _HREF = re.compile(r'href="([^"]*)"')
@@ -239,6 +239,7 @@ def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
         "issue": issue,
         "pub": pub,
         "issue_date": f"{issue.date:%B} {issue.date.day}, {issue.date.year}",
+        "year": issue.date.year,
         "links": {
             "web_version": links.web_version(pub, issue.slug),
             "archive": links.archive(pub),
@@ -444,11 +445,7 @@ def _list_id(settings: Settings) -> str | None:
 
 def sample_recipient(settings: Settings) -> Recipient:
     """The recipient of ``newsletter build``'s sample message."""
-    return Recipient(
-        email="reader@example.com",
-        name="Sample Reader",
-        unsubscribe_url=links.unsubscribe(settings.publication, SAMPLE_RECIPIENT_TOKEN),
-    )
+    return links.recipient(settings.publication, "reader@example.com", "Sample Reader", SAMPLE_RECIPIENT_TOKEN)
 
 
 def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
@@ -458,6 +455,7 @@ def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
     needs_escape = _NEEDS_ESCAPE.search  # inlined: this runs for every recipient
     return {
         tokens["unsubscribe_url"]: recipient.unsubscribe_url,
+        tokens["preferences_url"]: recipient.preferences_url or recipient.unsubscribe_url,
         tokens["email"]: address,
         tokens["email_html"]: html_lib.escape(address) if needs_escape(address) else address,
         tokens["name"]: name,

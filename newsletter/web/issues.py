@@ -99,7 +99,8 @@ def sample_parts(settings: Settings, built: render.Built) -> tuple[str, str]:
 def web_version(settings: Settings, built: render.Built) -> str:
     """The archive's HTML: nobody's unsubscribe link (it points at the sign-up page
     instead), no address, no name."""
-    nobody = Recipient(email="", name="", unsubscribe_url=links.subscribe(settings.publication))
+    subscribe = links.subscribe(settings.publication)
+    nobody = Recipient(email="", name="", unsubscribe_url=subscribe, preferences_url=subscribe)
     html, _text = render.personalize_parts(built.email, nobody)
     return html
 
