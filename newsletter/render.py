@@ -404,13 +404,44 @@ def render_mjml(issue: Issue, settings: Settings) -> str:
 def build_issue(issue: Issue, settings: Settings) -> Built:
     """Render ``issue`` once into a ``RenderedEmail`` and run the checks on it."""
     env, context = _prepare(issue, settings)
-    mjml_source = _render_template(env, "email.mjml.j2", context)
-    html = inline_css(compile_mjml(mjml_source), _render_template(env, "inline.css.j2", context))
-    text = _tidy_text(_render_template(env, "email.txt.j2", context))
-    sender = settings.sender
-    email = RenderedEmail(
+    pictures = [issue.roundup.image if issue.roundup else None, *(teaser.image for teaser in issue.teasers)]
+    unwritten = {image.src for image in pictures if image is not None and image.alt is None}
+    return build_email(
+        settings,
+        "email",
+        context,
         slug=issue.slug,
         subject=issue.subject,
+        headers={"X-Newsletter-Issue": issue.slug},
+        env=env,
+        unwritten_alt=unwritten,
+    )
+
+
+def build_email(
+    settings: Settings,
+    template: str,
+    context: dict[str, Any],
+    *,
+    slug: str,
+    subject: str,
+    headers: dict[str, str],
+    env: jinja2.Environment | None = None,
+    unwritten_alt: Collection[str] = (),
+) -> Built:
+    """Render ``<template>.mjml.j2`` (through MJML and premailer, with inline.css.j2) and
+    ``<template>.txt.j2`` with ``context`` into a ``RenderedEmail``, and run the checks
+    on it: the one pipeline of the issue and the welcome mail. ``context`` holds the
+    ``placeholders`` its templates print."""
+    env = env or _environment(settings.templates.dir)
+    mjml_source = _render_template(env, f"{template}.mjml.j2", context)
+    css = _render_template(env, "inline.css.j2", context)
+    html = inline_css(compile_mjml(mjml_source, f"{template}.mjml.j2"), css)
+    text = _tidy_text(_render_template(env, f"{template}.txt.j2", context))
+    sender = settings.sender
+    email = RenderedEmail(
+        slug=slug,
+        subject=subject,
         html=html,
         text=text,
         from_name=sender.from_name,
@@ -418,15 +449,13 @@ def build_issue(issue: Issue, settings: Settings) -> Built:
         reply_to=sender.reply_to,
         list_id=_list_id(settings),
         unsubscribe_mailto=sender.unsubscribe_mailto,
-        headers={"X-Newsletter-Issue": issue.slug},
+        headers=headers,
         placeholders=context["placeholders"],
     )
     # Size is measured on a personalized copy, the other checks on the placeholders.
     sample_html, _ = personalize_parts(email, sample_recipient(settings))
     size = len(sample_html.encode("utf-8"))
-    pictures = [issue.roundup.image if issue.roundup else None, *(teaser.image for teaser in issue.teasers)]
-    unwritten = {image.src for image in pictures if image is not None and image.alt is None}
-    checks = check_email(email, size, settings, unwritten_alt=unwritten)
+    checks = check_email(email, size, settings, unwritten_alt=unwritten_alt)
     return Built(email=email, checks=tuple(checks), html_bytes=size)
 
 

@@ -107,5 +107,4 @@ def web_version(settings: Settings, built: render.Built) -> str:
 
 def sent_issues(settings: Settings) -> list[Issue]:
     """The archive: sent issues, newest first; unreadable files are left out."""
-    found = [i for _p, i in issuefile.list_issues(settings.issues_dir) if isinstance(i, Issue) and i.status == "sent"]
-    return sorted(found, key=lambda i: (i.date, i.slug), reverse=True)
+    return [issue for _path, issue in issuefile.sent_issues(settings.issues_dir)]

@@ -15,7 +15,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from newsletter import confirmation
+from newsletter import confirmation, welcome
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.store import subscribers
 from newsletter.store.addresses import check_address
@@ -204,16 +204,37 @@ def confirm_page(token: str, request: Request) -> Response:
     return with_csrf_cookie(page, ctx, cookie)
 
 
+def _send_welcome(ctx: WebContext, subscriber_id: int) -> None:
+    """After the confirmation's answer: the welcome mail, once. A failure is recorded
+    and logged (``newsletter welcome retry`` sends it again); the subscription stands."""
+    try:
+        with ctx.sender() as sender:
+            sent = welcome.send_welcome(ctx.engine, ctx.settings, sender, subscriber_id, now=ctx.clock())
+    except NewsletterError as exc:
+        log.error("event=welcome_failed subscriber=%d error=%s", subscriber_id, type(exc).__name__)
+    except Exception:
+        log.exception("event=welcome_failed subscriber=%d", subscriber_id)
+    else:
+        log.info("event=welcome_%s subscriber=%d", "sent" if sent else "not_sent", subscriber_id)
+
+
 @router.post("/confirm/{token}", response_class=HTMLResponse, summary="Confirm a sign-up")
-def confirm(token: str, request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def confirm(
+    token: str,
+    request: Request,
+    background: BackgroundTasks,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
     """The confirmation page's button (CSRF-protected, like every form of ours)."""
     ctx = context(request)
     check_csrf(request, ctx, csrf_token)
     try:
-        subscribers.confirm(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
+        confirmed = subscribers.confirm(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
     except SubscriberError as exc:
         raise LinkNotValid(str(exc).capitalize() + ".") from None
     log.info("event=confirmed via=web")
+    if ctx.settings.welcome.enabled:
+        background.add_task(_send_welcome, ctx, confirmed.id)
     return ctx.page(request, "confirmed.html", archive_url="/archive")
 
 
