@@ -18,7 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.senders.base import Sender
-from newsletter.web import preview, problems, public, webhook
+from newsletter.web import feed, preview, problems, public, webhook
 from newsletter.web.context import Clock, WebContext, context, utcnow
 from newsletter.web.issues import BuildCache
 from newsletter.web.middleware import BodyLimit, RequestLog, SecurityHeaders
@@ -90,8 +90,10 @@ def create_app(
     )
     app.state.context = ctx
     app.state.builds = BuildCache(settings)
+    app.state.feed = feed.FeedCache()
     app.state.webhook = webhook.verifier(settings)
     problems.install(app)
+    app.include_router(feed.router)  # before public's /archive/{slug}
     app.include_router(public.router)
     app.include_router(webhook.router)
     app.include_router(preview.router)

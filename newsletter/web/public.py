@@ -15,10 +15,11 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from newsletter import confirmation, welcome
+from newsletter import confirmation, links, welcome
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.store import subscribers
 from newsletter.store.addresses import check_address
+from newsletter.web import feed
 from newsletter.web.context import WebContext, context
 from newsletter.web.issues import find_issue, sent_issues, web_version
 from newsletter.web.problems import BadRequest, LinkNotValid, NotFound, TooManyRequests
@@ -244,7 +245,9 @@ def confirm(
 @router.get("/archive", response_class=HTMLResponse, summary="Past issues")
 def archive(request: Request) -> Response:
     ctx = context(request)
-    return ctx.page(request, "archive.html", issues=sent_issues(ctx.settings))
+    return ctx.page(
+        request, "archive.html", issues=sent_issues(ctx.settings), feed_url=links.feed(ctx.settings.publication)
+    )
 
 
 @router.get("/archive/{slug}", response_class=HTMLResponse, summary="An issue's web version")
@@ -255,6 +258,7 @@ def archive_issue(slug: str, request: Request) -> Response:
     if issue.status != "sent":
         raise NotFound("There is no issue at this address.")
     html = web_version(ctx.settings, request.app.state.builds.build(path, issue))
+    html = feed.with_share_tags(html, feed.share_tags(ctx.settings, issue))
     return HTMLResponse(
         html,
         headers={
