@@ -81,12 +81,13 @@ def _claim(engine: Engine, subscriber_id: int, now: dt.datetime, *, retry: bool)
                     .values(state="sending", attempts=welcomes.c.attempts + 1, error=None)
                 ).rowcount
             )
+        # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT
         inserted = conn.execute(
-            insert_ignoring_conflicts(conn, welcomes, "subscriber_id").values(
-                subscriber_id=subscriber_id, state="sending", attempts=1, created_at=now
-            )
-        ).rowcount
-        return bool(inserted)
+            insert_ignoring_conflicts(conn, welcomes, "subscriber_id")
+            .values(subscriber_id=subscriber_id, state="sending", attempts=1, created_at=now)
+            .returning(welcomes.c.id)
+        ).first()
+        return inserted is not None
 
 
 def _settle(engine: Engine, subscriber_id: int, now: dt.datetime, error: str | None) -> None:

@@ -37,19 +37,20 @@ EMAIL_POLICY = (
 SUBSCRIBE_FORM = "web:/subscribe"
 
 
-def _token(token: str, what: str) -> str:
+def link_token(token: str, what: str) -> str:
+    """``token`` from a link in an email, if it has a token's shape; else LinkNotValid."""
     if not _TOKEN.fullmatch(token):
         raise LinkNotValid(f"This {what} link is not valid.")
     return token
 
 
-def _masked(email: str) -> str:
+def masked(email: str) -> str:
     """a***@example.org: enough for the reader to recognise, little for anyone else."""
     local, _, domain = email.rpartition("@")
     return f"{local[:1]}***@{domain}" if local else "***"
 
 
-def _client(request: Request) -> str:
+def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
@@ -87,14 +88,14 @@ def check_csrf(request: Request, ctx: WebContext, token: str) -> None:
 def unsubscribe_page(token: str, request: Request) -> Response:
     """The page behind the email's unsubscribe link: one button, and a way back."""
     ctx = context(request)
-    found = subscribers.get_by_token(ctx.engine, _token(token, "unsubscribe"))
+    found = subscribers.get_by_token(ctx.engine, link_token(token, "unsubscribe"))
     if found is None:
         raise LinkNotValid("This unsubscribe link is not valid.")
     return ctx.page(
         request,
         "unsubscribe.html",
         token=token,
-        email=_masked(found.email),
+        email=masked(found.email),
         already=found.status in ("unsubscribed", "bounced", "complained"),
         subscribe_url="/subscribe",
     )
@@ -111,7 +112,7 @@ def unsubscribe_now(
         raise BadRequest("The body must be List-Unsubscribe=One-Click.")
     ctx = context(request)
     try:
-        subscribers.unsubscribe_by_token(ctx.engine, _token(token, "unsubscribe"), now=ctx.clock())
+        subscribers.unsubscribe_by_token(ctx.engine, link_token(token, "unsubscribe"), now=ctx.clock())
     except SubscriberError:
         raise LinkNotValid("This unsubscribe link is not valid.") from None
     log.info("event=unsubscribed via=web")
@@ -168,11 +169,11 @@ def subscribe(
         )
         return with_csrf_cookie(page, ctx, cookie)
     now = ctx.clock()
-    wait = ctx.limiter.hit(_client(request), now.timestamp())
+    wait = ctx.limiter.hit(client_address(request), now.timestamp())
     if wait is not None:
         raise TooManyRequests("Too many sign-ups from your network. Please try again later.", wait)
     consent = subscribers.Consent(
-        at=now, ip=_client(request)[:45], user_agent=request.headers.get("user-agent"), form=SUBSCRIBE_FORM
+        at=now, ip=client_address(request)[:45], user_agent=request.headers.get("user-agent"), form=SUBSCRIBE_FORM
     )
     web = ctx.settings.web
     signed = subscribers.sign_up(
@@ -197,11 +198,11 @@ def confirm_page(token: str, request: Request) -> Response:
     mail scanner that follows every link subscribes nobody."""
     ctx = context(request)
     try:
-        email = subscribers.confirmable(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
+        email = subscribers.confirmable(ctx.engine, link_token(token, "confirmation"), now=ctx.clock())
     except SubscriberError as exc:
         raise LinkNotValid(str(exc).capitalize() + ".") from None
     cookie, csrf = csrf_pair(request, ctx)
-    page = ctx.page(request, "confirm.html", token=token, email=_masked(email), csrf_field=CSRF_FIELD, csrf_token=csrf)
+    page = ctx.page(request, "confirm.html", token=token, email=masked(email), csrf_field=CSRF_FIELD, csrf_token=csrf)
     return with_csrf_cookie(page, ctx, cookie)
 
 
@@ -230,7 +231,7 @@ def confirm(
     ctx = context(request)
     check_csrf(request, ctx, csrf_token)
     try:
-        confirmed = subscribers.confirm(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
+        confirmed = subscribers.confirm(ctx.engine, link_token(token, "confirmation"), now=ctx.clock())
     except SubscriberError as exc:
         raise LinkNotValid(str(exc).capitalize() + ".") from None
     log.info("event=confirmed via=web")
