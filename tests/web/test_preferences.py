@@ -116,7 +116,7 @@ def test_export_holds_everything_stored_about_the_reader(
     client: TestClient, engine: Engine, subscriber: subscribers.Subscriber, clock: Clock
 ) -> None:
     other = subscribers.add(engine, "other@example.net")
-    send, _ = ledger.start_send(engine, "2024-10-25", "Issue", now=clock.now)
+    ledger.start_send(engine, "2024-10-25", "Issue", now=clock.now)
     events.apply_events(
         engine,
         [
