@@ -20,11 +20,10 @@ from sqlalchemy import Engine, and_, func, select, update
 
 from newsletter import issuefile, links, render
 from newsletter.config import Settings
-from newsletter.errors import BuildError, DeliveryError, NewsletterError
+from newsletter.errors import BuildError, NewsletterError
 from newsletter.models import Issue
-from newsletter.senders.base import Batch, Delivery, Sender
+from newsletter.senders.base import Sender, send_one
 from newsletter.store.db import insert_ignoring_conflicts, write_transaction
-from newsletter.store.ledger import new_batch_id
 from newsletter.store.subscribers import Subscriber, get_by_id
 from newsletter.store.tables import subscribers, welcomes
 
@@ -101,16 +100,7 @@ def _deliver(settings: Settings, sender: Sender, subscriber: Subscriber, now: dt
     if built.errors:
         raise BuildError(f"{settings.templates.dir}/welcome.mjml.j2: {built.errors[0]}")
     recipient = links.recipient(settings.publication, subscriber.email, subscriber.name, subscriber.token)
-    batch = Batch(
-        issue=KIND,
-        batch_id=new_batch_id(),
-        email=built.email,
-        deliveries=[Delivery(key=subscriber.id, recipient=recipient)],
-    )
-    result = sender.send(batch)
-    if subscriber.id not in result.sent:
-        reasons = {**result.rejected, **result.retry, **result.ambiguous}
-        raise DeliveryError(f"welcome mail not sent: {reasons.get(subscriber.id, 'no reason given')}")
+    send_one(sender, KIND, built.email, subscriber.id, recipient)
 
 
 def send_welcome(
