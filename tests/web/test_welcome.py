@@ -225,3 +225,18 @@ def test_the_welcome_passes_the_issue_checks_and_keeps_content_placeholders_lite
         assert "reader@example.com" in text and text.count("reader@example.com") == 1
         if latest is not None:
             assert "For %%email%% only" in text and "For %%email%% only" in html
+
+
+def test_the_daily_job_retries_failed_welcomes(
+    smtp: SmtpServer, web_settings: Settings, engine: Engine, clock: Clock
+) -> None:
+    from newsletter import schedule
+
+    reader = subscribers.add(engine, "later@example.org")
+    smtp.handler.reject["later@example.org"] = "451 4.3.0 try later"
+    with sender_for(web_settings) as sender, pytest.raises(Exception, match="not sent"):
+        welcome.send_welcome(engine, web_settings, sender, reader.id, now=dt.datetime.now(dt.UTC))
+    assert welcome.state_of(engine, reader.id) == "failed"
+    del smtp.handler.reject["later@example.org"]
+    schedule.scheduled_expire(str(web_settings.config_path))
+    assert welcome.state_of(engine, reader.id) == "sent" and len(welcomes(smtp)) == 1
