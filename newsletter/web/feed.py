@@ -116,11 +116,16 @@ class FeedCache:
         self._lock = threading.Lock()
 
     def get(self, settings: Settings, builds: BuildCache, now: dt.datetime) -> bytes:
-        sent = issuefile.sent_issues(settings.issues_dir)[:FEED_SIZE]
-        key = (templates_fingerprint(settings), tuple((str(p), _stamp(p)) for p, _ in sent))
+        # The files' sizes and times, not their contents: reading and validating twenty
+        # issue files to learn that nothing changed cost a second a request.
+        key = (
+            templates_fingerprint(settings),
+            tuple((str(p), _stamp(p)) for p in sorted(settings.issues_dir.glob("*.yaml"))),
+        )
         with self._lock:
             if key == self._key:
                 return self._feed
+        sent = issuefile.sent_issues(settings.issues_dir)[:FEED_SIZE]
         documents = [(issue, web_version(settings, builds.build(path, issue))) for path, issue in sent]
         feed = atom_feed(settings, documents, now)
         with self._lock:
@@ -129,7 +134,10 @@ class FeedCache:
 
 
 def _stamp(path: Path) -> tuple[int, int]:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError:  # removed since the listing
+        return (0, 0)
     return (st.st_mtime_ns, st.st_size)
 
 
