@@ -1,6 +1,7 @@
 """The public pages the emails link to: one-click unsubscribe (RFC 8058), the sign-up
 form with double opt-in, the confirmation page (its button confirms, the link alone does
-not), and the archive of sent issues. Each
+not, and the welcome mail follows), and the archive of sent issues (its feed and
+sharing tags are in ``feed``, the readers' preferences in ``preferences``). Each
 route parses its input and calls the store or render; the answers reveal nothing about
 who is subscribed.
 """
