@@ -123,6 +123,11 @@ def test_a_confirmed_reader_gets_one_welcome_over_smtp(
         assert not welcome.send_welcome(engine, web_settings, sender, reader.id, now=clock.now)
     assert len(welcomes(smtp)) == 1
 
+    # erasure forgets who was welcomed, not that a welcome was sent
+    subscribers.remove(engine, "new.reader@example.org")
+    assert welcome.state_of(engine, reader.id) is None
+    assert welcome.count_sent(engine, clock.now - dt.timedelta(days=1), clock.now + dt.timedelta(days=1)) == 1
+
 
 def test_a_refused_welcome_keeps_the_subscription_and_is_retried(
     smtp_client: TestClient,
