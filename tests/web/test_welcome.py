@@ -245,3 +245,22 @@ def test_the_daily_job_retries_failed_welcomes(
     del smtp.handler.reject["later@example.org"]
     schedule.scheduled_expire(str(web_settings.config_path))
     assert welcome.state_of(engine, reader.id) == "sent" and len(welcomes(smtp)) == 1
+
+
+def test_the_cli_retries_and_exits_non_zero_when_one_fails_again(
+    smtp: SmtpServer, web_settings: Settings, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from newsletter import cli
+
+    reader = subscribers.add(engine, "cli@example.org")
+    smtp.handler.reject["cli@example.org"] = "451 4.3.0 try later"
+    with sender_for(web_settings) as sender, pytest.raises(Exception, match="not sent"):
+        welcome.send_welcome(engine, web_settings, sender, reader.id, now=dt.datetime.now(dt.UTC))
+    capsys.readouterr()
+    args = ["--config", str(web_settings.config_path), "welcome", "retry"]
+    assert cli.main(args) == 1
+    assert "welcome mails: 0 sent, 1 failed again" in capsys.readouterr().out
+    del smtp.handler.reject["cli@example.org"]
+    assert cli.main(args) == 0
+    assert "welcome mails: 1 sent, 0 failed again" in capsys.readouterr().out
+    assert welcome.state_of(engine, reader.id) == "sent"
