@@ -847,6 +847,24 @@ def bounces_fetch() -> None:
     console.print(escape(f"{report.source}: {report.summary()}"))
 
 
+welcome_app = typer.Typer(help="The welcome mail sent after a sign-up is confirmed.", no_args_is_help=True)
+app.add_typer(welcome_app, name="welcome")
+
+
+@welcome_app.command("retry")
+def welcome_retry() -> None:
+    """Send again the welcome mails that failed (the scheduler does it daily)."""
+    from newsletter import welcome
+    from newsletter.senders import sender_for
+
+    cfg = settings()
+    with _database() as engine, sender_for(cfg) as sender:
+        done = welcome.retry_failed(engine, cfg, sender, now=dt.datetime.now(dt.UTC))
+    console.print(f"welcome mails: {done.sent:,} sent, {done.failed:,} failed again")
+    if done.failed:
+        raise typer.Exit(1)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 

@@ -335,6 +335,7 @@ class Web(Section):
     preview: PreviewAuth = PreviewAuth()
     sendgrid_webhook: SendgridWebhook = SendgridWebhook()
     subscribe_rate_per_hour: int = Field(default=10, gt=0)  # sign-ups per client address
+    preferences_rate_per_hour: int = Field(default=30, gt=0)  # preferences-page actions per client address
     # confirmation emails to one address per confirmation_window_minutes; the window is
     # at most the links' three days (unconfirmed sign-ups are forgotten after that)
     confirmations_per_address: int = Field(default=1, gt=0)
@@ -476,6 +477,16 @@ class Schedule(Section):
         return self
 
 
+class Welcome(Section):
+    """The welcome mail sent once to each subscriber whose web sign-up is confirmed."""
+
+    enabled: bool = True
+    # {name}: the publication's name
+    subject: Annotated[str, AfterValidator(_no_newline)] = Field(default="Welcome to {name}", min_length=1)
+    max_attempts: int = Field(default=5, gt=0)  # `newsletter welcome retry` gives up after these
+    retry_within_days: int = Field(default=7, gt=0)  # nor retries a welcome older than this
+
+
 class Settings(Section):
     """Everything config.yaml says, with paths made absolute."""
 
@@ -493,6 +504,7 @@ class Settings(Section):
     web: Web = Web()
     schedule: Schedule = Schedule()
     bounces: Bounces = _paths_section()
+    welcome: Welcome = Welcome()
     editors: list[str] = []  # addresses that get notices (skipped weeks, failures)
 
     # Where the file was read from; not a key in the file.

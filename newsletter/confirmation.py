@@ -9,11 +9,8 @@ import html
 
 from newsletter import links
 from newsletter.config import Settings
-from newsletter.errors import DeliveryError
-from newsletter.models import Recipient
 from newsletter.render import RenderedEmail
-from newsletter.senders.base import Batch, Delivery, Sender
-from newsletter.store.ledger import new_batch_id
+from newsletter.senders.base import Sender, send_one
 from newsletter.store.subscribers import CONFIRMATION_TTL, Subscriber
 
 KIND = "confirmation"  # the outbox folder and SendGrid's newsletter_issue for these
@@ -63,20 +60,6 @@ def send_confirmation(settings: Settings, sender: Sender, subscriber: Subscriber
     """Email ``subscriber`` the link that confirms their sign-up (``token`` is secret)."""
     pub = settings.publication
     email = confirmation_email(settings, links.confirm(pub, token))
-    recipient = Recipient(
-        email=subscriber.email, name=subscriber.name, unsubscribe_url=links.unsubscribe(pub, subscriber.token)
+    send_one(
+        sender, KIND, email, subscriber.id, links.recipient(pub, subscriber.email, subscriber.name, subscriber.token)
     )
-    result = sender.send(
-        Batch(
-            issue=KIND,
-            batch_id=new_batch_id(),
-            email=email,
-            deliveries=[Delivery(key=subscriber.id, recipient=recipient)],
-        )
-    )
-    if subscriber.id not in result.sent:
-        reasons = {**result.rejected, **result.retry}
-        raise DeliveryError(
-            f"confirmation email to subscriber {subscriber.id} not sent: "
-            f"{reasons.get(subscriber.id, 'no reason given')}"
-        )

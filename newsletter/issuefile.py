@@ -55,6 +55,12 @@ def edited_since_gathered(issue: Issue) -> bool:
     return issue.gathered is None or issue.gathered.checksum != checksum(issue)
 
 
+def sent_issues(issues_dir: Path) -> list[tuple[Path, Issue]]:
+    """The sent issues (the archive), newest first; unreadable files are left out."""
+    found = [(p, i) for p, i in list_issues(issues_dir) if isinstance(i, Issue) and i.status == "sent"]
+    return sorted(found, key=lambda pi: (pi[1].date, pi[1].slug), reverse=True)
+
+
 def list_issues(issues_dir: Path) -> list[tuple[Path, Issue | IssueFileError]]:
     """Every issue file in ``issues_dir``, newest first, with its error if it is invalid."""
     found: list[tuple[Path, Issue | IssueFileError]] = []

@@ -9,6 +9,7 @@ import datetime as dt
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from newsletter.config import Publication, Utm
+from newsletter.models import Recipient
 
 
 def web_version(pub: Publication, slug: str) -> str:
@@ -27,6 +28,24 @@ def subscribe(pub: Publication) -> str:
 def unsubscribe(pub: Publication, token: str) -> str:
     """The one-click unsubscribe URL carried in the footer and ``List-Unsubscribe``."""
     return f"{pub.public_url}/unsubscribe/{token}"
+
+
+def preferences(pub: Publication, token: str) -> str:
+    """The reader's preferences page (name, pause, export, erase), behind the same
+    token as the unsubscribe link."""
+    return f"{pub.public_url}/preferences/{token}"
+
+
+def feed(pub: Publication) -> str:
+    """The archive's Atom feed."""
+    return f"{pub.public_url}/archive/feed.xml"
+
+
+def recipient(pub: Publication, email: str, name: str, token: str) -> Recipient:
+    """A subscriber as a message's recipient: their address, name and personal links."""
+    return Recipient(
+        email=email, name=name, unsubscribe_url=unsubscribe(pub, token), preferences_url=preferences(pub, token)
+    )
 
 
 def confirm(pub: Publication, token: str) -> str:

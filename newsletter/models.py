@@ -149,3 +149,5 @@ class Recipient:
     email: str
     name: str = ""
     unsubscribe_url: str = ""
+    # the footer's "Preferences" link; an email without one links the unsubscribe page
+    preferences_url: str = ""

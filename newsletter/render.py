@@ -38,7 +38,7 @@ from newsletter.yamlfile import atomic_write
 
 # The per-recipient placeholders. HTML and text get their own keys for values that need
 # HTML escaping, so a name like "<Ann & Bob>" cannot inject.
-PLACEHOLDER_KEYS = ("unsubscribe_url", "email", "email_html", "name", "name_html")
+PLACEHOLDER_KEYS = ("unsubscribe_url", "preferences_url", "email", "email_html", "name", "name_html")
 # Hex digits of the nonce: 80 bits, so no content can be made to contain its own hash.
 _NONCE_LENGTH = 20
 _HREF = re.compile(r'href="([^"]*)"')
@@ -241,6 +241,7 @@ def _context(issue: Issue, settings: Settings) -> dict[str, Any]:
         "issue": issue,
         "pub": pub,
         "issue_date": f"{issue.date:%B} {issue.date.day}, {issue.date.year}",
+        "year": issue.date.year,
         "links": {
             "web_version": links.web_version(pub, issue.slug),
             "archive": links.archive(pub),
@@ -304,14 +305,15 @@ def _premailer() -> Any:
     return Premailer
 
 
-def compiled_html(mjml_source: str, css: str, output_dir: Path) -> str:
+def compiled_html(mjml_source: str, css: str, output_dir: Path, source_name: str = "email.mjml.j2") -> str:
     """``mjml_source`` compiled and ``css`` inlined: found in the build cache under
-    ``output_dir`` when this exact email was compiled before, else made and kept there."""
+    ``output_dir`` when this exact email was compiled before, else made and kept there
+    (``source_name`` names the template in a compile error)."""
     cache = buildcache.HtmlCache(output_dir)
     key = buildcache.html_key(mjml_source, css)
     html = cache.get(key)
     if html is None:
-        html = inline_css(compile_mjml(mjml_source), css)
+        html = inline_css(compile_mjml(mjml_source, source_name), css)
         cache.put(key, html)
     return html
 
@@ -431,13 +433,44 @@ def render_mjml(issue: Issue, settings: Settings) -> str:
 def build_issue(issue: Issue, settings: Settings) -> Built:
     """Render ``issue`` once into a ``RenderedEmail`` and run the checks on it."""
     env, context = _prepare(issue, settings)
-    mjml_source = _render_template(env, "email.mjml.j2", context)
-    html = compiled_html(mjml_source, _render_template(env, "inline.css.j2", context), settings.output.dir)
-    text = _tidy_text(_render_template(env, "email.txt.j2", context))
-    sender = settings.sender
-    email = RenderedEmail(
+    pictures = [issue.roundup.image if issue.roundup else None, *(teaser.image for teaser in issue.teasers)]
+    unwritten = {image.src for image in pictures if image is not None and image.alt is None}
+    return build_email(
+        settings,
+        "email",
+        context,
         slug=issue.slug,
         subject=issue.subject,
+        headers={"X-Newsletter-Issue": issue.slug},
+        env=env,
+        unwritten_alt=unwritten,
+    )
+
+
+def build_email(
+    settings: Settings,
+    template: str,
+    context: dict[str, Any],
+    *,
+    slug: str,
+    subject: str,
+    headers: dict[str, str],
+    env: jinja2.Environment | None = None,
+    unwritten_alt: Collection[str] = (),
+) -> Built:
+    """Render ``<template>.mjml.j2`` (through MJML and premailer, with inline.css.j2) and
+    ``<template>.txt.j2`` with ``context`` into a ``RenderedEmail``, and run the checks
+    on it: the one pipeline of the issue and the welcome mail. ``context`` holds the
+    ``placeholders`` its templates print."""
+    env = env or _environment(settings.templates.dir, settings.output.dir)
+    mjml_source = _render_template(env, f"{template}.mjml.j2", context)
+    css = _render_template(env, "inline.css.j2", context)
+    html = compiled_html(mjml_source, css, settings.output.dir, f"{template}.mjml.j2")
+    text = _tidy_text(_render_template(env, f"{template}.txt.j2", context))
+    sender = settings.sender
+    email = RenderedEmail(
+        slug=slug,
+        subject=subject,
         html=html,
         text=text,
         from_name=sender.from_name,
@@ -445,15 +478,13 @@ def build_issue(issue: Issue, settings: Settings) -> Built:
         reply_to=sender.reply_to,
         list_id=_list_id(settings),
         unsubscribe_mailto=sender.unsubscribe_mailto,
-        headers={"X-Newsletter-Issue": issue.slug},
+        headers=headers,
         placeholders=context["placeholders"],
     )
     # Size is measured on a personalized copy, the other checks on the placeholders.
     sample_html, _ = personalize_parts(email, sample_recipient(settings))
     size = len(sample_html.encode("utf-8"))
-    pictures = [issue.roundup.image if issue.roundup else None, *(teaser.image for teaser in issue.teasers)]
-    unwritten = {image.src for image in pictures if image is not None and image.alt is None}
-    checks = check_email(email, size, settings, unwritten_alt=unwritten)
+    checks = check_email(email, size, settings, unwritten_alt=unwritten_alt)
     return Built(email=email, checks=tuple(checks), html_bytes=size)
 
 
@@ -472,11 +503,7 @@ def _list_id(settings: Settings) -> str | None:
 
 def sample_recipient(settings: Settings) -> Recipient:
     """The recipient of ``newsletter build``'s sample message."""
-    return Recipient(
-        email="reader@example.com",
-        name="Sample Reader",
-        unsubscribe_url=links.unsubscribe(settings.publication, SAMPLE_RECIPIENT_TOKEN),
-    )
+    return links.recipient(settings.publication, "reader@example.com", "Sample Reader", SAMPLE_RECIPIENT_TOKEN)
 
 
 def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
@@ -486,6 +513,7 @@ def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
     needs_escape = _NEEDS_ESCAPE.search  # inlined: this runs for every recipient
     return {
         tokens["unsubscribe_url"]: recipient.unsubscribe_url,
+        tokens["preferences_url"]: recipient.preferences_url or recipient.unsubscribe_url,
         tokens["email"]: address,
         tokens["email_html"]: html_lib.escape(address) if needs_escape(address) else address,
         tokens["name"]: name,

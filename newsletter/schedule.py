@@ -248,6 +248,27 @@ def scheduled_expire(config_path: str) -> None:
         done.subscribers,
         done.consents,
     )
+    _retry_welcomes(Path(config_path))
+
+
+def _retry_welcomes(config_path: Path) -> None:
+    """The daily job's second half: welcome mails that failed are tried again."""
+    from newsletter import welcome
+    from newsletter.errors import NewsletterError
+    from newsletter.senders import sender_for
+    from newsletter.store.db import database
+
+    settings = load_settings(config_path)
+    if not settings.welcome.enabled:
+        return
+    try:
+        with database(settings) as engine, sender_for(settings) as sender:
+            done = welcome.retry_failed(engine, settings, sender, now=dt.datetime.now(dt.UTC))
+    except NewsletterError as exc:
+        log.error("daily welcome retry failed: %s", exc)
+        return
+    if done.sent or done.failed:
+        log.info("daily welcome retry: %d sent, %d failed again", done.sent, done.failed)
 
 
 def scheduled_bounces(config_path: str) -> None:

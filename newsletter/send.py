@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 from newsletter import issuefile, links, render
 from newsletter.config import Settings
 from newsletter.errors import AmbiguousDeliveryError, BuildError, DeliveryError, PermanentDeliveryError, SendError
-from newsletter.models import Issue, Recipient
+from newsletter.models import Issue
 from newsletter.senders.base import Batch, Delivery, Sender
 from newsletter.store import ledger
 from newsletter.store.db import database
@@ -126,9 +126,7 @@ def send_test(
     deliveries = [
         Delivery(
             key=n,
-            recipient=Recipient(
-                email=a, name="", unsubscribe_url=links.unsubscribe(settings.publication, render.SAMPLE_RECIPIENT_TOKEN)
-            ),
+            recipient=links.recipient(settings.publication, a, "", render.SAMPLE_RECIPIENT_TOKEN),
         )
         for n, a in enumerate(addresses)
     ]
@@ -236,7 +234,7 @@ class _Run:
         waiting = {
             c.key: Delivery(
                 key=c.key,
-                recipient=Recipient(email=c.email, name=c.name, unsubscribe_url=links.unsubscribe(pub, c.token)),
+                recipient=links.recipient(pub, c.email, c.name, c.token),
             )
             for c in claimed
         }

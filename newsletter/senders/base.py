@@ -13,11 +13,13 @@ was sent, a connection reset before the answer): those recipients are never retr
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol
 
+from newsletter.errors import DeliveryError
 from newsletter.models import Recipient
 from newsletter.render import RenderedEmail
 
@@ -95,3 +97,14 @@ class SenderBase:
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def send_one(sender: Sender, kind: str, email: RenderedEmail, key: int, recipient: Recipient) -> None:
+    """Send an email built in code (a confirmation, a welcome) to one subscriber as a
+    batch of one, labelled ``kind``; DeliveryError unless the backend accepted it."""
+    result = sender.send(
+        Batch(issue=kind, batch_id=secrets.token_hex(8), email=email, deliveries=[Delivery(key, recipient)])
+    )
+    if key not in result.sent:
+        reasons = {**result.rejected, **result.retry, **result.ambiguous}
+        raise DeliveryError(f"{kind} email to subscriber {key} not sent: {reasons.get(key, 'no reason given')}")

@@ -114,6 +114,7 @@ class MessageTemplate:
             _SIMPLE_ADDRESS.fullmatch(recipient.email)
             and _PRINTABLE_ASCII.fullmatch(recipient.name)
             and _PRINTABLE_ASCII.fullmatch(recipient.unsubscribe_url)
+            and _PRINTABLE_ASCII.fullmatch(recipient.preferences_url)
         ):
             return None
         values = render.substitutions(self.email, recipient)

@@ -155,9 +155,9 @@ class SendgridSender(SenderBase):
         refused: dict[int, str] = {}
         for d in batch.deliveries:
             r = d.recipient
-            text = r.email + r.name + r.unsubscribe_url
+            text = r.email + r.name + r.unsubscribe_url + r.preferences_url
             if "\n" in text or "\r" in text:
-                refused[d.key] = f"a line break in the address, name or unsubscribe URL of {r.email!r}"
+                refused[d.key] = f"a line break in the address, name or personal links of {r.email!r}"
                 continue
             if not r.email.isascii() and (problem := address_problem(r.email)):
                 refused[d.key] = f"sendgrid cannot send to {r.email!r}: {problem}"

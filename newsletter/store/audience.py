@@ -1,13 +1,15 @@
-"""The audience the send job reads: active subscribers, streamed in batches by id
-(keyset pagination), so a million subscribers never sit in memory at once.
+"""The audience the send job reads: active subscribers whose delivery is not paused
+(``receiving``), streamed in batches by id (keyset pagination), so a million
+subscribers never sit in memory at once.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
 
 from newsletter.store.tables import subscribers
 
@@ -22,8 +24,23 @@ class AudienceMember:
     token: str
 
 
-def iter_active(engine: Engine, batch_size: int = 1000, *, after_id: int = 0) -> Iterator[list[AudienceMember]]:
-    """Active subscribers in ascending id, ``batch_size`` at a time.
+def receiving(now: dt.datetime) -> ColumnElement[bool]:
+    """Who gets an issue frozen at ``now``: active, and not pausing delivery (a pause
+    ends at ``paused_until``). The one definition the freeze and these readers share."""
+    return and_(
+        subscribers.c.status == "active",
+        or_(subscribers.c.paused_until.is_(None), subscribers.c.paused_until <= now),
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iter_active(
+    engine: Engine, batch_size: int = 1000, *, after_id: int = 0, now: dt.datetime | None = None
+) -> Iterator[list[AudienceMember]]:
+    """Receiving subscribers (see ``receiving``) in ascending id, ``batch_size`` at a time.
 
     Each batch is its own short read, so nothing holds a transaction (or SQLite's WAL)
     open while the caller sends; someone who unsubscribes between two batches is not in
@@ -32,7 +49,7 @@ def iter_active(engine: Engine, batch_size: int = 1000, *, after_id: int = 0) ->
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
     query = select(subscribers.c.id, subscribers.c.email, subscribers.c.name, subscribers.c.token).where(
-        subscribers.c.status == "active"
+        receiving(now or _now())
     )
     while True:
         with engine.connect() as conn:
@@ -45,7 +62,7 @@ def iter_active(engine: Engine, batch_size: int = 1000, *, after_id: int = 0) ->
         after_id = rows[-1][0]
 
 
-def count_active(engine: Engine) -> int:
+def count_active(engine: Engine, now: dt.datetime | None = None) -> int:
     """How many subscribers ``iter_active`` would give now."""
     with engine.connect() as conn:
-        return int(conn.execute(select(func.count()).where(subscribers.c.status == "active")).scalar_one())
+        return int(conn.execute(select(func.count()).where(receiving(now or _now()))).scalar_one())

@@ -33,6 +33,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, in
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import SendError
+from newsletter.store.audience import receiving
 from newsletter.store.db import durable_transaction, write_transaction
 from newsletter.store.tables import deliveries, send_batches, sends, subscribers, webhook_events
 
@@ -163,7 +164,8 @@ def start_send(
     allow_empty: bool = False,
     now: dt.datetime | None = None,
 ) -> tuple[Send, bool]:
-    """The issue's send, creating it and freezing the audience (every active subscriber)
+    """The issue's send, creating it and freezing the audience (every active subscriber
+    whose delivery is not paused at ``now``, see ``audience.receiving``)
     in one transaction if it does not exist yet, with the rendered email's hash pinned.
     An empty audience is refused (SendError, nothing frozen) unless ``allow_empty``.
     Returns (send, created)."""
@@ -186,7 +188,7 @@ def start_send(
                 insert(deliveries).from_select(
                     ["send_id", "subscriber_id", "state"],
                     select(literal(send_id), subscribers.c.id, literal("pending"))
-                    .where(subscribers.c.status == "active")
+                    .where(receiving(now))
                     .order_by(subscribers.c.id),
                 )
             )

@@ -1,5 +1,5 @@
 """The database tables (SQLAlchemy Core): subscribers, their consents and suppressions, the send ledger
-(sends, deliveries, send_batches) and the SendGrid webhook's events.
+(sends, deliveries, send_batches), the SendGrid webhook's events and the welcome mails.
 
 The Alembic migrations in ``newsletter/migrations`` create exactly these; a test compares
 the two. Timestamps are stored in UTC and always come back timezone-aware.
@@ -90,6 +90,9 @@ subscribers = Table(
     # double opt-in: a SHA-256 of the emailed token, valid until the expiry
     Column("confirmation_hash", String(64)),
     Column("confirmation_expires_at", UtcDateTime()),
+    # the reader paused delivery on the preferences page: no issue is frozen for them
+    # before this moment (see audience.receiving)
+    Column("paused_until", UtcDateTime()),
     CheckConstraint(
         "status IN ('pending', 'active', 'unsubscribed', 'bounced', 'complained')",
         name="status",
@@ -238,4 +241,28 @@ webhook_events = Table(
         sqlite_where=text("bounce_type = 'soft'"),
         postgresql_where=text("bounce_type = 'soft'"),
     ),
+)
+
+# --- welcome mails: one per subscriber, after their sign-up is confirmed -----------------
+
+WELCOME_STATES: Final = ("sending", "sent", "failed")
+
+welcomes = Table(
+    "welcomes",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    # SET NULL on erasure: the count of welcomes sent survives, the person does not
+    Column(
+        "subscriber_id",
+        Id,
+        ForeignKey("subscribers.id", ondelete="SET NULL", name="fk_welcomes_subscriber_id_subscribers"),
+    ),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime()),
+    Column("error", String(500)),
+    CheckConstraint("state IN ('sending', 'sent', 'failed')", name="state"),
+    Index("ix_welcomes_subscriber_id", "subscriber_id", unique=True),
+    Index("ix_welcomes_state_sent_at", "state", "sent_at"),
 )

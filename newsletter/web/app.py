@@ -18,7 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.senders.base import Sender
-from newsletter.web import preview, problems, public, webhook
+from newsletter.web import feed, preferences, preview, problems, public, webhook
 from newsletter.web.context import Clock, WebContext, context, utcnow
 from newsletter.web.issues import BuildCache
 from newsletter.web.middleware import BodyLimit, RequestLog, SecurityHeaders
@@ -76,6 +76,7 @@ def create_app(
         limiter=RateLimiter(settings.web.subscribe_rate_per_hour),
         editors=editor_gate(settings),
         clock=clock or utcnow,
+        actions=RateLimiter(settings.web.preferences_rate_per_hour),
         engine_given=engine,
         sender_given=sender,
     )
@@ -90,9 +91,12 @@ def create_app(
     )
     app.state.context = ctx
     app.state.builds = BuildCache(settings)
+    app.state.feed = feed.FeedCache()
     app.state.webhook = webhook.verifier(settings)
     problems.install(app)
+    app.include_router(feed.router)  # before public's /archive/{slug}
     app.include_router(public.router)
+    app.include_router(preferences.router)
     app.include_router(webhook.router)
     app.include_router(preview.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -1,6 +1,6 @@
 """What every route needs, created once per app by ``create_app``: the settings, the
-database (opened on first use), the sender, the clock, the CSRF signer, the sign-up rate
-limiter and the page templates. Routes reach it through ``context(request)``.
+database (opened on first use), the sender, the clock, the CSRF signer, the sign-up and
+preferences rate limiters and the page templates. Routes reach it through ``context(request)``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ class WebContext:
     limiter: RateLimiter
     editors: EditorGate
     clock: Clock = utcnow
+    # the preferences page's actions, per client address (see web.preferences_rate_per_hour)
+    actions: RateLimiter = field(default_factory=lambda: RateLimiter(30))
     engine_given: Engine | None = None
     sender_given: Sender | None = None
     pages: jinja2.Environment = field(default_factory=page_environment)

@@ -99,12 +99,12 @@ def sample_parts(settings: Settings, built: render.Built) -> tuple[str, str]:
 def web_version(settings: Settings, built: render.Built) -> str:
     """The archive's HTML: nobody's unsubscribe link (it points at the sign-up page
     instead), no address, no name."""
-    nobody = Recipient(email="", name="", unsubscribe_url=links.subscribe(settings.publication))
+    subscribe = links.subscribe(settings.publication)
+    nobody = Recipient(email="", name="", unsubscribe_url=subscribe, preferences_url=subscribe)
     html, _text = render.personalize_parts(built.email, nobody)
     return html
 
 
 def sent_issues(settings: Settings) -> list[Issue]:
     """The archive: sent issues, newest first; unreadable files are left out."""
-    found = [i for _p, i in issuefile.list_issues(settings.issues_dir) if isinstance(i, Issue) and i.status == "sent"]
-    return sorted(found, key=lambda i: (i.date, i.slug), reverse=True)
+    return [issue for _path, issue in issuefile.sent_issues(settings.issues_dir)]

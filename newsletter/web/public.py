@@ -1,6 +1,7 @@
 """The public pages the emails link to: one-click unsubscribe (RFC 8058), the sign-up
 form with double opt-in, the confirmation page (its button confirms, the link alone does
-not), and the archive of sent issues. Each
+not, and the welcome mail follows), and the archive of sent issues (its feed and
+sharing tags are in ``feed``, the readers' preferences in ``preferences``). Each
 route parses its input and calls the store or render; the answers reveal nothing about
 who is subscribed.
 """
@@ -15,10 +16,11 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
-from newsletter import confirmation
+from newsletter import confirmation, links, welcome
 from newsletter.errors import NewsletterError, SubscriberError
 from newsletter.store import subscribers
 from newsletter.store.addresses import check_address
+from newsletter.web import feed
 from newsletter.web.context import WebContext, context
 from newsletter.web.issues import find_issue, sent_issues, web_version
 from newsletter.web.problems import BadRequest, LinkNotValid, NotFound, TooManyRequests
@@ -36,19 +38,20 @@ EMAIL_POLICY = (
 SUBSCRIBE_FORM = "web:/subscribe"
 
 
-def _token(token: str, what: str) -> str:
+def link_token(token: str, what: str) -> str:
+    """``token`` from a link in an email, if it has a token's shape; else LinkNotValid."""
     if not _TOKEN.fullmatch(token):
         raise LinkNotValid(f"This {what} link is not valid.")
     return token
 
 
-def _masked(email: str) -> str:
+def masked(email: str) -> str:
     """a***@example.org: enough for the reader to recognise, little for anyone else."""
     local, _, domain = email.rpartition("@")
     return f"{local[:1]}***@{domain}" if local else "***"
 
 
-def _client(request: Request) -> str:
+def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
@@ -86,14 +89,14 @@ def check_csrf(request: Request, ctx: WebContext, token: str) -> None:
 def unsubscribe_page(token: str, request: Request) -> Response:
     """The page behind the email's unsubscribe link: one button, and a way back."""
     ctx = context(request)
-    found = subscribers.get_by_token(ctx.engine, _token(token, "unsubscribe"))
+    found = subscribers.get_by_token(ctx.engine, link_token(token, "unsubscribe"))
     if found is None:
         raise LinkNotValid("This unsubscribe link is not valid.")
     return ctx.page(
         request,
         "unsubscribe.html",
         token=token,
-        email=_masked(found.email),
+        email=masked(found.email),
         already=found.status in ("unsubscribed", "bounced", "complained"),
         subscribe_url="/subscribe",
     )
@@ -110,7 +113,7 @@ def unsubscribe_now(
         raise BadRequest("The body must be List-Unsubscribe=One-Click.")
     ctx = context(request)
     try:
-        subscribers.unsubscribe_by_token(ctx.engine, _token(token, "unsubscribe"), now=ctx.clock())
+        subscribers.unsubscribe_by_token(ctx.engine, link_token(token, "unsubscribe"), now=ctx.clock())
     except SubscriberError:
         raise LinkNotValid("This unsubscribe link is not valid.") from None
     log.info("event=unsubscribed via=web")
@@ -167,11 +170,11 @@ def subscribe(
         )
         return with_csrf_cookie(page, ctx, cookie)
     now = ctx.clock()
-    wait = ctx.limiter.hit(_client(request), now.timestamp())
+    wait = ctx.limiter.hit(client_address(request), now.timestamp())
     if wait is not None:
         raise TooManyRequests("Too many sign-ups from your network. Please try again later.", wait)
     consent = subscribers.Consent(
-        at=now, ip=_client(request)[:45], user_agent=request.headers.get("user-agent"), form=SUBSCRIBE_FORM
+        at=now, ip=client_address(request)[:45], user_agent=request.headers.get("user-agent"), form=SUBSCRIBE_FORM
     )
     web = ctx.settings.web
     signed = subscribers.sign_up(
@@ -196,24 +199,45 @@ def confirm_page(token: str, request: Request) -> Response:
     mail scanner that follows every link subscribes nobody."""
     ctx = context(request)
     try:
-        email = subscribers.confirmable(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
+        email = subscribers.confirmable(ctx.engine, link_token(token, "confirmation"), now=ctx.clock())
     except SubscriberError as exc:
         raise LinkNotValid(str(exc).capitalize() + ".") from None
     cookie, csrf = csrf_pair(request, ctx)
-    page = ctx.page(request, "confirm.html", token=token, email=_masked(email), csrf_field=CSRF_FIELD, csrf_token=csrf)
+    page = ctx.page(request, "confirm.html", token=token, email=masked(email), csrf_field=CSRF_FIELD, csrf_token=csrf)
     return with_csrf_cookie(page, ctx, cookie)
 
 
+def _send_welcome(ctx: WebContext, subscriber_id: int) -> None:
+    """After the confirmation's answer: the welcome mail, once. A failure is recorded
+    and logged (``newsletter welcome retry`` sends it again); the subscription stands."""
+    try:
+        with ctx.sender() as sender:
+            sent = welcome.send_welcome(ctx.engine, ctx.settings, sender, subscriber_id, now=ctx.clock())
+    except NewsletterError as exc:
+        log.error("event=welcome_failed subscriber=%d error=%s", subscriber_id, type(exc).__name__)
+    except Exception:
+        log.exception("event=welcome_failed subscriber=%d", subscriber_id)
+    else:
+        log.info("event=welcome_%s subscriber=%d", "sent" if sent else "not_sent", subscriber_id)
+
+
 @router.post("/confirm/{token}", response_class=HTMLResponse, summary="Confirm a sign-up")
-def confirm(token: str, request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+def confirm(
+    token: str,
+    request: Request,
+    background: BackgroundTasks,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
     """The confirmation page's button (CSRF-protected, like every form of ours)."""
     ctx = context(request)
     check_csrf(request, ctx, csrf_token)
     try:
-        subscribers.confirm(ctx.engine, _token(token, "confirmation"), now=ctx.clock())
+        confirmed = subscribers.confirm(ctx.engine, link_token(token, "confirmation"), now=ctx.clock())
     except SubscriberError as exc:
         raise LinkNotValid(str(exc).capitalize() + ".") from None
     log.info("event=confirmed via=web")
+    if ctx.settings.welcome.enabled:
+        background.add_task(_send_welcome, ctx, confirmed.id)
     return ctx.page(request, "confirmed.html", archive_url="/archive")
 
 
@@ -223,7 +247,9 @@ def confirm(token: str, request: Request, csrf_token: Annotated[str, Form(max_le
 @router.get("/archive", response_class=HTMLResponse, summary="Past issues")
 def archive(request: Request) -> Response:
     ctx = context(request)
-    return ctx.page(request, "archive.html", issues=sent_issues(ctx.settings))
+    return ctx.page(
+        request, "archive.html", issues=sent_issues(ctx.settings), feed_url=links.feed(ctx.settings.publication)
+    )
 
 
 @router.get("/archive/{slug}", response_class=HTMLResponse, summary="An issue's web version")
@@ -234,6 +260,7 @@ def archive_issue(slug: str, request: Request) -> Response:
     if issue.status != "sent":
         raise NotFound("There is no issue at this address.")
     html = web_version(ctx.settings, request.app.state.builds.build(path, issue))
+    html = feed.with_share_tags(html, feed.share_tags(ctx.settings, issue))
     return HTMLResponse(
         html,
         headers={

@@ -43,6 +43,7 @@ def deliveries(n: int, start: int = 1, domain: str = "example.net") -> list[Deli
                 email=f"reader{k}@{domain}",
                 name=f"Reader {k}",
                 unsubscribe_url=f"https://news.example.org/unsubscribe/token-{k}",
+                preferences_url=f"https://news.example.org/preferences/token-{k}",
             ),
         )
         for k in range(start, start + n)

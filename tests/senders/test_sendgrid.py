@@ -60,6 +60,7 @@ def test_request_payload(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -
         "to": [{"email": "reader1@example.net", "name": "Reader 1"}],
         "substitutions": {
             tokens["unsubscribe_url"]: "https://news.example.org/unsubscribe/token-1",
+            tokens["preferences_url"]: "https://news.example.org/preferences/token-1",
             tokens["email"]: "reader1@example.net",
             tokens["email_html"]: "reader1@example.net",
             tokens["name"]: "Reader 1",

@@ -15,7 +15,7 @@ from sqlalchemy import Engine
 
 from newsletter.store import subscribers
 
-PUBLIC = r"^/(unsubscribe|subscribe|confirm|archive|webhooks|healthz)"
+PUBLIC = r"^/(unsubscribe|subscribe|confirm|archive|preferences|webhooks|healthz)"
 EXAMPLES = 25
 
 
@@ -28,6 +28,14 @@ def test_public_routes_never_answer_5xx(app: FastAPI, engine: Engine) -> None:
         [
             "GET /archive",
             "GET /archive/{slug}",
+            "GET /archive/feed.xml",
+            "GET /preferences/{token}",
+            "POST /preferences/{token}/name",
+            "POST /preferences/{token}/pause",
+            "POST /preferences/{token}/resume",
+            "POST /preferences/{token}/unsubscribe",
+            "POST /preferences/{token}/export",
+            "POST /preferences/{token}/erase",
             "GET /confirm/{token}",
             "GET /healthz",
             "GET /subscribe",
