@@ -149,15 +149,42 @@ def parse_event(raw: Mapping[str, Any]) -> Event | None:
     )
 
 
-def _subscriber(conn: Connection, email: str | None) -> tuple[int, str] | None:
+# Events whose reader is not kept unless tracking is per_subscriber (config.Tracking):
+# an aggregate open or click is counted, never tied to a subscriber or a ledger row.
+READER_EVENTS: Final = frozenset({"open", "click"})
+_LOOKUP_CHUNK: Final = 500  # addresses per IN (...) lookup: well under SQLite's variable limit
+
+
+def _subscribers(conn: Connection, emails: Iterable[str | None]) -> dict[str, tuple[int, str]]:
+    """email_key -> (id, status) of the known subscribers among ``emails``."""
+    keys: set[str] = set()
+    for email in emails:
+        if not email:
+            continue
+        try:
+            keys.add(key_for(email))
+        except SubscriberError:
+            continue
+    found: dict[str, tuple[int, str]] = {}
+    ordered = sorted(keys)
+    for at in range(0, len(ordered), _LOOKUP_CHUNK):
+        chunk = ordered[at : at + _LOOKUP_CHUNK]
+        for row in conn.execute(
+            select(subscribers.c.email_key, subscribers.c.id, subscribers.c.status).where(
+                subscribers.c.email_key.in_(chunk)
+            )
+        ):
+            found[str(row.email_key)] = (int(row.id), str(row.status))
+    return found
+
+
+def _key(email: str | None) -> str | None:
     if not email:
         return None
     try:
-        key = key_for(email)
+        return key_for(email)
     except SubscriberError:
         return None
-    row = conn.execute(select(subscribers.c.id, subscribers.c.status).where(subscribers.c.email_key == key)).first()
-    return None if row is None else (int(row.id), str(row.status))
 
 
 def _set_status(conn: Connection, subscriber_id: int, current: str, status: str, now: dt.datetime) -> bool:
@@ -175,47 +202,76 @@ def _set_status(conn: Connection, subscriber_id: int, current: str, status: str,
     return True
 
 
-def apply_events(engine: Engine, raw_events: Iterable[Mapping[str, Any]], *, now: dt.datetime | None = None) -> Applied:
+def apply_events(
+    engine: Engine,
+    raw_events: Iterable[Mapping[str, Any]],
+    *,
+    now: dt.datetime | None = None,
+    anonymous: frozenset[str] = READER_EVENTS,
+) -> Applied:
     """Record and apply a webhook request's events in one transaction; an event whose
     ``sg_event_id`` was seen before is skipped, so SendGrid's retries change nothing.
-    Then the ambiguous ledger rows of the batches these events name are reconciled."""
+    Events named in ``anonymous`` (opens and clicks unless tracking is per_subscriber)
+    are kept without their subscriber and ledger row. Then the ambiguous ledger rows of
+    the batches these events name are reconciled.
+
+    One lookup of the addresses and one multi-row INSERT per request, not a query per
+    event: SendGrid posts up to about a thousand events at a time."""
     from newsletter.store import ledger
 
     now = now or dt.datetime.now(dt.UTC)
     applied = Applied()
+    parsed: list[Event] = []
+    for raw in raw_events:
+        applied.received += 1
+        event = parse_event(raw)
+        if event is None:
+            applied.ignored += 1
+        else:
+            parsed.append(event)
     batches: set[str] = set()
     with write_transaction(engine) as conn:
-        for raw in raw_events:
-            applied.received += 1
-            event = parse_event(raw)
-            if event is None:
-                applied.ignored += 1
-                continue
-            found = _subscriber(conn, event.email)
+        known = _subscribers(conn, (e.email for e in parsed if e.event not in anonymous or e.status))
+        rows: list[dict[str, Any]] = []
+        owners: dict[str, tuple[int, str] | None] = {}
+        for event in parsed:
+            reader = event.event not in anonymous
+            key = _key(event.email)
+            found = known.get(key) if key else None
+            owners.setdefault(event.sg_event_id, found)
+            rows.append(
+                {
+                    "sg_event_id": event.sg_event_id,
+                    "event": event.event,
+                    "issue": event.issue,
+                    "batch_id": event.batch_id,
+                    "subscriber_id": found[0] if found and reader else None,
+                    "delivery_id": event.delivery_id if reader else None,
+                    "reason": event.reason,
+                    "bounce_type": event.bounce_type,
+                    "occurred_at": event.occurred_at,
+                    "received_at": now,
+                }
+            )
+        recorded: set[str] = set()
+        if rows:
             # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
-            inserted = conn.execute(
-                insert_ignoring_conflicts(conn, webhook_events, "sg_event_id")
-                .values(
-                    sg_event_id=event.sg_event_id,
-                    event=event.event,
-                    issue=event.issue,
-                    batch_id=event.batch_id,
-                    subscriber_id=found[0] if found else None,
-                    delivery_id=event.delivery_id,
-                    reason=event.reason,
-                    bounce_type=event.bounce_type,
-                    occurred_at=event.occurred_at,
-                    received_at=now,
-                )
-                .returning(webhook_events.c.sg_event_id)
-            ).first()
-            if inserted is None:
+            statement = insert_ignoring_conflicts(conn, webhook_events, "sg_event_id").returning(
+                webhook_events.c.sg_event_id
+            )
+            recorded = {str(r[0]) for r in conn.execute(statement, rows)}
+        statuses = {sid: status for sid, status in known.values()}
+        for event in parsed:
+            if event.sg_event_id not in recorded:
                 applied.duplicates += 1
                 continue
+            recorded.discard(event.sg_event_id)  # a repeat within the request is a duplicate too
             applied.recorded += 1
             if event.batch_id:
                 batches.add(event.batch_id)
-            if event.status and found and _set_status(conn, found[0], found[1], event.status, now):
+            found = owners.get(event.sg_event_id)
+            if event.status and found and _set_status(conn, found[0], statuses[found[0]], event.status, now):
+                statuses[found[0]] = event.status
                 applied.status_changes[event.status] = applied.status_changes.get(event.status, 0) + 1
     if batches:
         applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total

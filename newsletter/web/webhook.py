@@ -110,7 +110,13 @@ async def sendgrid_events(request: Request) -> JSONResponse:
     body = await request.body()
     check.verify(request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), body, ctx.clock())
     payload = parse_body(body)
-    applied = await run_in_threadpool(events.apply_events, ctx.engine, payload, now=ctx.clock())
+    applied = await run_in_threadpool(
+        events.apply_events,
+        ctx.engine,
+        payload,
+        now=ctx.clock(),
+        anonymous=ctx.settings.tracking.anonymous_events(),
+    )
     log.info(
         "event=webhook received=%d recorded=%d duplicates=%d ignored=%d reconciled=%d changes=%s",
         applied.received,

@@ -1,0 +1,313 @@
+"""The issue report: what happened to one sent issue, computed with SQL aggregates over
+the send ledger and the events (``webhook_events``, from SendGrid's webhook, the DSN
+reader and the project's own redirect and pixel), and the comparison of recent issues.
+
+Every figure is one aggregate query that an index covers (``ix_deliveries_send_id_state_id``,
+``ix_webhook_events_report``, ``ix_webhook_events_clicks``), so a report on an issue sent
+to a million readers reads indexes, not tables. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, Integer, cast, func, literal, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from newsletter.errors import NewsletterError
+from newsletter.store.tables import deliveries, sends, tracked_links, tracked_sends, webhook_events
+
+CHART_HOURS: Final = 72
+COMPARED_ISSUES: Final = 12
+# How each unsubscribe came in: the project's own unsubscribe page records "one-click"
+# (RFC 8058 POST) or "page"; SendGrid's unsubscribe events carry no such reason.
+ONE_CLICK: Final = "one-click"
+
+OPENS_CAVEAT: Final = (
+    "Opens are inflated by Apple Mail Privacy Protection (it loads every image) and "
+    "undercounted where images are blocked: compare issues, do not read them as readers."
+)
+
+
+class ReportError(NewsletterError):
+    """A report that cannot be made: the issue was never sent."""
+
+
+@dataclass(frozen=True)
+class LinkClicks:
+    """One link of the email: where it is (``position``, None for a URL the email did
+    not hold as sent), its label, its clicks and (per_subscriber tracking) its clickers."""
+
+    position: int | None
+    url: str
+    label: str
+    clicks: int
+    unique_clickers: int | None
+
+
+@dataclass(frozen=True)
+class Hour:
+    """Opens and clicks in one hour after the send started (hour 0 is the first)."""
+
+    hour: int
+    opens: int
+    clicks: int
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The send ledger's side: the frozen audience and what became of each row."""
+
+    audience: int = 0
+    sent: int = 0
+    rejected: int = 0
+    ambiguous: int = 0
+    unsent: int = 0  # still pending or in flight
+    skipped: int = 0  # opted out between the freeze and their batch
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """The events' side: deliveries, failures, opt-outs, opens and clicks. A unique
+    figure is None when the events name no reader (tracking ``aggregate``)."""
+
+    delivered: int = 0
+    deferred: int = 0
+    bounced_hard: int = 0
+    bounced_soft: int = 0
+    dropped: int = 0
+    spam_complaints: int = 0
+    unsubscribes: int = 0
+    one_click_unsubscribes: int = 0
+    opens: int = 0
+    unique_opens: int | None = None
+    clicks: int = 0
+    unique_clicks: int | None = None
+
+
+@dataclass(frozen=True)
+class IssueReport:
+    """Everything the report shows about one issue."""
+
+    issue: str
+    subject: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    ledger: Ledger
+    engagement: Engagement
+    tracking: dict[str, str]  # clicks/opens modes it was sent with ({} when not recorded)
+    links: list[LinkClicks] = field(default_factory=list)
+    hours: list[Hour] = field(default_factory=list)
+
+    @property
+    def rates(self) -> Rates:
+        return Rates.of(self.ledger, self.engagement)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: datetimes as ISO 8601, the rates and the opens caveat included."""
+        data = asdict(self)
+        data["started_at"] = self.started_at.isoformat()
+        data["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        data["rates"] = asdict(self.rates)
+        data["opens_caveat"] = OPENS_CAVEAT
+        return data
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Shares of the sent messages (None when nothing was sent): delivered, clicked
+    (unique clickers when known, else clicks), unsubscribed, complained."""
+
+    delivery: float | None
+    click: float | None
+    click_is_unique: bool
+    unsubscribe: float | None
+    complaint: float | None
+
+    @classmethod
+    def of(cls, ledger: Ledger, engagement: Engagement) -> Rates:
+        base = ledger.sent
+        unique = engagement.unique_clicks is not None
+
+        def share(n: int) -> float | None:
+            return n / base if base else None
+
+        clicked = engagement.unique_clicks if engagement.unique_clicks is not None else engagement.clicks
+        return cls(
+            delivery=share(engagement.delivered),
+            click=share(clicked),
+            click_is_unique=unique,
+            unsubscribe=share(engagement.unsubscribes),
+            complaint=share(engagement.spam_complaints),
+        )
+
+
+@dataclass(frozen=True)
+class ComparedIssue:
+    """One row of the comparison of recent issues."""
+
+    issue: str
+    subject: str
+    started_at: dt.datetime
+    sent: int
+    rates: Rates
+
+
+# --- queries ---------------------------------------------------------------------------
+
+
+def _ledger(conn: Connection, send_id: int, audience: int) -> Ledger:
+    counts = dict(
+        conn.execute(
+            select(deliveries.c.state, func.count()).where(deliveries.c.send_id == send_id).group_by(deliveries.c.state)
+        ).all()
+    )
+    return Ledger(
+        audience=audience,
+        sent=int(counts.get("sent", 0)),
+        rejected=int(counts.get("rejected", 0)),
+        ambiguous=int(counts.get("ambiguous", 0)),
+        unsent=int(counts.get("pending", 0)) + int(counts.get("in_flight", 0)),
+        skipped=int(counts.get("skipped", 0)),
+    )
+
+
+def _engagements(conn: Connection, issues: list[str]) -> dict[str, Engagement]:
+    """The events' figures of several issues in three grouped queries."""
+    t = webhook_events
+    figures: dict[str, dict[str, int | None]] = {issue: {} for issue in issues}
+    for issue, event, bounce, total, readers in conn.execute(
+        select(t.c.issue, t.c.event, t.c.bounce_type, func.count(), func.count(t.c.delivery_id.distinct()))
+        .where(t.c.issue.in_(issues))
+        .group_by(t.c.issue, t.c.event, t.c.bounce_type)
+    ):
+        row = figures[issue]
+        name = f"bounced_{bounce}" if event == "bounce" else str(event)
+        row[name] = int(row.get(name) or 0) + int(total)
+        if event in ("open", "click") and readers:
+            row[f"unique_{event}"] = int(readers)
+    for issue, total in conn.execute(
+        select(t.c.issue, func.count())
+        .where(t.c.issue.in_(issues), t.c.event == "unsubscribe", t.c.reason == ONE_CLICK)
+        .group_by(t.c.issue)
+    ):
+        figures[issue]["one_click"] = int(total)
+    result: dict[str, Engagement] = {}
+    for issue, row in figures.items():
+
+        def n(name: str, row: dict[str, int | None] = row) -> int:
+            return int(row.get(name) or 0)
+
+        result[issue] = Engagement(
+            delivered=n("delivered"),
+            deferred=n("deferred"),
+            bounced_hard=n("bounced_hard"),
+            bounced_soft=n("bounced_soft"),
+            dropped=n("dropped"),
+            spam_complaints=n("spamreport"),
+            unsubscribes=n("unsubscribe") + n("group_unsubscribe"),
+            one_click_unsubscribes=n("one_click"),
+            opens=n("open"),
+            unique_opens=row.get("unique_open"),
+            clicks=n("click"),
+            unique_clicks=row.get("unique_click"),
+        )
+    return result
+
+
+def _links(conn: Connection, issue: str) -> list[LinkClicks]:
+    """Clicks per URL, in the email's order; URLs clicked that the email did not hold
+    as recorded (an older send, a forwarded copy's rewriting) follow, most clicked first."""
+    t = webhook_events
+    clicked = {
+        str(url): (int(total), int(readers))
+        for url, total, readers in conn.execute(
+            select(t.c.reason, func.count(), func.count(t.c.delivery_id.distinct()))
+            .where(t.c.issue == issue, t.c.event == "click")
+            .group_by(t.c.reason)
+        )
+        if url is not None
+    }
+    result: list[LinkClicks] = []
+    for link in conn.execute(
+        select(tracked_links.c.position, tracked_links.c.url, tracked_links.c.label)
+        .where(tracked_links.c.issue == issue)
+        .order_by(tracked_links.c.position)
+    ):
+        total, readers = clicked.pop(link.url, (0, 0))
+        result.append(LinkClicks(int(link.position), link.url, link.label, total, readers or None))
+    for url, (total, readers) in sorted(clicked.items(), key=lambda item: (-item[1][0], item[0])):
+        result.append(LinkClicks(None, url, "", total, readers or None))
+    return result
+
+
+def _hour_of(conn: Connection, start: dt.datetime) -> ColumnElement[Any]:
+    """SQL for the whole hours between ``start`` and an event."""
+    occurred = webhook_events.c.occurred_at
+    if conn.dialect.name == "postgresql":
+        return cast(func.floor(func.extract("epoch", occurred - literal(start)) / 3600), Integer)
+    naive = start.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
+    return cast((func.julianday(occurred) - func.julianday(naive)) * 24, Integer)
+
+
+def _hours(conn: Connection, issue: str, start: dt.datetime) -> list[Hour]:
+    t = webhook_events
+    hour = _hour_of(conn, start).label("hour")
+    counts: dict[tuple[str, int], int] = {}
+    for event, at, total in conn.execute(
+        select(t.c.event, hour, func.count())
+        .where(
+            t.c.issue == issue,
+            t.c.event.in_(("open", "click")),
+            t.c.occurred_at >= start,
+            t.c.occurred_at < start + dt.timedelta(hours=CHART_HOURS),
+        )
+        .group_by(t.c.event, hour)
+    ):
+        counts[(str(event), int(at))] = int(total)
+    return [Hour(h, counts.get(("open", h), 0), counts.get(("click", h), 0)) for h in range(CHART_HOURS)]
+
+
+def issue_report(engine: Engine, issue: str) -> IssueReport:
+    """The report on ``issue`` (its slug) as the ledger and the events stand now."""
+    with engine.connect() as conn:
+        send = conn.execute(select(sends).where(sends.c.issue == issue)).first()
+        if send is None:
+            raise ReportError(f"{issue}: no send of this issue is recorded (`newsletter send` records one)")
+        tracking = conn.execute(
+            select(tracked_sends.c.clicks, tracked_sends.c.opens).where(tracked_sends.c.issue == issue)
+        ).first()
+        return IssueReport(
+            issue=issue,
+            subject=send.subject,
+            started_at=send.created_at,
+            finished_at=send.finished_at,
+            ledger=_ledger(conn, send.id, send.audience),
+            engagement=_engagements(conn, [issue])[issue],
+            tracking={"clicks": tracking.clicks, "opens": tracking.opens} if tracking else {},
+            links=_links(conn, issue),
+            hours=_hours(conn, issue, send.created_at),
+        )
+
+
+def compare_issues(engine: Engine, last: int = COMPARED_ISSUES) -> list[ComparedIssue]:
+    """The ``last`` issues sent, newest first, with their rates side by side."""
+    with engine.connect() as conn:
+        recent = conn.execute(select(sends).order_by(sends.c.created_at.desc(), sends.c.id.desc()).limit(last)).all()
+        if not recent:
+            return []
+        engagement = _engagements(conn, [s.issue for s in recent])
+        sent = dict(
+            conn.execute(
+                select(deliveries.c.send_id, func.count())
+                .where(deliveries.c.send_id.in_([s.id for s in recent]), deliveries.c.state == "sent")
+                .group_by(deliveries.c.send_id)
+            ).all()
+        )
+    rows = []
+    for s in recent:
+        ledger = Ledger(audience=s.audience, sent=int(sent.get(s.id, 0)))
+        rows.append(ComparedIssue(s.issue, s.subject, s.created_at, ledger.sent, Rates.of(ledger, engagement[s.issue])))
+    return rows
