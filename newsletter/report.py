@@ -159,7 +159,7 @@ class ComparedIssue:
 
 
 def _ledger(conn: Connection, send_id: int, audience: int) -> Ledger:
-    counts = dict(
+    counts: dict[str, int] = dict(
         conn.execute(
             select(deliveries.c.state, func.count()).where(deliveries.c.send_id == send_id).group_by(deliveries.c.state)
         ).all()
@@ -299,7 +299,7 @@ def compare_issues(engine: Engine, last: int = COMPARED_ISSUES) -> list[Compared
         if not recent:
             return []
         engagement = _engagements(conn, [s.issue for s in recent])
-        sent = dict(
+        sent: dict[int, int] = dict(
             conn.execute(
                 select(deliveries.c.send_id, func.count())
                 .where(deliveries.c.send_id.in_([s.id for s in recent]), deliveries.c.state == "sent")

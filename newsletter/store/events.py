@@ -260,7 +260,7 @@ def apply_events(
                 webhook_events.c.sg_event_id
             )
             recorded = {str(r[0]) for r in conn.execute(statement, rows)}
-        statuses = {sid: status for sid, status in known.values()}
+        statuses = dict(known.values())
         for event in parsed:
             if event.sg_event_id not in recorded:
                 applied.duplicates += 1
