@@ -149,3 +149,4 @@ class Recipient:
     email: str
     name: str = ""
     unsubscribe_url: str = ""
+    reader: str = ""  # per_subscriber tracking's signed ledger row (tracking.reader_token)
