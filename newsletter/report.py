@@ -34,6 +34,8 @@ OPENS_CAVEAT: Final = (
 class ReportError(NewsletterError):
     """A report that cannot be made: the issue was never sent."""
 
+    status = 404
+
 
 @dataclass(frozen=True)
 class LinkClicks:
@@ -310,4 +312,46 @@ def compare_issues(engine: Engine, last: int = COMPARED_ISSUES) -> list[Compared
     for s in recent:
         ledger = Ledger(audience=s.audience, sent=int(sent.get(s.id, 0)))
         rows.append(ComparedIssue(s.issue, s.subject, s.created_at, ledger.sent, Rates.of(ledger, engagement[s.issue])))
+    return rows
+
+
+# --- output ---------------------------------------------------------------------------
+
+
+def _figure(value: int | float | None, percent: bool = False) -> str:
+    if value is None:
+        return "not recorded"
+    return f"{value * 100:.1f} %" if percent else f"{value:,}"
+
+
+def figure_rows(found: IssueReport) -> list[tuple[str, str, str]]:
+    """(section, figure, value) rows of a report, for the table and CSV outputs."""
+    led, eng, rates = found.ledger, found.engagement, found.rates
+    rows = [
+        ("sending", "audience frozen", _figure(led.audience)),
+        ("sending", "sent", _figure(led.sent)),
+        ("sending", "rejected", _figure(led.rejected)),
+        ("sending", "ambiguous", _figure(led.ambiguous)),
+        ("sending", "not sent yet", _figure(led.unsent)),
+        ("sending", "skipped", _figure(led.skipped)),
+        ("delivery", "delivered", _figure(eng.delivered)),
+        ("delivery", "delivery rate", _figure(rates.delivery, percent=True)),
+        ("delivery", "deferred", _figure(eng.deferred)),
+        ("delivery", "bounced hard", _figure(eng.bounced_hard)),
+        ("delivery", "bounced soft", _figure(eng.bounced_soft)),
+        ("delivery", "dropped", _figure(eng.dropped)),
+        ("delivery", "spam complaints", _figure(eng.spam_complaints)),
+        ("delivery", "unsubscribes", _figure(eng.unsubscribes)),
+        ("delivery", "one-click unsubscribes", _figure(eng.one_click_unsubscribes)),
+        ("delivery", "unsubscribe rate", _figure(rates.unsubscribe, percent=True)),
+        ("engagement", "opens (see the caveat)", _figure(eng.opens)),
+        ("engagement", "unique opens", _figure(eng.unique_opens)),
+        ("engagement", "clicks", _figure(eng.clicks)),
+        ("engagement", "unique clickers", _figure(eng.unique_clicks)),
+        ("engagement", "click rate" + ("" if rates.click_is_unique else " (clicks)"), _figure(rates.click, True)),
+    ]
+    for link in found.links:
+        place = "-" if link.position is None else str(link.position + 1)
+        name = f"{place}. {link.label or '(no text)'} <{link.url}>"
+        rows.append(("links", name, f"{_figure(link.clicks)} clicks, {_figure(link.unique_clickers)} clickers"))
     return rows

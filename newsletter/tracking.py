@@ -44,6 +44,8 @@ PIXEL: Final = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAE
 class LinkNotTracked(NewsletterError):
     """A redirect or pixel token that names nothing sent, or whose signature is wrong."""
 
+    status = 404
+
 
 @dataclass(frozen=True)
 class Link:
