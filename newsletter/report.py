@@ -3,7 +3,7 @@ the send ledger and the events (``webhook_events``, from SendGrid's webhook, the
 reader and the project's own redirect and pixel), and the comparison of recent issues.
 
 Every figure is one aggregate query that an index covers (``ix_deliveries_send_id_state_id``,
-``ix_webhook_events_report``, ``ix_webhook_events_clicks``), so a report on an issue sent
+``ix_webhook_events_report``), so a report on an issue sent
 to a million readers reads indexes, not tables. Nothing here prints.
 """
 

@@ -1,5 +1,5 @@
-"""The issue report and tracking: covering indexes on ``webhook_events`` for the report
-(per event, per link), ``tracked_sends`` (an issue's tracking modes and signing key) and
+"""The issue report and tracking: a covering index on ``webhook_events`` for the report
+(per event, per link, per hour), ``tracked_sends`` (an issue's tracking modes and signing key) and
 ``tracked_links`` (a sent issue's links in order, with their labels).
 
 Revision ID: 0008
@@ -21,7 +21,6 @@ depends_on: str | Sequence[str] | None = None
 
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _WHEN = sa.DateTime(timezone=True)
-_CLICK = sa.text("event = 'click'")
 
 
 def upgrade() -> None:
@@ -29,14 +28,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_events_report",
         "webhook_events",
-        ["issue", "event", "delivery_id", "occurred_at", "bounce_type"],
-    )
-    op.create_index(
-        "ix_webhook_events_clicks",
-        "webhook_events",
-        ["issue", "reason", "delivery_id"],
-        sqlite_where=_CLICK,
-        postgresql_where=_CLICK,
+        ["issue", "event", "reason", "delivery_id", "occurred_at", "bounce_type"],
     )
     op.create_table(
         "tracked_sends",
@@ -65,6 +57,5 @@ def downgrade() -> None:
     op.drop_index("ix_tracked_links_issue_position", table_name="tracked_links")
     op.drop_table("tracked_links")
     op.drop_table("tracked_sends")
-    op.drop_index("ix_webhook_events_clicks", table_name="webhook_events")
     op.drop_index("ix_webhook_events_report", table_name="webhook_events")
     op.create_index("ix_webhook_events_issue_event", "webhook_events", ["issue", "event"])
