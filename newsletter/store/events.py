@@ -155,18 +155,10 @@ READER_EVENTS: Final = frozenset({"open", "click"})
 _LOOKUP_CHUNK: Final = 500  # addresses per IN (...) lookup: well under SQLite's variable limit
 
 
-def _subscribers(conn: Connection, emails: Iterable[str | None]) -> dict[str, tuple[int, str]]:
-    """email_key -> (id, status) of the known subscribers among ``emails``."""
-    keys: set[str] = set()
-    for email in emails:
-        if not email:
-            continue
-        try:
-            keys.add(key_for(email))
-        except SubscriberError:
-            continue
+def _subscribers(conn: Connection, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """email_key -> (id, status) of the known subscribers among ``keys``."""
     found: dict[str, tuple[int, str]] = {}
-    ordered = sorted(keys)
+    ordered = sorted(set(keys))
     for at in range(0, len(ordered), _LOOKUP_CHUNK):
         chunk = ordered[at : at + _LOOKUP_CHUNK]
         for row in conn.execute(
@@ -187,19 +179,22 @@ def _key(email: str | None) -> str | None:
         return None
 
 
-def _set_status(conn: Connection, subscriber_id: int, current: str, status: str, now: dt.datetime) -> bool:
-    if _RANK.get(status, 0) <= _RANK.get(current, 0):
-        return False
-    values: dict[str, Any] = {
-        "status": status,
-        "updated_at": now,
-        "confirmation_hash": None,
-        "confirmation_expires_at": None,
-    }
-    if status == "unsubscribed":
-        values["unsubscribed_at"] = now
-    conn.execute(update(subscribers).where(subscribers.c.id == subscriber_id).values(**values))
-    return True
+def _set_statuses(conn: Connection, changed: dict[int, str], now: dt.datetime) -> None:
+    """One UPDATE per new status for the subscribers whose status moved up."""
+    by_status: dict[str, list[int]] = {}
+    for subscriber_id, status in changed.items():
+        by_status.setdefault(status, []).append(subscriber_id)
+    for status, ids in by_status.items():
+        values: dict[str, Any] = {
+            "status": status,
+            "updated_at": now,
+            "confirmation_hash": None,
+            "confirmation_expires_at": None,
+        }
+        if status == "unsubscribed":
+            values["unsubscribed_at"] = now
+        for at in range(0, len(ids), _LOOKUP_CHUNK):
+            conn.execute(update(subscribers).where(subscribers.c.id.in_(ids[at : at + _LOOKUP_CHUNK])).values(**values))
 
 
 def apply_events(
@@ -231,12 +226,13 @@ def apply_events(
             parsed.append(event)
     batches: set[str] = set()
     with write_transaction(engine) as conn:
-        known = _subscribers(conn, (e.email for e in parsed if e.event not in anonymous or e.status))
+        keys = {e.email: _key(e.email) for e in parsed if e.email and (e.event not in anonymous or e.status)}
+        known = _subscribers(conn, (k for k in keys.values() if k))
         rows: list[dict[str, Any]] = []
         owners: dict[str, tuple[int, str] | None] = {}
         for event in parsed:
             reader = event.event not in anonymous
-            key = _key(event.email)
+            key = keys.get(event.email) if event.email else None
             found = known.get(key) if key else None
             owners.setdefault(event.sg_event_id, found)
             rows.append(
@@ -261,6 +257,7 @@ def apply_events(
             )
             recorded = {str(r[0]) for r in conn.execute(statement, rows)}
         statuses = dict(known.values())
+        changed: dict[int, str] = {}
         for event in parsed:
             if event.sg_event_id not in recorded:
                 applied.duplicates += 1
@@ -270,9 +267,10 @@ def apply_events(
             if event.batch_id:
                 batches.add(event.batch_id)
             found = owners.get(event.sg_event_id)
-            if event.status and found and _set_status(conn, found[0], statuses[found[0]], event.status, now):
-                statuses[found[0]] = event.status
+            if event.status and found and _RANK.get(event.status, 0) > _RANK.get(statuses[found[0]], 0):
+                statuses[found[0]] = changed[found[0]] = event.status
                 applied.status_changes[event.status] = applied.status_changes.get(event.status, 0) + 1
+        _set_statuses(conn, changed, now)
     if batches:
         applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total
     return applied
