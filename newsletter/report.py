@@ -17,13 +17,11 @@ from sqlalchemy import Connection, Engine, Integer, cast, func, literal, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from newsletter.errors import NewsletterError
+from newsletter.store.events import ONE_CLICK
 from newsletter.store.tables import deliveries, sends, tracked_links, tracked_sends, webhook_events
 
 CHART_HOURS: Final = 72
 COMPARED_ISSUES: Final = 12
-# How each unsubscribe came in: the project's own unsubscribe page records "one-click"
-# (RFC 8058 POST) or "page"; SendGrid's unsubscribe events carry no such reason.
-ONE_CLICK: Final = "one-click"
 
 OPENS_CAVEAT: Final = (
     "Opens are inflated by Apple Mail Privacy Protection (it loads every image) and "

@@ -276,6 +276,44 @@ def apply_events(
     return applied
 
 
+ONE_CLICK: Final = "one-click"  # the reason of an unsubscribe through the newsletter's own link
+_RECENT_SENDS: Final = 12
+
+
+def record_unsubscribe(engine: Engine, subscriber_id: int, now: dt.datetime) -> str | None:
+    """Count an unsubscribe through the newsletter's own link (one-click, RFC 8058) for
+    the latest of the recent issues sent to the subscriber, once per issue and reader,
+    without naming the reader. Returns that issue, or None when none of them went to
+    them."""
+    import hashlib
+
+    from newsletter.store.tables import deliveries, sends
+
+    with write_transaction(engine) as conn:
+        recent = select(sends.c.id).order_by(sends.c.id.desc()).limit(_RECENT_SENDS).subquery()
+        row = conn.execute(
+            select(sends.c.id, sends.c.issue)
+            .join(deliveries, deliveries.c.send_id == sends.c.id)
+            .where(deliveries.c.subscriber_id == subscriber_id, sends.c.id.in_(select(recent.c.id)))
+            .order_by(sends.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        digest = hashlib.sha256(f"unsubscribe:{row.id}:{subscriber_id}".encode("ascii")).hexdigest()[:40]
+        conn.execute(
+            insert_ignoring_conflicts(conn, webhook_events, "sg_event_id").values(
+                sg_event_id=f"own-{digest}",
+                event="unsubscribe",
+                issue=row.issue,
+                reason=ONE_CLICK,
+                occurred_at=now,
+                received_at=now,
+            )
+        )
+    return str(row.issue)
+
+
 @dataclass(frozen=True)
 class IssueStats:
     """Per-issue figures from the webhook: events of each type, and distinct subscribers

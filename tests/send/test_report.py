@@ -283,3 +283,23 @@ def test_untracked_links_are_the_publications_own_pages(settings: Settings) -> N
     assert tracking.is_untracked("mailto:editor@example.org", pub)
     assert not tracking.is_untracked(f"{base}/archived-stories", pub)
     assert not tracking.is_untracked("https://elsewhere.example.com/archive", pub)
+
+
+def test_one_click_unsubscribes_count_for_the_issue_once(
+    configure: Callable[..., Settings], engine: Engine, issue_path: Path, web: Callable[[Settings], TestClient]
+) -> None:
+    from newsletter.store import subscribers
+
+    readers = add_subscribers(engine, 2)
+    settings = configure()
+    send_issue(settings, issue_path, engine=engine, sender=MemorySender())
+    client = web(settings)
+    token = subscribers.get(engine, readers[0]).token
+    for _ in range(2):  # a mail client may post twice
+        answer = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+        assert answer.status_code == 200
+    found = report.issue_report(engine, SLUG)
+    assert (found.engagement.unsubscribes, found.engagement.one_click_unsubscribes) == (1, 1)
+    with engine.connect() as conn:
+        kept = conn.execute(select(webhook_events.c.subscriber_id, webhook_events.c.delivery_id)).all()
+    assert kept == [(None, None)]
