@@ -225,6 +225,7 @@ def apply_events(
         else:
             parsed.append(event)
     batches: set[str] = set()
+    issues: set[str | None] = set()
     with write_transaction(engine) as conn:
         keys = {e.email: _key(e.email) for e in parsed if e.email and (e.event not in anonymous or e.status)}
         known = _subscribers(conn, (k for k in keys.values() if k))
@@ -266,14 +267,34 @@ def apply_events(
             applied.recorded += 1
             if event.batch_id:
                 batches.add(event.batch_id)
+                issues.add(event.issue)
             found = owners.get(event.sg_event_id)
             if event.status and found and _RANK.get(event.status, 0) > _RANK.get(statuses[found[0]], 0):
                 statuses[found[0]] = changed[found[0]] = event.status
                 applied.status_changes[event.status] = applied.status_changes.get(event.status, 0) + 1
         _set_statuses(conn, changed, now)
+    batches = _with_ambiguous_rows(engine, batches, issues)
     if batches:
         applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total
     return applied
+
+
+def _with_ambiguous_rows(engine: Engine, batches: set[str], issues: set[str | None]) -> set[str]:
+    """The batches among ``batches`` that have ambiguous ledger rows (usually none): one
+    read of the sends' ambiguous rows through (send_id, state) instead of an UPDATE that
+    visits every row of every batch a request names."""
+    from newsletter.store.tables import deliveries, sends
+
+    if not batches or None in issues:
+        return batches  # an event without its issue: let reconcile look at its batches
+    with engine.connect() as conn:
+        send_ids = select(sends.c.id).where(sends.c.issue.in_(sorted(str(i) for i in issues)))
+        ambiguous = conn.execute(
+            select(deliveries.c.batch_id)
+            .where(deliveries.c.send_id.in_(send_ids), deliveries.c.state == "ambiguous")
+            .distinct()
+        ).scalars()
+        return batches & {str(b) for b in ambiguous if b is not None}
 
 
 ONE_CLICK: Final = "one-click"  # the reason of an unsubscribe through the newsletter's own link
