@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Integer, cast, func, literal, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from newsletter.errors import NewsletterError
@@ -178,16 +178,24 @@ def _engagements(conn: Connection, issues: list[str]) -> dict[str, Engagement]:
     """The events' figures of several issues in three grouped queries."""
     t = webhook_events
     figures: dict[str, dict[str, int | None]] = {issue: {} for issue in issues}
-    for issue, event, bounce, total, readers in conn.execute(
-        select(t.c.issue, t.c.event, t.c.bounce_type, func.count(), func.count(t.c.delivery_id.distinct()))
-        .where(t.c.issue.in_(issues))
-        .group_by(t.c.issue, t.c.event, t.c.bounce_type)
+    # in the index's order (issue, event): no sort, no distinct over three million rows
+    for issue, event, total in conn.execute(
+        select(t.c.issue, t.c.event, func.count()).where(t.c.issue.in_(issues)).group_by(t.c.issue, t.c.event)
     ):
-        row = figures[issue]
-        name = f"bounced_{bounce}" if event == "bounce" else str(event)
-        row[name] = int(row.get(name) or 0) + int(total)
-        if event in ("open", "click") and readers:
-            row[f"unique_{event}"] = int(readers)
+        figures[issue][str(event)] = int(total)
+    for issue, bounce, total in conn.execute(
+        select(t.c.issue, t.c.bounce_type, func.count())
+        .where(t.c.issue.in_(issues), t.c.event == "bounce")
+        .group_by(t.c.issue, t.c.bounce_type)
+    ):
+        figures[issue][f"bounced_{bounce}"] = int(total)
+    for issue, event, readers in conn.execute(
+        select(t.c.issue, t.c.event, func.count(t.c.delivery_id.distinct()))
+        .where(t.c.issue.in_(issues), t.c.event.in_(("open", "click")))
+        .group_by(t.c.issue, t.c.event)
+    ):
+        if readers:
+            figures[issue][f"unique_{event}"] = int(readers)
     for issue, total in conn.execute(
         select(t.c.issue, func.count())
         .where(t.c.issue.in_(issues), t.c.event == "unsubscribe", t.c.reason == ONE_CLICK)
@@ -243,30 +251,34 @@ def _links(conn: Connection, issue: str) -> list[LinkClicks]:
     return result
 
 
-def _hour_of(conn: Connection, start: dt.datetime) -> ColumnElement[Any]:
-    """SQL for the whole hours between ``start`` and an event."""
+def _hour_bucket(conn: Connection) -> ColumnElement[Any]:
+    """SQL for an event's UTC hour as text ("2024-10-25 09"): cheap per row, unlike
+    date arithmetic, and the same on both engines once formatted."""
     occurred = webhook_events.c.occurred_at
     if conn.dialect.name == "postgresql":
-        return cast(func.floor(func.extract("epoch", occurred - literal(start)) / 3600), Integer)
-    naive = start.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
-    return cast((func.julianday(occurred) - func.julianday(naive)) * 24, Integer)
+        return func.to_char(func.timezone("UTC", occurred), "YYYY-MM-DD HH24")
+    return func.substr(occurred, 1, 13)
 
 
 def _hours(conn: Connection, issue: str, start: dt.datetime) -> list[Hour]:
+    """Opens and clicks per hour since the hour the send started (UTC hours, so hour 0
+    is the rest of the starting hour)."""
     t = webhook_events
-    hour = _hour_of(conn, start).label("hour")
+    first = start.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    bucket = _hour_bucket(conn).label("bucket")
     counts: dict[tuple[str, int], int] = {}
     for event, at, total in conn.execute(
-        select(t.c.event, hour, func.count())
+        select(t.c.event, bucket, func.count())
         .where(
             t.c.issue == issue,
             t.c.event.in_(("open", "click")),
-            t.c.occurred_at >= start,
-            t.c.occurred_at < start + dt.timedelta(hours=CHART_HOURS),
+            t.c.occurred_at >= first,
+            t.c.occurred_at < first + dt.timedelta(hours=CHART_HOURS),
         )
-        .group_by(t.c.event, hour)
+        .group_by(t.c.event, bucket)
     ):
-        counts[(str(event), int(at))] = int(total)
+        when = dt.datetime.strptime(str(at), "%Y-%m-%d %H").replace(tzinfo=dt.UTC)
+        counts[(str(event), int((when - first).total_seconds() // 3600))] = int(total)
     return [Hour(h, counts.get(("open", h), 0), counts.get(("click", h), 0)) for h in range(CHART_HOURS)]
 
 

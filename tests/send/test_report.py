@@ -155,7 +155,12 @@ def test_report_figures_match_a_sendgrid_send_and_its_signed_events(
     assert [link.position for link in found.links] == sorted(link.position or 0 for link in found.links)
     assert all("/unsubscribe" not in link.url for link in found.links)
     hour = {h.hour: (h.opens, h.clicks) for h in found.hours if h.opens or h.clicks}
-    assert hour == {5: (3, 3)}
+
+    def utc_hour(when: dt.datetime) -> dt.datetime:
+        return when.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+
+    expected = utc_hour(dt.datetime.fromtimestamp(at, dt.UTC)) - utc_hour(found.started_at)
+    assert hour == {int(expected.total_seconds() // 3600): (3, 3)}
 
     # the same figures through the CLI, as JSON and CSV
     config = str(settings.config_path)
