@@ -13,7 +13,7 @@ import datetime as dt
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
 from newsletter.errors import NewsletterError
@@ -285,6 +285,9 @@ def _hours(conn: Connection, issue: str, start: dt.datetime) -> list[Hour]:
 def issue_report(engine: Engine, issue: str) -> IssueReport:
     """The report on ``issue`` (its slug) as the ledger and the events stand now."""
     with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # these aggregates run once each: compiling them (JIT) costs more than it saves
+            conn.execute(text("SET LOCAL jit = off"))
         send = conn.execute(select(sends).where(sends.c.issue == issue)).first()
         if send is None:
             raise ReportError(f"{issue}: no send of this issue is recorded (`newsletter send` records one)")
