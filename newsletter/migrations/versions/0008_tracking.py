@@ -28,7 +28,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_events_report",
         "webhook_events",
-        ["issue", "event", "reason", "delivery_id", "occurred_at", "bounce_type"],
+        ["issue", "event", "occurred_at", "reason", "delivery_id", "bounce_type"],
     )
     op.create_table(
         "tracked_sends",
