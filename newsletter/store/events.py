@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 
 from newsletter.errors import SubscriberError
 from newsletter.store.addresses import key_for
@@ -251,7 +251,9 @@ def apply_events(
                 }
             )
         recorded: set[str] = set()
-        if rows:
+        if rows and conn.dialect.name == "postgresql":
+            recorded = _insert_unnested(conn, rows)
+        elif rows:
             # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
             statement = insert_ignoring_conflicts(conn, webhook_events, "sg_event_id").returning(
                 webhook_events.c.sg_event_id
@@ -277,6 +279,34 @@ def apply_events(
     if batches:
         applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total
     return applied
+
+
+_UNNEST_TYPES: Final = {
+    "sg_event_id": "text[]",
+    "event": "text[]",
+    "issue": "text[]",
+    "batch_id": "text[]",
+    "subscriber_id": "bigint[]",
+    "delivery_id": "bigint[]",
+    "reason": "text[]",
+    "bounce_type": "text[]",
+    "occurred_at": "timestamptz[]",
+    "received_at": "timestamptz[]",
+}
+
+
+def _insert_unnested(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: a request's events as one INSERT ... SELECT FROM unnest(arrays), ten
+    parameters instead of ten thousand (psycopg parses every placeholder of a multi-row
+    VALUES, which cost more than the insert)."""
+    columns = list(_UNNEST_TYPES)
+    arrays = ", ".join(f"CAST(:{c} AS {t})" for c, t in _UNNEST_TYPES.items())
+    statement = text(
+        f"INSERT INTO webhook_events ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
+    )
+    params = {c: [row[c] for row in rows] for c in columns}
+    return {str(r[0]) for r in conn.execute(statement, params)}
 
 
 def _with_ambiguous_rows(engine: Engine, batches: set[str], issues: set[str | None]) -> set[str]:
