@@ -491,6 +491,67 @@ def _progress_reporter() -> Iterator[Callable[[int, int], None]]:
     yield report
 
 
+ReportFormat = Literal["table", "json", "csv"]
+
+
+@app.command()
+def report(
+    issue: Annotated[
+        str | None,
+        typer.Argument(help="The issue: its slug or its file. Without it, the last 12 issues compared."),
+    ] = None,
+    output: Annotated[
+        ReportFormat, typer.Option("--format", help="table (for people), json or csv (for scripts).")
+    ] = "table",
+) -> None:
+    """Show what happened to a sent issue: sending, delivery, opens and clicks, clicks per link."""
+    import csv
+    import json
+
+    from newsletter import issuefile
+    from newsletter import report as reports
+
+    with _database() as engine:
+        if issue is None:
+            compared = reports.compare_issues(engine)
+            header = ("issue", "sent", "delivery_rate", "click_rate", "click_is_unique", "unsubscribe_rate")
+            lines = [
+                (c.issue, c.sent, c.rates.delivery, c.rates.click, c.rates.click_is_unique, c.rates.unsubscribe)
+                for c in compared
+            ]
+            if output == "json":
+                typer.echo(json.dumps([dict(zip(header, line, strict=True)) for line in lines], indent=2))
+            elif output == "csv":
+                writer = csv.writer(sys.stdout)
+                writer.writerows([header, *lines])
+            else:
+                for c in compared:
+                    rate = {k: "-" if v is None else f"{v * 100:5.1f} %" for k, v in vars(c.rates).items()}
+                    console.print(
+                        f"{c.issue:<24}{c.sent:>12,}  delivered {rate['delivery']}  clicked {rate['click']}"
+                        f"  unsubscribed {rate['unsubscribe']}"
+                    )
+            return
+        slug = issuefile.load(Path(issue)).slug if issue.endswith((".yaml", ".yml")) else issue
+        found = reports.issue_report(engine, slug)
+    if output == "json":
+        typer.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    rows = reports.figure_rows(found)
+    if output == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerows([("section", "figure", "value"), *rows])
+        return
+    console.print(f"[bold]{escape(found.subject)}[/bold] ({found.issue})")
+    section = ""
+    for part, name, value in rows:
+        if part != section:
+            console.print(f"\n[bold]{part}[/bold]")
+            section = part
+        console.print(f"  {escape(name):<48} {value}")
+    console.print(f"\n{reports.OPENS_CAVEAT}")
+
+
 @app.command()
 def run(
     as_of: Annotated[str | None, typer.Option("--as-of", help="Run as of this time, ISO 8601 (default: now).")] = None,

@@ -487,6 +487,24 @@ class Welcome(Section):
     retry_within_days: int = Field(default=7, gt=0)  # nor retries a welcome older than this
 
 
+TrackingMode = Literal["off", "aggregate", "per_subscriber"]
+
+
+class Tracking(Section):
+    """What the emails track (README, "Tracking"). ``aggregate`` counts per issue and link
+    and keeps no subscriber; ``per_subscriber`` keeps who opened or clicked; ``off``
+    tracks nothing. Unsubscribe, archive and preferences links are never tracked."""
+
+    clicks: TrackingMode = "aggregate"
+    opens: TrackingMode = "off"
+
+    def anonymous_events(self) -> frozenset[str]:
+        """The events kept without their reader: opens and clicks not tracked per subscriber."""
+        return frozenset(
+            event for event, mode in (("open", self.opens), ("click", self.clicks)) if mode != "per_subscriber"
+        )
+
+
 class Settings(Section):
     """Everything config.yaml says, with paths made absolute."""
 
@@ -497,6 +515,7 @@ class Settings(Section):
     limits: Limits = Limits()
     render_check: RenderCheck = RenderCheck()
     utm: Utm = Utm()
+    tracking: Tracking = Tracking()
     issues_dir: ConfigPath = Path("issues")
     sources: Sources | None = None
     database: Database = Database()

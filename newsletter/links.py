@@ -41,10 +41,15 @@ def feed(pub: Publication) -> str:
     return f"{pub.public_url}/archive/feed.xml"
 
 
-def recipient(pub: Publication, email: str, name: str, token: str) -> Recipient:
-    """A subscriber as a message's recipient: their address, name and personal links."""
+def recipient(pub: Publication, email: str, name: str, token: str, reader: str = "") -> Recipient:
+    """A subscriber as a message's recipient: their address, name and personal links
+    (``reader``: the signed ledger row of per_subscriber tracking)."""
     return Recipient(
-        email=email, name=name, unsubscribe_url=unsubscribe(pub, token), preferences_url=preferences(pub, token)
+        email=email,
+        name=name,
+        unsubscribe_url=unsubscribe(pub, token),
+        preferences_url=preferences(pub, token),
+        reader=reader,
     )
 
 

@@ -151,3 +151,4 @@ class Recipient:
     unsubscribe_url: str = ""
     # the footer's "Preferences" link; an email without one links the unsubscribe page
     preferences_url: str = ""
+    reader: str = ""  # per_subscriber tracking's signed ledger row (tracking.reader_token)

@@ -38,7 +38,8 @@ from newsletter.yamlfile import atomic_write
 
 # The per-recipient placeholders. HTML and text get their own keys for values that need
 # HTML escaping, so a name like "<Ann & Bob>" cannot inject.
-PLACEHOLDER_KEYS = ("unsubscribe_url", "preferences_url", "email", "email_html", "name", "name_html")
+# ``reader`` is the signed ledger row of per_subscriber tracking (tracking.py), else empty.
+PLACEHOLDER_KEYS = ("unsubscribe_url", "preferences_url", "email", "email_html", "name", "name_html", "reader")
 # Hex digits of the nonce: 80 bits, so no content can be made to contain its own hash.
 _NONCE_LENGTH = 20
 _HREF = re.compile(r'href="([^"]*)"')
@@ -511,7 +512,7 @@ def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
     ``substitutions`` too)."""
     tokens, address, name = email.placeholders, recipient.email, recipient.name
     needs_escape = _NEEDS_ESCAPE.search  # inlined: this runs for every recipient
-    return {
+    values = {
         tokens["unsubscribe_url"]: recipient.unsubscribe_url,
         tokens["preferences_url"]: recipient.preferences_url or recipient.unsubscribe_url,
         tokens["email"]: address,
@@ -519,6 +520,9 @@ def substitutions(email: RenderedEmail, recipient: Recipient) -> dict[str, str]:
         tokens["name"]: name,
         tokens["name_html"]: html_lib.escape(name) if needs_escape(name) else name,
     }
+    if recipient.reader:  # only per_subscriber tracking through the own redirect has one
+        values[tokens["reader"]] = recipient.reader
+    return values
 
 
 @lru_cache(maxsize=32)

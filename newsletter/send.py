@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from newsletter import issuefile, links, render
+from newsletter import issuefile, links, render, tracking
 from newsletter.config import Settings
 from newsletter.errors import AmbiguousDeliveryError, BuildError, DeliveryError, PermanentDeliveryError, SendError
 from newsletter.models import Issue
@@ -194,6 +194,7 @@ class _Run:
         # first (see ledger.claim_batch), so it does not walk past the rows the other
         # workers took since its own last batch (three batches' worth with four workers).
         self.frontier = 0
+        self.tracked: tracking.TrackedSend | None = None  # set when recipients need reader tokens
 
     def halt(self, reason: str) -> None:
         with self.lock:
@@ -234,7 +235,9 @@ class _Run:
         waiting = {
             c.key: Delivery(
                 key=c.key,
-                recipient=links.recipient(pub, c.email, c.name, c.token),
+                recipient=links.recipient(
+                    pub, c.email, c.name, c.token, tracking.reader_token(self.tracked, c.key) if self.tracked else ""
+                ),
             )
             for c in claimed
         }
@@ -474,7 +477,9 @@ def _send(
                 ledger.pin_content(engine, send.id, email.subject, pinned)
         reconciled = ledger.reconcile(engine, send_id=send.id)
         ledger.expire_dead_owners(engine, send.id)
+        email, tracked = _tracked(engine, email, settings, backend.name)
         run = _Run(engine, send, email, settings, backend, progress, sleep, rng or random.Random())
+        run.tracked = tracked
         run.run(settings.delivery.concurrency)
     summary = _summary(engine, send, issue.slug)
     summary.sent_this_run = run.sent_this_run
@@ -482,6 +487,20 @@ def _send(
     summary.reconciled = reconciled
     _finish(engine, send, path, summary)
     return summary
+
+
+def _tracked(
+    engine: Engine, email: render.RenderedEmail, settings: Settings, sender_name: str
+) -> tuple[render.RenderedEmail, tracking.TrackedSend | None]:
+    """The email with its tracking (see tracking.py), and the recorded tracking when a
+    recipient needs a reader token (per_subscriber through the project's own redirect)."""
+    pub = settings.publication
+    links = tracking.email_links(email.html, pub, tuple(email.placeholders.values()))
+    tracked = tracking.record_send(engine, email.slug, links, settings.tracking)
+    prepared = tracking.prepare(email, tracked, pub, sender_name)
+    own = sender_name not in tracking.PROVIDER_TRACKED
+    per_reader = own and "per_subscriber" in (tracked.clicks, tracked.opens)
+    return prepared, tracked if per_reader else None
 
 
 def _finish(engine: Engine, send: ledger.Send, path: Path, summary: SendSummary) -> None:

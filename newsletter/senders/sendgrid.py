@@ -27,7 +27,7 @@ import python_http_client.exceptions
 from sendgrid import SendGridAPIClient
 
 from newsletter import render
-from newsletter.config import SendgridBackend, Settings
+from newsletter.config import SendgridBackend, Settings, Tracking
 from newsletter.errors import AmbiguousDeliveryError, DeliveryError, HeaderError, PermanentDeliveryError
 from newsletter.senders.base import Batch, BatchResult, SenderBase
 from newsletter.senders.mime import envelope_address
@@ -71,7 +71,9 @@ class SendgridSender(SenderBase):
 
     name = "sendgrid"
 
-    def __init__(self, api_key: str, config: SendgridBackend = SendgridBackend()) -> None:
+    def __init__(
+        self, api_key: str, config: SendgridBackend = SendgridBackend(), tracking: Tracking | None = None
+    ) -> None:
         _keep_key_out_of_logs()
         self._api_key = api_key
         self.host = config.host.rstrip("/")
@@ -79,13 +81,20 @@ class SendgridSender(SenderBase):
         self.sandbox = config.sandbox
         self.categories = list(config.categories)
         self.max_batch_size = min(config.batch_size, MAX_PERSONALIZATIONS)
+        # SendGrid's own tracking as config's tracking says (README, "Tracking"); the
+        # text part's links stay as written
+        tracking = tracking or Tracking()
+        self.tracking_settings = {
+            "click_tracking": {"enable": tracking.clicks != "off", "enable_text": False},
+            "open_tracking": {"enable": tracking.opens != "off"},
+        }
         self._client = SendGridAPIClient(api_key, host=self.host)
         self._client.client.timeout = self.timeout  # the library has none by default
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SendgridSender:
         config = settings.delivery.sendgrid
-        return cls(settings.secret(config.api_key_env, "the SendGrid API key"), config)
+        return cls(settings.secret(config.api_key_env, "the SendGrid API key"), config, settings.tracking)
 
     def __repr__(self) -> str:
         return f"SendgridSender(host={self.host!r})"  # never the key
@@ -144,6 +153,7 @@ class SendgridSender(SenderBase):
             body["headers"] = headers
         if self.categories:
             body["categories"] = self.categories
+        body["tracking_settings"] = self.tracking_settings
         if self.sandbox:
             body["mail_settings"] = {"sandbox_mode": {"enable": True}}
         return body

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, func, select, text, update
 
 from newsletter.errors import SubscriberError
 from newsletter.store.addresses import key_for
@@ -159,30 +159,52 @@ def parse_event(raw: Mapping[str, Any]) -> Event | None:
     )
 
 
-def _subscriber(conn: Connection, email: str | None) -> tuple[int, str] | None:
+# Events whose reader is not kept unless tracking is per_subscriber (config.Tracking):
+# an aggregate open or click is counted, never tied to a subscriber or a ledger row.
+READER_EVENTS: Final = frozenset({"open", "click"})
+_LOOKUP_CHUNK: Final = 500  # addresses per IN (...) lookup: well under SQLite's variable limit
+
+
+def _subscribers(conn: Connection, keys: Iterable[str]) -> dict[str, tuple[int, str]]:
+    """email_key -> (id, status) of the known subscribers among ``keys``."""
+    found: dict[str, tuple[int, str]] = {}
+    ordered = sorted(set(keys))
+    for at in range(0, len(ordered), _LOOKUP_CHUNK):
+        chunk = ordered[at : at + _LOOKUP_CHUNK]
+        for row in conn.execute(
+            select(subscribers.c.email_key, subscribers.c.id, subscribers.c.status).where(
+                subscribers.c.email_key.in_(chunk)
+            )
+        ):
+            found[str(row.email_key)] = (int(row.id), str(row.status))
+    return found
+
+
+def _key(email: str | None) -> str | None:
     if not email:
         return None
     try:
-        key = key_for(email)
+        return key_for(email)
     except SubscriberError:
         return None
-    row = conn.execute(select(subscribers.c.id, subscribers.c.status).where(subscribers.c.email_key == key)).first()
-    return None if row is None else (int(row.id), str(row.status))
 
 
-def _set_status(conn: Connection, subscriber_id: int, current: str, status: str, now: dt.datetime) -> bool:
-    if _RANK.get(status, 0) <= _RANK.get(current, 0):
-        return False
-    values: dict[str, Any] = {
-        "status": status,
-        "updated_at": now,
-        "confirmation_hash": None,
-        "confirmation_expires_at": None,
-    }
-    if status == "unsubscribed":
-        values["unsubscribed_at"] = now
-    conn.execute(update(subscribers).where(subscribers.c.id == subscriber_id).values(**values))
-    return True
+def _set_statuses(conn: Connection, changed: dict[int, str], now: dt.datetime) -> None:
+    """One UPDATE per new status for the subscribers whose status moved up."""
+    by_status: dict[str, list[int]] = {}
+    for subscriber_id, status in changed.items():
+        by_status.setdefault(status, []).append(subscriber_id)
+    for status, ids in by_status.items():
+        values: dict[str, Any] = {
+            "status": status,
+            "updated_at": now,
+            "confirmation_hash": None,
+            "confirmation_expires_at": None,
+        }
+        if status == "unsubscribed":
+            values["unsubscribed_at"] = now
+        for at in range(0, len(ids), _LOOKUP_CHUNK):
+            conn.execute(update(subscribers).where(subscribers.c.id.in_(ids[at : at + _LOOKUP_CHUNK])).values(**values))
 
 
 def _soft_limit_reached(conn: Connection, subscriber_id: int, now: dt.datetime, soft: SoftBounces) -> bool:
@@ -205,55 +227,173 @@ def apply_events(
     *,
     now: dt.datetime | None = None,
     soft_bounces: SoftBounces = SoftBounces(),
+    anonymous: frozenset[str] = READER_EVENTS,
 ) -> Applied:
     """Record and apply a webhook request's events in one transaction; an event whose
     ``sg_event_id`` was seen before is skipped, so SendGrid's retries change nothing.
-    Then the ambiguous ledger rows of the batches these events name are reconciled.
-    The DSN reader (``newsletter.bounces``) hands its bounces in here too."""
+    Events named in ``anonymous`` (opens and clicks unless tracking is per_subscriber)
+    are kept without their subscriber and ledger row. A soft bounce that brings its
+    subscriber to ``soft_bounces`` within the window marks them bounced. Then the
+    ambiguous ledger rows of the batches these events name are reconciled. The DSN
+    reader (``newsletter.bounces``) hands its bounces in here too.
+
+    One lookup of the addresses and one multi-row INSERT per request, not a query per
+    event: SendGrid posts up to about a thousand events at a time."""
     from newsletter.store import ledger
 
     now = now or dt.datetime.now(dt.UTC)
     applied = Applied()
+    parsed: list[Event] = []
+    for raw in raw_events:
+        applied.received += 1
+        event = parse_event(raw)
+        if event is None:
+            applied.ignored += 1
+        else:
+            parsed.append(event)
     batches: set[str] = set()
+    issues: set[str | None] = set()
     with write_transaction(engine) as conn:
-        for raw in raw_events:
-            applied.received += 1
-            event = parse_event(raw)
-            if event is None:
-                applied.ignored += 1
-                continue
-            found = _subscriber(conn, event.email)
+        keys = {e.email: _key(e.email) for e in parsed if e.email and (e.event not in anonymous or e.status)}
+        known = _subscribers(conn, (k for k in keys.values() if k))
+        rows: list[dict[str, Any]] = []
+        owners: dict[str, tuple[int, str] | None] = {}
+        for event in parsed:
+            reader = event.event not in anonymous
+            key = keys.get(event.email) if event.email else None
+            found = known.get(key) if key else None
+            owners.setdefault(event.sg_event_id, found)
+            rows.append(
+                {
+                    "sg_event_id": event.sg_event_id,
+                    "event": event.event,
+                    "issue": event.issue,
+                    "batch_id": event.batch_id,
+                    "subscriber_id": found[0] if found and reader else None,
+                    "delivery_id": event.delivery_id if reader else None,
+                    "reason": event.reason,
+                    "bounce_type": event.bounce_type,
+                    "occurred_at": event.occurred_at,
+                    "received_at": now,
+                }
+            )
+        recorded: set[str] = set()
+        if rows and conn.dialect.name == "postgresql":
+            recorded = _insert_unnested(conn, rows)
+        elif rows:
             # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT DO NOTHING.
-            inserted = conn.execute(
-                insert_ignoring_conflicts(conn, webhook_events, "sg_event_id")
-                .values(
-                    sg_event_id=event.sg_event_id,
-                    event=event.event,
-                    issue=event.issue,
-                    batch_id=event.batch_id,
-                    subscriber_id=found[0] if found else None,
-                    delivery_id=event.delivery_id,
-                    reason=event.reason,
-                    bounce_type=event.bounce_type,
-                    occurred_at=event.occurred_at,
-                    received_at=now,
-                )
-                .returning(webhook_events.c.sg_event_id)
-            ).first()
-            if inserted is None:
+            statement = insert_ignoring_conflicts(conn, webhook_events, "sg_event_id").returning(
+                webhook_events.c.sg_event_id
+            )
+            recorded = {str(r[0]) for r in conn.execute(statement, rows)}
+        statuses = dict(known.values())
+        changed: dict[int, str] = {}
+        for event in parsed:
+            if event.sg_event_id not in recorded:
                 applied.duplicates += 1
                 continue
+            recorded.discard(event.sg_event_id)  # a repeat within the request is a duplicate too
             applied.recorded += 1
             if event.batch_id:
                 batches.add(event.batch_id)
+                issues.add(event.issue)
+            found = owners.get(event.sg_event_id)
             status = event.status
+            # counted after the insert, in the same transaction: this bounce is one of them
             if event.bounce_type == "soft" and found and _soft_limit_reached(conn, found[0], now, soft_bounces):
                 status = "bounced"
-            if status and found and _set_status(conn, found[0], found[1], status, now):
+            if status and found and _RANK.get(status, 0) > _RANK.get(statuses[found[0]], 0):
+                statuses[found[0]] = changed[found[0]] = status
                 applied.status_changes[status] = applied.status_changes.get(status, 0) + 1
+        _set_statuses(conn, changed, now)
+    batches = _with_ambiguous_rows(engine, batches, issues)
     if batches:
         applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total
     return applied
+
+
+_UNNEST_TYPES: Final = {
+    "sg_event_id": "text[]",
+    "event": "text[]",
+    "issue": "text[]",
+    "batch_id": "text[]",
+    "subscriber_id": "bigint[]",
+    "delivery_id": "bigint[]",
+    "reason": "text[]",
+    "bounce_type": "text[]",
+    "occurred_at": "timestamptz[]",
+    "received_at": "timestamptz[]",
+}
+
+
+def _insert_unnested(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: a request's events as one INSERT ... SELECT FROM unnest(arrays), ten
+    parameters instead of ten thousand (psycopg parses every placeholder of a multi-row
+    VALUES, which cost more than the insert)."""
+    columns = list(_UNNEST_TYPES)
+    arrays = ", ".join(f"CAST(:{c} AS {t})" for c, t in _UNNEST_TYPES.items())
+    statement = text(
+        f"INSERT INTO webhook_events ({', '.join(columns)}) SELECT * FROM unnest({arrays}) "
+        "ON CONFLICT (sg_event_id) DO NOTHING RETURNING sg_event_id"
+    )
+    params = {c: [row[c] for row in rows] for c in columns}
+    return {str(r[0]) for r in conn.execute(statement, params)}
+
+
+def _with_ambiguous_rows(engine: Engine, batches: set[str], issues: set[str | None]) -> set[str]:
+    """The batches among ``batches`` that have ambiguous ledger rows (usually none): one
+    read of the sends' ambiguous rows through (send_id, state) instead of an UPDATE that
+    visits every row of every batch a request names."""
+    from newsletter.store.tables import deliveries, sends
+
+    if not batches or None in issues:
+        return batches  # an event without its issue: let reconcile look at its batches
+    with engine.connect() as conn:
+        send_ids = select(sends.c.id).where(sends.c.issue.in_(sorted(str(i) for i in issues)))
+        ambiguous = conn.execute(
+            select(deliveries.c.batch_id)
+            .where(deliveries.c.send_id.in_(send_ids), deliveries.c.state == "ambiguous")
+            .distinct()
+        ).scalars()
+        return batches & {str(b) for b in ambiguous if b is not None}
+
+
+ONE_CLICK: Final = "one-click"  # the reason of an unsubscribe through the newsletter's own link
+_RECENT_SENDS: Final = 12
+
+
+def record_unsubscribe(engine: Engine, subscriber_id: int, now: dt.datetime) -> str | None:
+    """Count an unsubscribe through the newsletter's own link (one-click, RFC 8058) for
+    the latest of the recent issues sent to the subscriber, once per issue and reader,
+    without naming the reader. Returns that issue, or None when none of them went to
+    them."""
+    import hashlib
+
+    from newsletter.store.tables import deliveries, sends
+
+    with write_transaction(engine) as conn:
+        recent = select(sends.c.id).order_by(sends.c.id.desc()).limit(_RECENT_SENDS).subquery()
+        row = conn.execute(
+            select(sends.c.id, sends.c.issue)
+            .join(deliveries, deliveries.c.send_id == sends.c.id)
+            .where(deliveries.c.subscriber_id == subscriber_id, sends.c.id.in_(select(recent.c.id)))
+            .order_by(sends.c.id.desc())
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        digest = hashlib.sha256(f"unsubscribe:{row.id}:{subscriber_id}".encode("ascii")).hexdigest()[:40]
+        conn.execute(
+            insert_ignoring_conflicts(conn, webhook_events, "sg_event_id").values(
+                sg_event_id=f"own-{digest}",
+                event="unsubscribe",
+                issue=row.issue,
+                reason=ONE_CLICK,
+                occurred_at=now,
+                received_at=now,
+            )
+        )
+    return str(row.issue)
 
 
 @dataclass(frozen=True)

@@ -231,7 +231,11 @@ webhook_events = Table(
     Column("bounce_type", String(8)),  # "hard" or "soft" for a bounce, else NULL
     Column("occurred_at", UtcDateTime()),
     Column("received_at", UtcDateTime(), nullable=False),
-    Index("ix_webhook_events_issue_event", "issue", "event"),
+    # the issue report reads this index and never the table (covering, see report.py):
+    # counts per event and bounce type, clicks per link (a click's URL is its reason),
+    # distinct readers, the hours of opens and clicks
+    # (occurred_at third: the chart counts each hour as one index range)
+    Index("ix_webhook_events_report", "issue", "event", "occurred_at", "reason", "delivery_id", "bounce_type"),
     Index("ix_webhook_events_delivery_id", "delivery_id"),
     Index("ix_webhook_events_batch_id", "batch_id"),
     # partial: a subscriber's soft bounces, counted against bounces.soft_limit
@@ -265,4 +269,32 @@ welcomes = Table(
     CheckConstraint("state IN ('sending', 'sent', 'failed')", name="state"),
     Index("ix_welcomes_subscriber_id", "subscriber_id", unique=True),
     Index("ix_welcomes_state_sent_at", "state", "sent_at"),
+)
+
+# --- tracking (see newsletter/tracking.py) -------------------------------------------
+
+# One row per sent issue with tracking: the modes it was sent with and the key that
+# signs its redirect and pixel tokens (random per issue, never shown).
+tracked_sends = Table(
+    "tracked_sends",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("issue", String(80), nullable=False, unique=True),
+    Column("clicks", String(16), nullable=False),
+    Column("opens", String(16), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# The links of a sent issue, in the email's order, with their label text: the report's
+# clicks per link, and the only URLs the redirect (/r/...) leads to.
+tracked_links = Table(
+    "tracked_links",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("issue", String(80), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("label", String(200), nullable=False, server_default=""),
+    Index("ix_tracked_links_issue_position", "issue", "position", unique=True),
 )

@@ -18,7 +18,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from newsletter.config import Settings
 from newsletter.errors import ConfigError
 from newsletter.senders.base import Sender
-from newsletter.web import feed, preferences, preview, problems, public, webhook
+from newsletter.web import feed, preferences, preview, problems, public, reports, tracking, webhook
 from newsletter.web.context import Clock, WebContext, context, utcnow
 from newsletter.web.issues import BuildCache
 from newsletter.web.middleware import BodyLimit, RequestLog, SecurityHeaders
@@ -99,6 +99,8 @@ def create_app(
     app.include_router(preferences.router)
     app.include_router(webhook.router)
     app.include_router(preview.router)
+    app.include_router(reports.router)
+    app.include_router(tracking.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

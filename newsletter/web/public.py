@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from newsletter import confirmation, links, welcome
 from newsletter.errors import NewsletterError, SubscriberError
-from newsletter.store import subscribers
+from newsletter.store import events, subscribers
 from newsletter.store.addresses import check_address
 from newsletter.web import feed
 from newsletter.web.context import WebContext, context
@@ -113,9 +113,10 @@ def unsubscribe_now(
         raise BadRequest("The body must be List-Unsubscribe=One-Click.")
     ctx = context(request)
     try:
-        subscribers.unsubscribe_by_token(ctx.engine, link_token(token, "unsubscribe"), now=ctx.clock())
+        gone = subscribers.unsubscribe_by_token(ctx.engine, link_token(token, "unsubscribe"), now=ctx.clock())
     except SubscriberError:
         raise LinkNotValid("This unsubscribe link is not valid.") from None
+    events.record_unsubscribe(ctx.engine, gone.id, ctx.clock())  # the issue report's one-click count
     log.info("event=unsubscribed via=web")
     return ctx.page(request, "unsubscribed.html", subscribe_url="/subscribe")
 

@@ -111,8 +111,14 @@ async def sendgrid_events(request: Request) -> JSONResponse:
     check.verify(request.headers.get(SIGNATURE_HEADER), request.headers.get(TIMESTAMP_HEADER), body, ctx.clock())
     payload = parse_body(body)
     bounces = ctx.settings.bounces
-    soft = events.SoftBounces(bounces.soft_limit, bounces.soft_window_days)
-    applied = await run_in_threadpool(events.apply_events, ctx.engine, payload, now=ctx.clock(), soft_bounces=soft)
+    applied = await run_in_threadpool(
+        events.apply_events,
+        ctx.engine,
+        payload,
+        now=ctx.clock(),
+        soft_bounces=events.SoftBounces(bounces.soft_limit, bounces.soft_window_days),
+        anonymous=ctx.settings.tracking.anonymous_events(),
+    )
     log.info(
         "event=webhook received=%d recorded=%d duplicates=%d ignored=%d reconciled=%d changes=%s",
         applied.received,

@@ -101,9 +101,16 @@ def test_events_change_statuses_and_count_for_the_issue(
     ] == ["bounced", "active", "bounced", "complained", "unsubscribed", "unsubscribed", "active", "active"]
     stats = events.issue_stats(engine, "2024-10-25")
     assert stats.events["delivered"] == 1 and stats.events["open"] == 2 and stats.events["click"] == 1
-    assert stats.unique_opens == 1 and stats.unique_clicks == 1
+    # tracking is aggregate (the default): the opens and the click name nobody
+    assert stats.unique_opens == 0 and stats.unique_clicks == 0
     with engine.connect() as conn:
         kinds = dict(conn.execute(select(webhook_events.c.sg_event_id, webhook_events.c.bounce_type)).all())
+        readers = conn.execute(
+            select(webhook_events.c.subscriber_id, webhook_events.c.delivery_id).where(
+                webhook_events.c.event.in_(("open", "click"))
+            )
+        ).all()
+    assert readers == [(None, None)] * 3
     assert (kinds["evt-1"], kinds["evt-2"], kinds["evt-7"]) == ("hard", "soft", None)
 
 
