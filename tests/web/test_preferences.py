@@ -125,6 +125,12 @@ def test_export_holds_everything_stored_about_the_reader(
             {"sg_event_id": "ev-3", "event": "delivered", "email": other.email, "newsletter_issue": "2024-10-25"},
         ],
         now=clock.now,
+        anonymous=frozenset(),  # tracking per_subscriber: the open names its reader
+    )
+    events.apply_events(  # tracking aggregate (the default): an open names nobody
+        engine,
+        [{"sg_event_id": "ev-4", "event": "open", "email": subscriber.email, "newsletter_issue": "2024-10-25"}],
+        now=clock.now,
     )
     response = post(client, subscriber, "export")
     assert response.status_code == 200
@@ -135,7 +141,7 @@ def test_export_holds_everything_stored_about_the_reader(
     assert data["subscriber"]["email"] == subscriber.email and data["subscriber"]["name"] == "Ann Reader"
     assert "token" not in data["subscriber"] and subscriber.token not in response.text
     assert [d["issue"] for d in data["deliveries"]] == ["2024-10-25"]
-    assert sorted(e["event"] for e in data["events"]) == ["delivered", "open"]  # theirs only
+    assert sorted(e["event"] for e in data["events"]) == ["delivered", "open"]  # theirs only, ev-4 is nobody's
     assert "other@example.net" not in response.text
     assert data["consents"] == [] and data["welcome"] is None
 
