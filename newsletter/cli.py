@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from newsletter import send as send_job_types
+    from newsletter.browser import Browser
     from newsletter.config import Settings
     from newsletter.rendercheck import CheckOutput, RenderReport
     from newsletter.send import SendSummary
@@ -138,16 +139,16 @@ def _built(
     check: Literal["auto", "required", "off"],
     cfg: Settings | None = None,
     *,
-    early_start: bool = False,
+    browser: Browser | None = None,
     reuse: bool = True,
 ) -> CheckOutput:
     """Build ``issue_file`` into ``out`` (default: output.dir), run the render check in mode
-    ``check`` (``early_start``: Chromium starts while the build runs; ``reuse``: a report
-    recorded for the same HTML is reused) and print the build's warnings."""
+    ``check`` (``browser``: one started early; ``reuse``: a report recorded for the same
+    HTML is reused) and print the build's warnings."""
     from newsletter import rendercheck
 
     cfg = cfg or settings()
-    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, check, early_start=early_start, reuse=reuse)
+    done = rendercheck.check_issue(issue_file, cfg, out or cfg.output.dir, check, browser=browser, reuse=reuse)
     for message in done.build.warnings:
         warn(message)
     return done
@@ -202,7 +203,13 @@ def check(
     """Build ISSUE_FILE and open it in Chromium at 375 and 600 px, light and dark: overflow,
     font sizes, contrast, tap targets, axe-core, email-client support, screenshots. A report
     recorded for exactly the same HTML is reused (--again checks anew)."""
-    _print_render_check(_built(issue_file, out, "auto", early_start=True, reuse=not again).report)
+    from newsletter.browser import Browser
+
+    # Playwright's driver starts first, while the configuration is read; Chromium follows
+    # once its path is known, while the email is built (unless the report is reused).
+    with Browser(None) as browser:
+        done = _built(issue_file, out, "auto", browser=browser, reuse=not again)
+    _print_render_check(done.report)
 
 
 def _print_render_check(report: RenderReport) -> None:

@@ -12,7 +12,6 @@ fallback) are listed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import shutil
@@ -22,94 +21,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from newsletter import compat
+from newsletter.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SCHEMES,
+    WIDTHS,
+    Browser,
+    RawRender,
+    Scheme,
+    screenshot_name,
+)
 from newsletter.render import Check
 from newsletter.yamlfile import atomic_write
 
-Scheme = Literal["light", "dark"]
-WIDTHS = (375, 600)
-SCHEMES: tuple[Scheme, ...] = ("light", "dark")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "SCHEMES", "WIDTHS", "Browser", "screenshot_name"]
+
 REPORT_NAME = "check.json"
 MIN_TARGET_PX = 24  # WCAG 2.2 success criterion 2.5.8 (target size, minimum)
 MIN_FONT_PX = 12
 SERIOUS = ("serious", "critical")
-# The DOM is the same in every render; only the width and the colour scheme change. So
-# the rules whose outcome does not depend on layout or colours run once, shared out
-# between the first light and the first dark render, and every render runs the others.
-LAYOUT_RULES = ["color-contrast", "target-size", "link-in-text-block", "scrollable-region-focusable"]
-# Not applicable to an email, which a client shows inside its own page and landmarks.
-AXE_RULES_OFF = {"region": {"enabled": False}, "landmark-one-main": {"enabled": False}}
-ALL_AXE_RULES: dict[str, Any] = {"resultTypes": ["violations"], "rules": AXE_RULES_OFF}
-LAYOUT_AXE_RULES: dict[str, Any] = {"resultTypes": ["violations"], "runOnly": {"type": "rule", "values": LAYOUT_RULES}}
 # Bumped when the check itself changes, so a recorded report is not reused.
 CHECK_VERSION = 1
-
-# Remote images are never fetched: each is a neutral 3:2 placeholder, shown at the
-# image's own width, so the layout is close to the one readers get, offline.
-_PLACEHOLDER = (
-    '<svg xmlns="http://www.w3.org/2000/svg" width="1200" height="800" viewBox="0 0 1200 800">'
-    '<rect width="1200" height="800" fill="#b9b4aa"/></svg>'
-)
-
-# Runs in the page: every measurement of one render, in one round trip.
-_MEASURE = r"""() => {
-  const parse = (c) => { const m = c.match(/rgba?\(([^)]+)\)/); if (!m) return null;
-    const p = m[1].split(/[ ,\/]+/).filter(Boolean).map(Number); return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1]; };
-  const lum = (rgb) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
-    return 0.2126 * f(rgb[0]) + 0.7152 * f(rgb[1]) + 0.0722 * f(rgb[2]); };
-  const background = (el) => {
-    for (let e = el; e; e = e.parentElement) {
-      const c = parse(getComputedStyle(e).backgroundColor);
-      if (c && c[3] > 0.5) return c;
-    }
-    return matchMedia('(prefers-color-scheme: dark)').matches && getComputedStyle(document.documentElement).colorScheme.includes('dark')
-      ? [18, 18, 18, 1] : [255, 255, 255, 1];
-  };
-  const visible = (el) => { const r = el.getClientRects(); const s = getComputedStyle(el);
-    return r.length > 0 && s.visibility !== 'hidden' && s.display !== 'none' && parseFloat(s.opacity) > 0.1; };
-  const label = (el) => (el.textContent || el.getAttribute('alt') || '').replace(/\s+/g, ' ').trim().slice(0, 50);
-  const texts = []; let smallest = null;
-  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-  const seen = new Set();
-  while (walker.nextNode()) {
-    const node = walker.currentNode; const el = node.parentElement;
-    if (!el || seen.has(el) || !node.textContent.trim() || !visible(el)) continue;
-    seen.add(el);
-    const s = getComputedStyle(el); const size = parseFloat(s.fontSize);
-    const bold = parseInt(s.fontWeight, 10) >= 700;
-    const fg = parse(s.color); const bg = background(el);
-    const L1 = lum(fg), L2 = lum(bg);
-    const ratio = (Math.max(L1, L2) + 0.05) / (Math.min(L1, L2) + 0.05);
-    const large = size >= 24 || (bold && size >= 18.66);
-    if (smallest === null || size < smallest.size) smallest = {size, text: node.textContent.trim().slice(0, 50)};
-    texts.push({text: node.textContent.replace(/\s+/g, ' ').trim().slice(0, 50), size, ratio: Math.round(ratio * 100) / 100,
-                needed: large ? 3 : 4.5, color: s.color, background: `rgb(${bg[0]}, ${bg[1]}, ${bg[2]})`});
-  }
-  const targets = [];
-  for (const a of document.querySelectorAll('a[href]')) {
-    if (!visible(a)) continue;
-    // WCAG 2.5.8 exempts a link inside a sentence: its block holds words of its own.
-    let block = a.parentElement;
-    while (block && getComputedStyle(block).display === 'inline') block = block.parentElement;
-    let own = block ? block.textContent : '';
-    for (const other of block ? block.querySelectorAll('a') : []) own = own.replace(other.textContent, '');
-    if (/[A-Za-z\u00C0-\u024F]{2,}/.test(own)) continue;
-    const r = a.getBoundingClientRect();
-    if (r.width < 24 || r.height < 24) targets.push({text: label(a), width: Math.round(r.width), height: Math.round(r.height)});
-  }
-  const images = [...document.images].filter(visible).map((img) => ({src: img.getAttribute('src') || '',
-    attribute: img.getAttribute('width'), rendered: Math.round(img.getBoundingClientRect().width)}));
-  return {overflow: document.documentElement.scrollWidth - window.innerWidth, doctype: !!document.doctype,
-          compat_mode: document.compatMode, smallest, texts, targets, images};
-}"""
 
 
 @dataclass(frozen=True)
@@ -198,10 +130,6 @@ def chromium_missing(chromium: Path = CHROMIUM) -> str | None:
     return None
 
 
-def screenshot_name(width: int, scheme: Scheme) -> str:
-    return f"check-{width}-{scheme}.png"
-
-
 def run_check(html: str, out_dir: Path, chromium: Path = CHROMIUM, browser: Browser | None = None) -> RenderReport:
     """Render ``html`` four times, write the screenshots and ``check.json`` into
     ``out_dir`` and return the report. Without Chromium the report says it was skipped
@@ -209,16 +137,22 @@ def run_check(html: str, out_dir: Path, chromium: Path = CHROMIUM, browser: Brow
     ``Browser``); else one is started here."""
     started = time.perf_counter()
     digest = html_sha256(html)
-    notes = compat.report(html)
-    checks = compat.checks(notes)
+    notes: list[compat.ClientNote] = []
+
+    def compatibility() -> None:  # needs no browser: done while the pages work
+        notes.extend(compat.report(html))
+
     missing = chromium_missing(chromium)
     if missing:
-        return RenderReport(html_sha256=digest, compat=notes, checks=checks, skipped=missing)
+        compatibility()
+        return RenderReport(html_sha256=digest, compat=notes, checks=compat.checks(notes), skipped=missing)
     if browser is None:
         with Browser(chromium) as started_here:
-            renders = started_here.renders(html, out_dir)
+            raw = started_here.renders(html, out_dir, compatibility)
     else:
-        renders = browser.renders(html, out_dir)
+        raw = browser.renders(html, out_dir, compatibility)
+    checks = compat.checks(notes)
+    renders = [_render(r) for r in raw]
     checks = _render_checks(renders) + checks
     report = RenderReport(
         html_sha256=digest,
@@ -240,181 +174,13 @@ def recorded(out_dir: Path, html: str) -> RenderReport | None:
     return report if report is not None and report.html_sha256 == html_sha256(html) else None
 
 
-class Browser:
-    """Playwright and Chromium, started on a thread of their own, with a page per colour
-    scheme (each its own renderer process, so the two schemes render side by side on two
-    cores). Started before the build, they come up while it runs: the check then waits
-    for neither the driver, nor the browser, nor its renderers (about 0.6 s).
-
-    ``renders(html, out_dir)`` runs the four renders; ``close()`` (or the ``with`` block)
-    stops the browser and the driver. A Chromium that fails to start is a ``BuildError``
-    from ``renders``."""
-
-    def __init__(self, chromium: Path = CHROMIUM) -> None:
-        import asyncio
-        import threading
-
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="render-check", daemon=True)
-        self._thread.start()
-        self._playwright: Any = None
-        self._browser: Any = None
-        self._ready = asyncio.run_coroutine_threadsafe(self._start(chromium), self._loop)
-
-    def __enter__(self) -> Browser:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
-
-    async def _start(self, chromium: Path) -> list[tuple[_Tab, list[str]]]:
-        """The driver, the browser, a page per scheme, and for each the axe rules it
-        leaves to the others."""
-        import asyncio
-
-        from playwright.async_api import async_playwright
-
-        self._playwright = await async_playwright().start()
-        self._browser = await self._playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        tabs = list(await asyncio.gather(*(_Tab.open(self._browser, scheme) for scheme in SCHEMES)))
-        # The DOM is the same in both schemes: the rules that do not depend on layout or
-        # colour are shared out between them.
-        return list(zip(tabs, await tabs[0].split_rules(len(tabs)), strict=True))
-
-    def renders(self, html: str, out_dir: Path) -> list[Render]:
-        """Light and dark side by side, each at 600 px and then 375 px (see ``_Tab``)."""
-        import asyncio
-
-        from playwright.async_api import Error as PlaywrightError
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-        async def side_by_side(tabs: list[tuple[_Tab, list[str]]]) -> list[list[Render]]:
-            return list(await asyncio.gather(*(tab.renders(html, out_dir, others) for tab, others in tabs)))
-
-        try:
-            by_scheme = asyncio.run_coroutine_threadsafe(side_by_side(self._ready.result()), self._loop).result()
-        except PlaywrightError as exc:
-            from newsletter.errors import BuildError
-
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BuildError(f"render check: Chromium failed: {first}") from None
-        return [r for renders in by_scheme for r in renders]
-
-    def close(self) -> None:
-        """Stop the browser and the driver (waiting for a start still under way)."""
-        import asyncio
-
-        async def stop() -> None:
-            if self._browser is not None:
-                await self._browser.close()
-            if self._playwright is not None:
-                await self._playwright.stop()
-
-        if not self._thread.is_alive():
-            return
-        try:
-            with contextlib.suppress(Exception):  # a start that failed leaves nothing more to stop
-                self._ready.exception()  # wait for the start, whatever its outcome
-                asyncio.run_coroutine_threadsafe(stop(), self._loop).result()
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
-
-
-@dataclass
-class _Tab:
-    """One colour scheme's page: images served offline, the scheme emulated. It loads the
-    email once and is resized in place, so the media queries apply anew and axe-core,
-    injected once, stays in the page."""
-
-    scheme: Scheme
-    page: Any
-    cdp: Any
-
-    @classmethod
-    async def open(cls, browser: Any, scheme: Scheme) -> _Tab:
-        from playwright.async_api import Route
-
-        async def offline(route: Route) -> None:
-            if route.request.resource_type == "image":
-                await route.fulfill(status=200, content_type="image/svg+xml", body=_PLACEHOLDER)
-            else:
-                await route.abort()
-
-        context = await browser.new_context()
-        await context.route("**/*", offline)
-        page = await context.new_page()
-        await page.emulate_media(color_scheme=scheme)
-        await page.set_viewport_size({"width": max(WIDTHS), "height": 800})
-        return cls(scheme=scheme, page=page, cdp=await context.new_cdp_session(page))
-
-    async def split_rules(self, parts: int) -> list[list[str]]:
-        """The axe rules that do not depend on layout or colour, dealt out into ``parts``
-        lists, each the rules the other parts run (axe-core is injected into this page
-        to read them)."""
-        from axe_playwright_python.async_playwright import Axe
-
-        await self.page.evaluate(Axe().axe_script)
-        rules = await self.page.evaluate("axe.getRules().map((r) => r.ruleId)")
-        shared = sorted(set(rules) - set(LAYOUT_RULES) - set(AXE_RULES_OFF))
-        return [[rule for k in range(parts) if k != n for rule in shared[k::parts]] for n in range(parts)]
-
-    async def renders(self, html: str, out_dir: Path, others: list[str]) -> list[Render]:
-        """600 px then 375 px: measurements, axe-core (its default rule set but the
-        ``others`` at the first width, the layout rules at the second) and a screenshot
-        of each."""
-        from axe_playwright_python.async_playwright import Axe
-
-        renders: list[Render] = []
-        for n, width in enumerate(sorted(WIDTHS, reverse=True)):
-            if n == 0:
-                await self.page.set_content(html, wait_until="load")
-            else:
-                await self.page.set_viewport_size({"width": width, "height": 800})
-            measured = await self.page.evaluate(_MEASURE)
-            axe = Axe() if n == 0 else Axe(axe_script="void 0")
-            options = _axe_without(others) if n == 0 else LAYOUT_AXE_RULES
-            results = (await axe.run(self.page, options=options)).response
-            name = screenshot_name(width, self.scheme)
-            await _screenshot(self.cdp, self.page, out_dir / name)
-            renders.append(_render(width, self.scheme, name, measured, results))
-        return renders
-
-
-def _axe_without(others: list[str]) -> dict[str, Any]:
-    """axe-core's default rule set (less those that do not apply to an email) without
-    ``others``, which another render runs."""
-    return {**ALL_AXE_RULES, "rules": {**AXE_RULES_OFF, **{rule: {"enabled": False} for rule in others}}}
-
-
-async def _screenshot(cdp: Any, page: Any, path: Path) -> None:
-    """The whole page as a PNG. Chromium's own capture with its fast PNG encoder: a
-    third of the time of Playwright's full-page screenshot (0.12 s, not 0.3 s)."""
-    import base64
-
-    width, height = await page.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
-    shot = await cdp.send(
-        "Page.captureScreenshot",
-        {
-            "format": "png",
-            "optimizeForSpeed": True,
-            "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
-        },
-    )
-    # whole or not at all (the preview may be showing the last one), and not fsynced:
-    # a screenshot lost in a crash is taken again with the next check
-    atomic_write(path, base64.b64decode(shot["data"]), sync=False)
-
-
-def _render(width: int, scheme: Scheme, name: str, measured: dict[str, Any], axe: dict[str, Any]) -> Render:
+def _render(raw: RawRender) -> Render:
+    measured, axe = raw.measured, raw.axe
     smallest = measured.get("smallest") or {"size": 0.0, "text": ""}
     return Render(
-        width=width,
-        scheme=scheme,
-        screenshot=name,
+        width=raw.width,
+        scheme=raw.scheme,
+        screenshot=raw.screenshot,
         overflow_px=max(0, int(measured["overflow"])),
         smallest_font_px=float(smallest["size"]),
         smallest_font_text=str(smallest["text"]),
@@ -564,30 +330,28 @@ def check_issue(
     out_dir: Path,
     mode: Literal["auto", "required", "off"] = "auto",
     *,
-    early_start: bool = False,
+    browser: Browser | None = None,
     reuse: bool = True,
 ) -> CheckOutput:
-    """Build ``issue_path`` into ``out_dir`` and run the render check on it.
-    ``early_start``: start Chromium while the build runs, unless the recorded report is
-    newer than everything the build reads (then it is most likely reused); ``reuse``:
-    whether a report recorded for the same HTML is reused (else the check runs again)."""
+    """Build ``issue_path`` into ``out_dir`` and run the render check on it. ``browser``:
+    one started early (its driver at least, see ``Browser``; the caller closes it),
+    launched here unless the recorded report is newer than everything the build reads
+    (then it is most likely reused); ``reuse``: whether a report recorded for the same
+    HTML is reused (else the check runs again)."""
     from newsletter import render
 
     chromium = settings.render_check.chromium
-    browser = None
     if (
-        early_start
+        browser is not None
         and mode != "off"
         and chromium_missing(chromium) is None
-        and not _probably_recorded(out_dir, issue_path, settings)
+        and not (reuse and _probably_recorded(out_dir, issue_path, settings))
     ):
-        browser = Browser(chromium)
-    try:
-        build = render.build_to_dir(issue_path, settings, out_dir)
-        report = check_html(sample_html(build, settings), out_dir, chromium, mode, browser, reuse=reuse)
-    finally:
-        if browser is not None:
-            browser.close()
+        browser.launch(chromium)
+    else:
+        browser = None
+    build = render.build_to_dir(issue_path, settings, out_dir)
+    report = check_html(sample_html(build, settings), out_dir, chromium, mode, browser, reuse=reuse)
     return CheckOutput(build=build, report=report)
 
 
