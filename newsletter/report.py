@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine, func, select, text
 
 from newsletter.errors import NewsletterError
 from newsletter.store.events import ONE_CLICK
-from newsletter.store.tables import deliveries, sends, tracked_links, tracked_sends, webhook_events
+from newsletter.store.tables import deliveries, sends, tracked_links, tracked_sends, webhook_events, welcomes
 
 CHART_HOURS: Final = 72
 COMPARED_ISSUES: Final = 12
@@ -97,6 +97,8 @@ class IssueReport:
     ledger: Ledger
     engagement: Engagement
     tracking: dict[str, str]  # clicks/opens modes it was sent with ({} when not recorded)
+    # welcome mails sent to new readers from this issue's send until the next issue's
+    welcome_mails: int = 0
     links: list[LinkClicks] = field(default_factory=list)
     hours: list[Hour] = field(default_factory=list)
 
@@ -274,6 +276,15 @@ def _hours(conn: Connection, issue: str, start: dt.datetime) -> list[Hour]:
     return hours
 
 
+def welcomes_sent(conn: Connection, since: dt.datetime, until: dt.datetime | None = None) -> int:
+    """Welcome mails sent from ``since`` until ``until`` (None: so far), erased readers'
+    included (``welcome`` records each one)."""
+    where = [welcomes.c.state == "sent", welcomes.c.sent_at >= since]
+    if until is not None:
+        where.append(welcomes.c.sent_at < until)
+    return int(conn.execute(select(func.count()).select_from(welcomes).where(*where)).scalar_one())
+
+
 def issue_report(engine: Engine, issue: str) -> IssueReport:
     """The report on ``issue`` (its slug) as the ledger and the events stand now."""
     with engine.connect() as conn:
@@ -286,6 +297,9 @@ def issue_report(engine: Engine, issue: str) -> IssueReport:
         tracking = conn.execute(
             select(tracked_sends.c.clicks, tracked_sends.c.opens).where(tracked_sends.c.issue == issue)
         ).first()
+        following = conn.execute(
+            select(func.min(sends.c.created_at)).where(sends.c.created_at > send.created_at)
+        ).scalar_one_or_none()
         return IssueReport(
             issue=issue,
             subject=send.subject,
@@ -294,6 +308,7 @@ def issue_report(engine: Engine, issue: str) -> IssueReport:
             ledger=_ledger(conn, send.id, send.audience),
             engagement=_engagements(conn, [issue])[issue],
             tracking={"clicks": tracking.clicks, "opens": tracking.opens} if tracking else {},
+            welcome_mails=welcomes_sent(conn, send.created_at, following),
             links=_links(conn, issue),
             hours=_hours(conn, issue, send.created_at),
         )
@@ -339,6 +354,7 @@ def figure_rows(found: IssueReport) -> list[tuple[str, str, str]]:
         ("sending", "ambiguous", _figure(led.ambiguous)),
         ("sending", "not sent yet", _figure(led.unsent)),
         ("sending", "skipped", _figure(led.skipped)),
+        ("sending", "welcome mails to new readers until the next issue", _figure(found.welcome_mails)),
         ("delivery", "delivered", _figure(eng.delivered)),
         ("delivery", "delivery rate", _figure(rates.delivery, percent=True)),
         ("delivery", "deferred", _figure(eng.deferred)),

@@ -1,7 +1,7 @@
 """The welcome mail: rendered from ``templates/welcome.mjml.j2`` and ``welcome.txt.j2``
 through the issue's pipeline and checks, with the latest sent issue's headline and a
 link to it, sent once per subscriber after their sign-up is confirmed, and recorded in
-``welcomes`` (``count_sent`` gives the report its figure).
+``welcomes`` (the issue report counts them: ``report.welcomes_sent``).
 
 Once: the row is claimed (state ``sending``) before the request, so a retried or
 repeated confirmation finds it and sends nothing. A failed send becomes ``failed`` and
@@ -16,7 +16,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, func, select, update
+from sqlalchemy import Engine, select, update
 
 from newsletter import issuefile, links, render
 from newsletter.config import Settings
@@ -168,16 +168,12 @@ def retry_failed(engine: Engine, settings: Settings, sender: Sender, *, now: dt.
 
 
 def count_sent(engine: Engine, since: dt.datetime, until: dt.datetime) -> int:
-    """Welcome mails sent in ``[since, until)``, erased subscribers' included: the issue
-    report's "welcome mails" figure (e.g. since the previous issue's send)."""
+    """Welcome mails sent in ``[since, until)``, erased subscribers' included (the issue
+    report counts them from one issue's send to the next: ``report.welcomes_sent``)."""
+    from newsletter.report import welcomes_sent
+
     with engine.connect() as conn:
-        return int(
-            conn.execute(
-                select(func.count())
-                .select_from(welcomes)
-                .where(and_(welcomes.c.state == "sent", welcomes.c.sent_at >= since, welcomes.c.sent_at < until))
-            ).scalar_one()
-        )
+        return welcomes_sent(conn, since, until)
 
 
 def state_of(engine: Engine, subscriber_id: int) -> str | None:

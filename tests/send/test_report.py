@@ -305,3 +305,24 @@ def test_one_click_unsubscribes_count_for_the_issue_once(
     with engine.connect() as conn:
         kept = conn.execute(select(webhook_events.c.subscriber_id, webhook_events.c.delivery_id)).all()
     assert kept == [(None, None)]
+
+
+def test_welcome_mails_count_for_the_issue_until_the_next_one(
+    configure: Callable[..., Settings], engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from newsletter import welcome
+    from newsletter.store import ledger, subscribers
+
+    settings = configure()
+    add_subscribers(engine, 2)
+    friday = dt.datetime(2024, 10, 25, 21, 0, tzinfo=dt.UTC)
+    ledger.start_send(engine, SLUG, "Week one", now=friday)
+    ledger.start_send(engine, "2024-11-01", "Week two", now=friday + dt.timedelta(days=7))
+    sender = MemorySender()
+    for n, days in enumerate((-1, 2, 3, 8)):  # one before week one, two in it, one in week two
+        reader = subscribers.add(engine, f"new{n}@example.org", status="active")
+        assert welcome.send_welcome(engine, settings, sender, reader.id, now=friday + dt.timedelta(days=days))
+    assert report.issue_report(engine, SLUG).welcome_mails == 2
+    assert report.issue_report(engine, "2024-11-01").welcome_mails == 1  # the latest: until now
+    assert main(["--config", str(settings.config_path), "report", SLUG, "--format", "csv"]) == 0
+    assert "sending,welcome mails to new readers until the next issue,2" in capsys.readouterr().out
