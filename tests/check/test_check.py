@@ -170,3 +170,14 @@ def test_chromium_starts_early_only_when_the_recorded_report_is_older_than_the_i
     later = (out / rendercheck.REPORT_NAME).stat().st_mtime + 5
     os.utime(issues["example"], (later, later))
     assert not rendercheck._probably_recorded(out, issues["example"], settings)
+
+
+def test_images_are_inline_placeholders_that_keep_their_source() -> None:
+    from newsletter.browser import _offline_images
+
+    html = '<p><img alt="" data-src="lazy.jpg" src="https://img.example.org/a.jpg" width="544"></p>'
+    offline = _offline_images(html)
+    assert 'src="data:image/svg+xml,' in offline and 'data-check-src="https://img.example.org/a.jpg"' in offline
+    assert (
+        'data-src="lazy.jpg"' in offline and "https://img.example.org/a.jpg" not in offline.split("data-check-src")[0]
+    )
