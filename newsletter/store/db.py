@@ -8,14 +8,16 @@ database that is unreachable, locked or behind on its migrations with one clear
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 
 from newsletter.errors import StoreError
@@ -208,6 +210,37 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+_REVISION_LINE = re.compile(r'^(revision|down_revision): str(?: \| None)? = (?:"([^"]+)"|None)', re.MULTILINE)
+
+
+@lru_cache(maxsize=1)
+def head_revision() -> str | None:
+    """This code's newest schema revision, read from the migration files without Alembic
+    (the one revision that no other revises), or None when that is not one revision."""
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for name, value in _REVISION_LINE.findall(path.read_text(encoding="utf-8")):
+            if value:
+                (revisions if name == "revision" else revised).add(value)
+    heads = revisions - revised
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _at_head(engine: Engine) -> bool:
+    """Whether the database is at this code's head revision, by one query: the usual
+    case, checked without importing Alembic (0.2 s of every command's start)."""
+    head = head_revision()
+    if head is None:
+        return False
+    try:
+        with engine.connect() as conn:
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except (exc.DBAPIError, StoreError):  # no alembic_version table yet (see _translator)
+        return False
+    return current == [head]
+
+
 def schema_state(engine: Engine) -> SchemaState:
     """Read the database's Alembic revision and compare it with this code's head."""
     from alembic.runtime.migration import MigrationContext
@@ -262,6 +295,8 @@ def open_database(settings: Settings) -> Engine:
         raise StoreError(f"{where} does not exist yet: {UPGRADE_HINT}")
     engine = create_store_engine(url)
     try:
+        if _at_head(engine):
+            return engine
         state = schema_state(engine)
         if not state.known:
             raise _unknown(where, state)

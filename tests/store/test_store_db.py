@@ -57,6 +57,26 @@ def test_upgrade_then_open(write_config: WriteConfig, blank_database_url: str) -
     assert again.before == again.after
 
 
+def test_a_current_database_opens_without_alembic(write_config: WriteConfig, blank_database_url: str) -> None:
+    import subprocess
+    import sys
+
+    cfg = settings_for(write_config, blank_database_url)
+    db.upgrade_database(cfg)
+    engine = db.create_store_engine(db.database_url(cfg))
+    assert db.head_revision() == db.schema_state(engine).head
+    engine.dispose()
+    # a command on a current database checks its revision with one query, no Alembic
+    code = (
+        "import sys; from newsletter.cli import main; code = main(['--config', sys.argv[1], 'subscribers', 'count']);"
+        "print(code, 'alembic' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cfg.config_path)], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stdout + done.stderr
+
+
 def test_missing_sqlite_file_is_refused(write_config: WriteConfig, project: Path) -> None:
     cfg = settings_for(write_config, "sqlite:///missing.db")
     with pytest.raises(StoreError) as error:
