@@ -21,20 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from newsletter import compat
-from newsletter.browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    SCHEMES,
-    WIDTHS,
-    Browser,
-    RawRender,
-    Scheme,
-    screenshot_name,
-)
+from newsletter.browser import CHROMIUM, WIDTHS, Browser, RawRender, Scheme
 from newsletter.render import Check
 from newsletter.yamlfile import atomic_write
-
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "SCHEMES", "WIDTHS", "Browser", "screenshot_name"]
 
 REPORT_NAME = "check.json"
 MIN_TARGET_PX = 24  # WCAG 2.2 success criterion 2.5.8 (target size, minimum)

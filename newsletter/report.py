@@ -16,6 +16,7 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, func, select, text
 
 from newsletter.errors import NewsletterError
+from newsletter.store import ledger
 from newsletter.store.events import ONE_CLICK
 from newsletter.store.tables import deliveries, sends, tracked_links, tracked_sends, webhook_events, welcomes
 
@@ -160,18 +161,14 @@ class ComparedIssue:
 
 
 def _ledger(conn: Connection, send_id: int, audience: int) -> Ledger:
-    counts: dict[str, int] = dict(
-        conn.execute(
-            select(deliveries.c.state, func.count()).where(deliveries.c.send_id == send_id).group_by(deliveries.c.state)
-        ).all()
-    )
+    counts = ledger.state_counts(conn, send_id)
     return Ledger(
         audience=audience,
-        sent=int(counts.get("sent", 0)),
-        rejected=int(counts.get("rejected", 0)),
-        ambiguous=int(counts.get("ambiguous", 0)),
-        unsent=int(counts.get("pending", 0)) + int(counts.get("in_flight", 0)),
-        skipped=int(counts.get("skipped", 0)),
+        sent=counts.sent,
+        rejected=counts.rejected,
+        ambiguous=counts.ambiguous,
+        unsent=counts.pending + counts.in_flight,
+        skipped=counts.skipped,
     )
 
 

@@ -494,9 +494,15 @@ def _chunks(keys: list[int], size: int) -> Iterable[list[int]]:
 
 def counts(engine: Engine, send_id: int) -> Counts:
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(deliveries.c.state, func.count()).where(deliveries.c.send_id == send_id).group_by(deliveries.c.state)
-        ).all()
+        return state_counts(conn, send_id)
+
+
+def state_counts(conn: Connection, send_id: int) -> Counts:
+    """How many rows of the send are in each state, on ``conn`` (the issue report reads
+    them in its own transaction)."""
+    rows = conn.execute(
+        select(deliveries.c.state, func.count()).where(deliveries.c.send_id == send_id).group_by(deliveries.c.state)
+    ).all()
     return Counts(**dict(rows))
 
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
-from newsletter import issuefile, rendercheck, send
+from newsletter import browser, issuefile, rendercheck, send
 from newsletter.errors import NewsletterError, StoreError
 from newsletter.models import Issue
 from newsletter.store import events
@@ -35,7 +35,7 @@ NOTICES = {
     "approved": "Approved: the send job will send it.",
     "checked": "Render check done.",
 }
-SCREENSHOTS = {rendercheck.screenshot_name(w, s): (w, s) for s in rendercheck.SCHEMES for w in rendercheck.WIDTHS}
+SCREENSHOTS = {browser.screenshot_name(w, s): (w, s) for s in browser.SCHEMES for w in browser.WIDTHS}
 MOBILE_WIDTH = 375
 POLL_MS = 500  # the fallback's interval
 # How often a waiting ``changes`` request looks at the files (a few stat calls), and how

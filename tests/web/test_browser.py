@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from newsletter import issuefile
-from newsletter.rendercheck import CHROMIUM, CHROMIUM_ARGS  # the render check's browser, as it runs it
+from newsletter.browser import CHROMIUM, CHROMIUM_ARGS  # the render check's browser, as it runs it
 from newsletter.store import subscribers
 from newsletter.store.db import create_store_engine
 
