@@ -251,3 +251,36 @@ def test_a_visitor_signs_up_and_confirms(server: Server, page: Page) -> None:
     page.get_by_role("button", name="Confirm my subscription").click()
     expect(page.locator("#result")).to_have_text("You are subscribed")
     assert server.status_of("new.reader@example.org") == "active"
+
+
+def test_an_editor_reads_the_issue_report_on_a_phone(server: Server, browser: Browser, artifacts: Path) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    server.cli("approve", str(server.issue_path))
+    server.cli("send", str(server.issue_path))
+    [eml] = list((server.project / "outbox" / SLUG).glob("*reader@example.net.eml"))
+    html = read_eml(eml).get_body(("html",)).get_content()  # type: ignore[union-attr]
+    tracked = next(href for href in re.findall(r'href="([^"]+)"', html) if "/r/" in href)
+    # the reader's click: the redirect names the article (another site: not followed)
+    where = urlsplit(tracked)
+    connection = http.client.HTTPConnection(where.hostname or "", where.port, timeout=10)
+    connection.request("GET", where.path)
+    answer = connection.getresponse()
+    target = answer.getheader("Location", "")
+    assert answer.status in (302, 303, 307) and target.startswith("https://")
+    connection.close()
+
+    context = browser.new_context(
+        viewport={"width": 375, "height": 800}, http_credentials={"username": "editor", "password": PREVIEW_TOKEN}
+    )
+    page = context.new_page()
+    page.goto(f"{server.url}/reports/{SLUG}")
+    expect(page.get_by_role("heading", level=1)).to_have_text(issuefile.load(server.issue_path).subject)
+    expect(page.locator(".report-chart svg")).to_be_visible()
+    clicked = page.locator(".report-links tbody tr").filter(has_text=target).first
+    expect(clicked.locator("td").last).to_have_text("1")  # the click, counted for its link
+    # a phone shows the page without sideways scrolling: the links table scrolls in its own box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    shot(page, "report-phone.png", artifacts)
+    context.close()
