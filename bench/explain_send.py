@@ -127,6 +127,9 @@ def main() -> int:
             if number == batches // 2:
                 print(f"(autovacuum has {'not ' * (not _vacuumed(engine))}visited deliveries since the freeze)")
         explainer.on, explainer.phase = True, "end"
+        # as send._Run does when no batch is left above the frontier, before looking below
+        ledger.refresh_statistics(engine)
+        ledger.claim_batch(engine, send.id, args.batch, ledger.new_batch_id(), owner=owner, lease_seconds=300)
         ledger.expire_dead_owners(engine, send.id)
         ledger.has_rows(engine, send.id, "pending")  # once per pass of the workers
         ledger.has_rows(engine, send.id, "in_flight")

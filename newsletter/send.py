@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -194,6 +195,7 @@ class _Run:
         # first (see ledger.claim_batch), so it does not walk past the rows the other
         # workers took since its own last batch (three batches' worth with four workers).
         self.frontier = 0
+        self.statistics_fresh = False  # see _claim
         self.tracked: tracking.TrackedSend | None = None  # set when recipients need reader tokens
 
     def halt(self, reason: str) -> None:
@@ -202,18 +204,31 @@ class _Run:
                 self.stopped = reason
         self.stop.set()
 
+    def _claim(self, batch_id: str) -> tuple[list[ledger.Claimed], int]:
+        """A batch above the frontier; when none is left there, a look from the start (rows
+        given back), once the planner's statistics are refreshed (once a run)."""
+        claim = partial(
+            ledger.claim_batch,
+            self.engine,
+            self.send.id,
+            self.batch_size,
+            batch_id,
+            owner=self.owner,
+            lease_seconds=self.lease,
+        )
+        claimed, skipped = claim(after=self.frontier, below=False)
+        if claimed or skipped or not self.frontier:
+            return claimed, skipped
+        with self.lock:
+            if not self.statistics_fresh:
+                ledger.refresh_statistics(self.engine)
+                self.statistics_fresh = True
+        return claim(after=0)
+
     def worker(self) -> None:
         while not self.stop.is_set():
             batch_id = ledger.new_batch_id()
-            claimed, skipped = ledger.claim_batch(
-                self.engine,
-                self.send.id,
-                self.batch_size,
-                batch_id,
-                owner=self.owner,
-                lease_seconds=self.lease,
-                after=self.frontier,
-            )
+            claimed, skipped = self._claim(batch_id)
             if skipped:
                 self._advance(skipped, 0)
             if not claimed:

@@ -252,7 +252,6 @@ def apply_events(
         else:
             parsed.append(event)
     batches: set[str] = set()
-    issues: set[str | None] = set()
     with write_transaction(engine) as conn:
         keys = {e.email: _key(e.email) for e in parsed if e.email and (e.event not in anonymous or e.status)}
         known = _subscribers(conn, (k for k in keys.values() if k))
@@ -296,7 +295,6 @@ def apply_events(
             applied.recorded += 1
             if event.batch_id:
                 batches.add(event.batch_id)
-                issues.add(event.issue)
             found = owners.get(event.sg_event_id)
             status = event.status
             # counted after the insert, in the same transaction: this bounce is one of them
@@ -306,7 +304,7 @@ def apply_events(
                 statuses[found[0]] = changed[found[0]] = status
                 applied.status_changes[status] = applied.status_changes.get(status, 0) + 1
         _set_statuses(conn, changed, now)
-    batches = _with_ambiguous_rows(engine, batches, issues)
+    batches = _with_ambiguous_rows(engine, batches)
     if batches:
         applied.reconciled = ledger.reconcile(engine, batch_ids=sorted(batches), now=now).total
     return applied
@@ -340,22 +338,21 @@ def _insert_unnested(conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
     return {str(r[0]) for r in conn.execute(statement, params)}
 
 
-def _with_ambiguous_rows(engine: Engine, batches: set[str], issues: set[str | None]) -> set[str]:
-    """The batches among ``batches`` that have ambiguous ledger rows (usually none): one
-    read of the sends' ambiguous rows through (send_id, state) instead of an UPDATE that
-    visits every row of every batch a request names."""
-    from newsletter.store.tables import deliveries, sends
+def _with_ambiguous_rows(engine: Engine, batches: set[str]) -> set[str]:
+    """The batches among ``batches`` that have ambiguous ledger rows (usually none): those
+    flagged when a row of theirs was made ambiguous, read by primary key, instead of an
+    UPDATE that visits every row of every batch a request names."""
+    from newsletter.store.tables import send_batches
 
-    if not batches or None in issues:
-        return batches  # an event without its issue: let reconcile look at its batches
+    if not batches:
+        return batches
     with engine.connect() as conn:
-        send_ids = select(sends.c.id).where(sends.c.issue.in_(sorted(str(i) for i in issues)))
-        ambiguous = conn.execute(
-            select(deliveries.c.batch_id)
-            .where(deliveries.c.send_id.in_(send_ids), deliveries.c.state == "ambiguous")
-            .distinct()
+        flagged = conn.execute(
+            select(send_batches.c.batch_id).where(
+                send_batches.c.batch_id.in_(sorted(batches)), send_batches.c.ambiguous
+            )
         ).scalars()
-        return batches & {str(b) for b in ambiguous if b is not None}
+        return {str(b) for b in flagged}
 
 
 ONE_CLICK: Final = "one-click"  # the reason of an unsubscribe through the newsletter's own link

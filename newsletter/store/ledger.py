@@ -17,6 +17,11 @@ Delivery states::
     ambiguous -> sent | rejected                     a provider event proves it (reconcile)
               -> sent | pending                      an operator decides (settle_ambiguous)
     pending -> skipped                               no longer active when its batch came up
+
+A row is pending exactly when it has no batch (``batch_id IS NULL``): PostgreSQL finds
+pending rows by that, having no index on ``state``. A batch any of whose rows became
+ambiguous is flagged (``send_batches.ambiguous``), and ambiguous rows are looked for in
+the flagged batches only (see ``tables.deliveries``).
 """
 
 from __future__ import annotations
@@ -240,6 +245,7 @@ def claim_batch(
     lease_seconds: float,
     now: dt.datetime | None = None,
     after: int = 0,
+    below: bool = True,
 ) -> tuple[list[Claimed], int]:
     """Atomically take up to ``size`` pending rows, mark them in flight under ``batch_id``
     owned by ``owner`` with a lease of ``lease_seconds`` (durably, before any request),
@@ -255,13 +261,15 @@ def claim_batch(
     it first: the index still holds an entry for every row claimed so far (until
     vacuum), and on PostgreSQL reading past half a million of them cost 80 ms a batch
     half-way through a million. Rows below it (given back by a failed batch) are found
-    by the look from the start that follows when nothing is pending above it.
+    by the look from the start that follows when nothing is pending above it (``below``;
+    see ``refresh_statistics`` for what to do before it).
     """
     now = now or utcnow()
     lease_until = now + dt.timedelta(seconds=lease_seconds)
     with durable_transaction(engine) as conn:
         claim = _Claim(send_id, size, batch_id, owner, now, lease_until)
-        rows = (_claim_postgresql if conn.dialect.name == "postgresql" else _claim_generic)(conn, claim, after)
+        bounds = _bounds(after) if below else (after,)
+        rows = (_claim_postgresql if conn.dialect.name == "postgresql" else _claim_generic)(conn, claim, bounds)
         if not rows:
             return [], 0
         claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
@@ -275,6 +283,18 @@ def claim_batch(
         if not claimed:
             _close_batch(conn, batch_id, now)
     return claimed, len(gone)
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """PostgreSQL: read ``deliveries`` afresh for the planner (``ANALYZE``, a sample of
+    30,000 rows). The statistics the freeze took say every row is pending; near the end
+    of a big send the planner, believing them, looks for pending rows by walking the
+    primary key past every claimed row (half a second at a million) instead of the
+    nearly empty ``ix_deliveries_unclaimed``. SQLite: nothing to do."""
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("ANALYZE deliveries")
+            conn.commit()
 
 
 def _bounds(after: int) -> tuple[int, ...]:
@@ -293,12 +313,12 @@ class _Claim(NamedTuple):
     lease_until: dt.datetime
 
 
-def _claim_generic(conn: Connection, claim: _Claim, after: int) -> list[Any]:
+def _claim_generic(conn: Connection, claim: _Claim, bounds: tuple[int, ...]) -> list[Any]:
     """The claim in Core statements (SQLite serialises writers, so no row locks): mark
     the rows, record the batch, read the rows back with their subscribers."""
     send_id, size, batch_id, owner, now, lease_until = claim
     taken = 0
-    for bound in _bounds(after):
+    for bound in bounds:
         pick = (
             select(deliveries.c.id)
             .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending", deliveries.c.id > bound)
@@ -337,7 +357,8 @@ def _claim_generic(conn: Connection, claim: _Claim, after: int) -> list[Any]:
 
 
 # PostgreSQL: the claim in one statement (one round trip, not three). The rows are picked
-# and locked with SKIP LOCKED, so concurrent claimers take different rows; ``= ANY(ARRAY(
+# (``ix_deliveries_unclaimed``: rows without a batch) and locked with SKIP LOCKED, so
+# concurrent claimers take different rows; ``= ANY(ARRAY(
 # ...))`` makes the UPDATE fetch them by primary key (as ``IN (sub-select)`` it was
 # planned as a hash join over a sequential scan of every delivery of every send: 64-77 ms
 # a batch at 200,000 rows instead of 15). The batch row is written only when rows were
@@ -348,7 +369,7 @@ WITH claimed AS (
         attempts = attempts + 1
     WHERE id = ANY(ARRAY(
         SELECT id FROM deliveries
-        WHERE send_id = %(send_id)s AND state = 'pending' AND id > %(bound)s
+        WHERE send_id = %(send_id)s AND batch_id IS NULL AND state = 'pending' AND id > %(bound)s
         ORDER BY id LIMIT %(size)s FOR UPDATE SKIP LOCKED))
     RETURNING id, subscriber_id
 ), batch AS (
@@ -362,9 +383,9 @@ ORDER BY c.id
 """
 
 
-def _claim_postgresql(conn: Connection, claim: _Claim, after: int) -> list[Any]:
+def _claim_postgresql(conn: Connection, claim: _Claim, bounds: tuple[int, ...]) -> list[Any]:
     params: dict[str, Any] = claim._asdict()
-    for bound in _bounds(after):
+    for bound in bounds:
         rows = conn.exec_driver_sql(_PG_CLAIM, {**params, "bound": bound}).all()
         if rows:
             return list(rows)
@@ -429,7 +450,7 @@ def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: d
 def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, reason: str) -> None:
     """Rows whose request may have reached the provider: never retried blindly; provider
     events or an operator settle them. ``keys=None``: all of the batch's in-flight rows."""
-    _update_rows(engine, batch_id, keys, {"state": "ambiguous", "error": reason[:500]}, only="in_flight")
+    _update_rows(engine, batch_id, keys, {"state": "ambiguous", "error": reason[:500]}, only="in_flight", flag=True)
 
 
 def release(engine: Engine, batch_id: str, keys: Iterable[int], error: str | None = None) -> None:
@@ -450,11 +471,14 @@ def _update_rows(
     values: dict[str, object],
     only: str | None = None,
     close_at: dt.datetime | None = None,
+    flag: bool = False,
 ) -> None:
     if keys is not None and not keys:
         return
     where = [deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id)
     with write_transaction(engine) as conn:
+        if flag:
+            _flag_ambiguous(conn, batch_id)
         if keys is None and close_at is not None and conn.dialect.name == "postgresql":
             # The whole batch settled and closed in one statement (one round trip).
             rows = update(deliveries).where(*where).values(**values).cte("settled")
@@ -467,6 +491,36 @@ def _update_rows(
                 conn.execute(update(deliveries).where(deliveries.c.id.in_(chunk), *where).values(**values))
         if close_at is not None:
             _close_batch(conn, batch_id, close_at)
+
+
+def _flag_ambiguous(conn: Connection, batch_id: str) -> None:
+    """Before any row of ``batch_id`` is made ambiguous, in the same transaction."""
+    conn.execute(update(send_batches).where(send_batches.c.batch_id == batch_id).values(ambiguous=True))
+
+
+def _in_flagged_batches(send_id: int | None = None) -> ColumnElement[bool]:
+    """Rows of the batches flagged ambiguous (of one send): where ambiguous rows are."""
+    flagged = select(send_batches.c.batch_id).where(send_batches.c.ambiguous)
+    if send_id is not None:
+        flagged = flagged.where(send_batches.c.send_id == send_id)
+    return deliveries.c.batch_id.in_(flagged)
+
+
+def _in_state(send_id: int, state: str) -> list[ColumnElement[bool]]:
+    """Conditions for the rows of a send in ``state`` that an index finds on either
+    engine: pending rows have no batch, in-flight rows are in batches in flight,
+    ambiguous rows in flagged batches."""
+    where = [deliveries.c.send_id == send_id, deliveries.c.state == state]
+    if state == "pending":
+        where.append(deliveries.c.batch_id.is_(None))
+    elif state == "in_flight":
+        live = select(send_batches.c.batch_id).where(
+            send_batches.c.send_id == send_id, send_batches.c.state == "in_flight"
+        )
+        where.append(deliveries.c.batch_id.in_(live))
+    elif state == "ambiguous":
+        where.append(_in_flagged_batches(send_id))
+    return where
 
 
 def finish_batch(engine: Engine, batch_id: str, now: dt.datetime | None = None) -> None:
@@ -507,20 +561,17 @@ def state_counts(conn: Connection, send_id: int) -> Counts:
 
 
 def has_rows(engine: Engine, send_id: int, state: str) -> bool:
-    """Whether any row of the send is in ``state``: one index probe, where ``counts``
-    reads every row (a million at the end of a big send)."""
+    """Whether any row of the send is in ``state``: a few index probes (see
+    ``_in_state``: in-flight rows are looked for in the batches in flight), where
+    ``counts`` reads every row (a million at the end of a big send)."""
     with engine.connect() as conn:
-        return (
-            conn.execute(
-                select(deliveries.c.id).where(deliveries.c.send_id == send_id, deliveries.c.state == state).limit(1)
-            ).first()
-            is not None
-        )
+        return conn.execute(select(deliveries.c.id).where(*_in_state(send_id, state)).limit(1)).first() is not None
 
 
 def batches(engine: Engine, send_id: int, state: str) -> list[BatchInfo]:
-    """The batches of a send holding rows in delivery ``state`` (``in_flight`` or
-    ``ambiguous``), oldest first, with their owner, lease and the rows' reason."""
+    """The batches of a send holding rows in delivery ``state`` (``in_flight``: of the
+    batches in flight, or ``ambiguous``), oldest first, with their owner, lease and the
+    rows' reason."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(
@@ -533,7 +584,7 @@ def batches(engine: Engine, send_id: int, state: str) -> list[BatchInfo]:
                 func.max(deliveries.c.error),
             )
             .select_from(deliveries.join(send_batches, send_batches.c.batch_id == deliveries.c.batch_id))
-            .where(deliveries.c.send_id == send_id, deliveries.c.state == state)
+            .where(*_in_state(send_id, state))
             .group_by(
                 deliveries.c.batch_id,
                 send_batches.c.owner,
@@ -574,7 +625,7 @@ def expire_dead_owners(
                     send_batches.c.state == "in_flight",
                     send_batches.c.owner == owner,
                 )
-                .values(state="expired", reason=reason[:500])
+                .values(state="expired", reason=reason[:500], ambiguous=True)
             ).rowcount
             if won:
                 made += int(
@@ -628,7 +679,7 @@ def reconcile(
     ``delivered``, ``deferred``, ``bounce``, ``open``, ``click`` -> sent. Limited to one
     send or to some batches; both None: every send."""
     now = now or utcnow()
-    scope = [deliveries.c.state == "ambiguous"]
+    scope = [deliveries.c.state == "ambiguous", _in_flagged_batches(send_id)]
     if send_id is not None:
         scope.append(deliveries.c.send_id == send_id)
     if batch_ids is not None:
@@ -655,7 +706,7 @@ def settle_ambiguous(engine: Engine, send_id: int, as_state: str, *, batch_id: s
     again). Rows a live process is still sending are never touched."""
     if as_state not in ("sent", "pending"):
         raise ValueError(as_state)
-    conditions = [deliveries.c.send_id == send_id, deliveries.c.state == "ambiguous"]
+    conditions = _in_state(send_id, "ambiguous")
     if batch_id is not None:
         conditions.append(deliveries.c.batch_id == batch_id)
     values: dict[str, object] = {"state": as_state}

@@ -80,3 +80,75 @@ def test_a_batch_is_claimed_and_settled_in_one_statement_each_on_postgresql(engi
     finally:
         event.remove(engine, "before_cursor_execute", seen)
     assert ledger.counts(engine, send.id).sent == 5 and ledger.batches(engine, send.id, "in_flight") == []
+
+
+def _misplaced(engine: Engine) -> tuple[int, int]:
+    """(rows whose pending state and missing batch disagree, ambiguous rows in a batch
+    not flagged ambiguous): both must stay 0, whatever happens to a send."""
+    with engine.connect() as conn:
+        pending = conn.exec_driver_sql(
+            "SELECT count(*) FROM deliveries WHERE (state = 'pending') <> (batch_id IS NULL)"
+        ).scalar_one()
+        unflagged = conn.exec_driver_sql(
+            "SELECT count(*) FROM deliveries d JOIN send_batches b ON b.batch_id = d.batch_id "
+            "WHERE d.state = 'ambiguous' AND NOT b.ambiguous"
+        ).scalar_one()
+    return int(pending), int(unflagged)
+
+
+def test_pending_rows_have_no_batch_and_ambiguous_rows_are_in_flagged_batches(engine: Engine) -> None:
+    """What the lookups without an index on ``state`` rely on (PostgreSQL), through every
+    way a row changes state: claimed, sent, given back, ambiguous (the owner's answer
+    lost; the owner dead), an operator's "send again"."""
+    for i in range(12):
+        subscribers.add(engine, f"reader{i}@example.org")
+    send, _ = ledger.start_send(engine, "2024-10-25", "Subject")
+    claim = [
+        [c.key for c in ledger.claim_batch(engine, send.id, 3, f"b-{n}", owner=f"me:1:{n}", lease_seconds=60)[0]]
+        for n in range(4)
+    ]
+    assert _misplaced(engine) == (0, 0)
+    ledger.mark_sent(engine, "b-0", None, "msg-0", close=True)
+    ledger.release(engine, "b-1", claim[1][:2], "refused: nothing was delivered")
+    ledger.mark_ambiguous(engine, "b-2", claim[2][:1], "timed out after the request left")
+    assert _misplaced(engine) == (0, 0)
+    assert ledger.has_rows(engine, send.id, "pending") and ledger.has_rows(engine, send.id, "ambiguous")
+    assert [(b.batch_id, b.rows) for b in ledger.batches(engine, send.id, "ambiguous")] == [("b-2", 1)]
+
+    # b-3's owner died: its in-flight rows become ambiguous and its batch is flagged
+    assert ledger.expire_dead_owners(engine, send.id, dead=lambda owner: owner == "me:1:3") == 3
+    assert _misplaced(engine) == (0, 0)
+    assert {b.batch_id for b in ledger.batches(engine, send.id, "ambiguous")} == {"b-2", "b-3"}
+    assert {b.batch_id for b in ledger.batches(engine, send.id, "in_flight")} == {"b-1", "b-2"}
+
+    assert ledger.settle_ambiguous(engine, send.id, "pending", batch_id="b-3") == 3
+    assert _misplaced(engine) == (0, 0)
+    assert [b.batch_id for b in ledger.batches(engine, send.id, "ambiguous")] == ["b-2"]
+    counts = ledger.counts(engine, send.id)
+    assert (counts.sent, counts.pending, counts.in_flight, counts.ambiguous) == (3, 2 + 3, 1 + 2, 1)
+    # the rows given back and the ones to send again are claimed again
+    again, _ = ledger.claim_batch(engine, send.id, 20, "b-again", owner="me:1:again", lease_seconds=60)
+    assert [c.key for c in again] == sorted(claim[1][:2] + claim[3])
+    assert not ledger.has_rows(engine, send.id, "pending") and _misplaced(engine) == (0, 0)
+
+
+def test_marking_rows_sent_writes_no_index_on_postgresql(engine: Engine) -> None:
+    """On PostgreSQL no index of ``deliveries`` names a column the settle writes, and the
+    table leaves room on each page: the settle is a heap-only update (see migration 0012)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no heap-only updates; it keeps its index on state")
+    with engine.connect() as conn:
+        definitions = (
+            conn.exec_driver_sql(
+                "SELECT indexdef FROM pg_indexes WHERE tablename = 'deliveries' AND schemaname = current_schema()"
+            )
+            .scalars()
+            .all()
+        )
+        options = conn.exec_driver_sql(
+            "SELECT reloptions FROM pg_class WHERE relname = 'deliveries' AND relnamespace = current_schema()::regnamespace"
+        ).scalar_one()
+    assert len(definitions) == 4, definitions  # primary key, (send, subscriber), batch, unclaimed
+    for written in ("state", "settled_at", "message_id", "error"):
+        assert not [d for d in definitions if written in d], written
+    assert options == ["fillfactor=50"]
