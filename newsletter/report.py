@@ -2,9 +2,10 @@
 the send ledger and the events (``webhook_events``, from SendGrid's webhook, the DSN
 reader and the project's own redirect and pixel), and the comparison of recent issues.
 
-Every figure is one aggregate query that an index covers (``ix_deliveries_send_id_state_id``,
-``ix_webhook_events_report``), so a report on an issue sent
-to a million readers reads indexes, not tables. Nothing here prints.
+Every event figure is one aggregate query that an index covers (``ix_webhook_events_report``;
+on SQLite the distinct readers through ``ix_webhook_events_readers``), so a report on an
+issue sent to a million readers reads indexes, not the events; the ledger's states are
+counted over the send's rows. Nothing here prints.
 """
 
 from __future__ import annotations

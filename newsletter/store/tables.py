@@ -244,6 +244,11 @@ webhook_events = Table(
     # distinct readers, the hours of opens and clicks
     # (occurred_at third: the chart counts each hour as one index range)
     Index("ix_webhook_events_report", "issue", "event", "occurred_at", "reason", "delivery_id", "bounce_type"),
+    # SQLite: an issue's distinct openers and clickers read in order, without the temporary
+    # B-tree that count(DISTINCT) builds over a million readers (0.88 s -> 0.12 s at 1.6M
+    # opens and clicks; migration 0013). PostgreSQL's count(DISTINCT) sorts its input
+    # whatever the index, so it is not built there.
+    Index("ix_webhook_events_readers", "issue", "event", "delivery_id").ddl_if(dialect="sqlite"),
     Index("ix_webhook_events_delivery_id", "delivery_id"),
     Index("ix_webhook_events_batch_id", "batch_id"),
     # partial: a subscriber's soft bounces, counted against bounces.soft_limit
