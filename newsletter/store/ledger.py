@@ -450,7 +450,7 @@ def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: d
 def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, reason: str) -> None:
     """Rows whose request may have reached the provider: never retried blindly; provider
     events or an operator settle them. ``keys=None``: all of the batch's in-flight rows."""
-    _update_rows(engine, batch_id, keys, {"state": "ambiguous", "error": reason[:500]}, only="in_flight", flag=True)
+    _update_rows(engine, batch_id, keys, {"state": "ambiguous", "error": reason[:500]}, only="in_flight")
 
 
 def release(engine: Engine, batch_id: str, keys: Iterable[int], error: str | None = None) -> None:
@@ -471,13 +471,12 @@ def _update_rows(
     values: dict[str, object],
     only: str | None = None,
     close_at: dt.datetime | None = None,
-    flag: bool = False,
 ) -> None:
     if keys is not None and not keys:
         return
     where = [deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id)
     with write_transaction(engine) as conn:
-        if flag:
+        if values.get("state") == "ambiguous":
             _flag_ambiguous(conn, batch_id)
         if keys is None and close_at is not None and conn.dialect.name == "postgresql":
             # The whole batch settled and closed in one statement (one round trip).
