@@ -82,7 +82,7 @@ def main() -> int:
     import psycopg
     from sqlalchemy.engine import make_url
 
-    from newsletter.store import db, ledger
+    from newsletter.store import batches, db, ledger
 
     schema = f"bench_{secrets.token_hex(4)}"
     libpq = make_url(args.postgres).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -107,30 +107,32 @@ def main() -> int:
             cur.execute("ANALYZE")
         print(f"{args.subscribers:,} subscribers in {time.perf_counter() - started:.1f} s; batches of {args.batch:,}")
         explainer = Explainer(engine, args.plans)
-        owner = ledger.new_owner()
+        owner = batches.new_owner()
 
         explainer.on, explainer.phase = True, "freeze"
         send, _ = ledger.start_send(engine, "explain", "Explain", "hash")
         explainer.on = False
-        batches = -(-send.audience // args.batch)
+        count = -(-send.audience // args.batch)
         after = 0  # as send._Run.worker does
-        for number in range(batches):
-            explainer.on = number in (0, batches // 2)
-            explainer.phase = f"batch {number + 1:,}/{batches:,}"
-            batch_id = ledger.new_batch_id()
-            claimed, _ = ledger.claim_batch(
+        for number in range(count):
+            explainer.on = number in (0, count // 2)
+            explainer.phase = f"batch {number + 1:,}/{count:,}"
+            batch_id = batches.new_batch_id()
+            claimed, _ = batches.claim_batch(
                 engine, send.id, args.batch, batch_id, owner=owner, lease_seconds=300, after=after
             )
             after = claimed[-1].key if claimed else after
-            ledger.renew_leases(engine, owner, 300) if explainer.on else None
-            ledger.mark_sent(engine, batch_id, None, "explain", close=True)
-            if number == batches // 2:
+            batches.renew_leases(engine, owner, 300) if explainer.on else None
+            fence = batches.Fence(batch_id, owner)
+            batches.settle(engine, fence, batches.Settlement(sent=None, message_id="explain"), close=True)
+            if number == count // 2:
                 print(f"(autovacuum has {'not ' * (not _vacuumed(engine))}visited deliveries since the freeze)")
         explainer.on, explainer.phase = True, "end"
         # as send._Run does when no batch is left above the frontier, before looking below
-        ledger.refresh_statistics(engine)
-        ledger.claim_batch(engine, send.id, args.batch, ledger.new_batch_id(), owner=owner, lease_seconds=300)
-        ledger.expire_dead_owners(engine, send.id)
+        batches.refresh_statistics(engine)
+        batches.claim_batch(engine, send.id, args.batch, batches.new_batch_id(), owner=owner, lease_seconds=300)
+        batches.expire_dead_owners(engine, send.id)
+        batches.sweep(engine, send.id)
         ledger.has_rows(engine, send.id, "pending")  # once per pass of the workers
         ledger.has_rows(engine, send.id, "in_flight")
         ledger.finish_send(engine, send.id)

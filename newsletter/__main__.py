@@ -1,7 +1,5 @@
 """``python -m newsletter``: the same as the ``newsletter`` command."""
 
-import sys
+from newsletter.cli import entry
 
-from newsletter.cli import main
-
-sys.exit(main())
+entry()

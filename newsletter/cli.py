@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -344,16 +346,22 @@ def send(
         return
     if reconcile:
         result = send_job.reconcile(cfg, issue_file)
-        _print_reconciliation(result, cfg.delivery.ambiguous_grace)
-        if result.remaining:
+        _print_reconciliation(result, cfg.delivery.ambiguous_grace, cfg.delivery.backend)
+        if not result.complete:
             raise typer.Exit(1)
         return
     if settle is not None:
         if settle not in ("sent", "resend"):
             raise typer.BadParameter("use sent or resend", param_hint="--settle-ambiguous")
-        n = send_job.settle(cfg, issue_file, "sent" if settle == "sent" else "pending", batch_id=batch)
+        done = send_job.settle(cfg, issue_file, "sent" if settle == "sent" else "pending", batch_id=batch)
         where = f" of batch {batch}" if batch else ""
-        console.print(f"settled {n:,} ambiguous recipients{escape(where)} as {settle}")
+        console.print(f"settled {done.settled:,} ambiguous recipients{escape(where)} as {settle}")
+        for b in done.refused:
+            err_console.print(
+                f"[yellow]not touched:[/yellow] batch {b.batch_id} ({b.rows:,} ambiguous recipients) is still "
+                f"in flight, owner {escape(b.owner)}; settle it once its owner is gone",
+                soft_wrap=True,
+            )
         if settle == "sent":
             return
     with _progress_reporter() as progress:
@@ -365,8 +373,10 @@ def send(
             allow_changed=allow_changed,
             allow_empty=allow_empty,
         )
-    _print_summary(summary)
-    if not summary.complete:
+    _print_summary(summary, cfg.delivery.backend)
+    if summary.interrupted:
+        raise typer.Exit(130)
+    if not summary.complete or summary.lost_batches or summary.unrecorded:
         raise typer.Exit(1)
 
 
@@ -393,7 +403,7 @@ def _print_status(status: send_job_types.SendStatus) -> None:
         f"  sent {c.sent:,}, rejected {c.rejected:,}, skipped {c.skipped:,}, pending {c.pending:,}, "
         f"in flight {c.in_flight:,}, ambiguous {c.ambiguous:,}"
     )
-    from newsletter.store.ledger import owner_is_dead
+    from newsletter.store.batches import owner_is_dead
 
     for b in status.in_flight:
         if owner_is_dead(b.owner):
@@ -411,11 +421,35 @@ def _print_status(status: send_job_types.SendStatus) -> None:
         )
 
 
-def _print_reconciliation(result: send_job_types.Reconciliation, grace_minutes: float) -> None:
+def _settle_hint(backend: str) -> str:
+    """How an operator learns what became of ambiguous recipients, for this backend."""
+    if backend == "sendgrid":
+        return (
+            "SendGrid's event webhook settles them on its own; `newsletter send ISSUE --reconcile` shows what is "
+            "left, and after checking SendGrid's activity log, `--settle-ambiguous sent|resend [--batch ID]` "
+            "decides the rest."
+        )
+    if backend == "smtp":
+        return (
+            "SMTP has no delivery events: check the relay's log for these addresses (and the bounce mailbox), "
+            "then decide with `newsletter send ISSUE --settle-ambiguous sent|resend [--batch ID]`."
+        )
+    return (
+        "look in the outbox for their files, then decide with "
+        "`newsletter send ISSUE --settle-ambiguous sent|resend [--batch ID]`."
+    )
+
+
+def _print_reconciliation(result: send_job_types.Reconciliation, grace_minutes: float, backend: str) -> None:
     console.print(
         f"{result.issue}: settled from the provider's events: {result.settled.sent:,} sent, "
         f"{result.settled.rejected:,} dropped (rejected); still ambiguous: {result.remaining:,}"
     )
+    if result.pending or result.in_flight:
+        console.print(
+            f"  not sent yet: {result.pending:,} pending, {result.in_flight:,} in flight "
+            "(`newsletter send ISSUE` sends them; the scheduler's resume job does it on its own)"
+        )
     for b in result.waiting:
         console.print(f"  waiting for events (grace {grace_minutes:g} min): batch {b.batch_id}, {b.rows:,} recipients")
     for b in result.unknown:
@@ -424,16 +458,12 @@ def _print_reconciliation(result: send_job_types.Reconciliation, grace_minutes: 
             f"{escape(b.reason or '')}"
         )
     if result.unknown:
-        err_console.print(
-            "[yellow]no event arrived for these:[/yellow] check the provider's activity log, then "
-            "`newsletter send ISSUE --settle-ambiguous sent|resend --batch ID`",
-            soft_wrap=True,
-        )
+        err_console.print(f"[yellow]no event arrived for these:[/yellow] {_settle_hint(backend)}", soft_wrap=True)
     if result.complete:
         console.print("every recipient is settled: the issue is marked sent")
 
 
-def _print_summary(summary: SendSummary) -> None:
+def _print_summary(summary: SendSummary, backend: str) -> None:
     if summary.already_complete:
         console.print(f"{summary.issue}: already sent ({summary.sent:,} recipients); nothing to do")
         return
@@ -450,20 +480,48 @@ def _print_summary(summary: SendSummary) -> None:
         )
     if summary.stopped:
         err_console.print(f"[red]stopped:[/red] {escape(summary.stopped)}", soft_wrap=True)
-    if summary.ambiguous:
-        batches = ", ".join(b.batch_id for b in summary.ambiguous_batches[:5])
-        more = len(summary.ambiguous_batches) - 5
+    if summary.repaired:
         err_console.print(
-            f"[yellow]ambiguous:[/yellow] {summary.ambiguous:,} recipients in batches {escape(batches)}"
-            f"{f' and {more} more' if more > 0 else ''} may or may not have been accepted (the provider's "
-            "answer was lost, or a sending process died). They are never resent silently. SendGrid's event "
-            "webhook settles them on its own; `newsletter send ISSUE --reconcile` shows what is left, and "
-            "after checking the provider's activity log, `--settle-ambiguous sent|resend [--batch ID]` "
-            "decides the rest.",
+            f"[yellow]repaired:[/yellow] {summary.repaired:,} recipients were left in flight in closed batches "
+            "(an earlier ledger write failed); they are now reported ambiguous",
+            soft_wrap=True,
+        )
+    if summary.lost_batches:
+        err_console.print(
+            f"[yellow]taken over:[/yellow] {len(summary.lost_batches):,} batches "
+            f"({escape(_first(summary.lost_batches))}) were taken over while this process was paused or cut "
+            "off past its lease; it sent and recorded nothing more for them",
+            soft_wrap=True,
+        )
+    if summary.unrecorded:
+        err_console.print(
+            f"[red]not recorded:[/red] {sum(summary.unrecorded.values()):,} recipients of batches "
+            f"{escape(_first(list(summary.unrecorded)))}: the ledger could not be written; they show as ambiguous "
+            f"once the batches' lease runs out. {_settle_hint(backend)}",
+            soft_wrap=True,
+        )
+    if summary.abandoned:
+        err_console.print(
+            f"[yellow]stopped mid-request:[/yellow] {summary.abandoned:,} recipients whose request had left "
+            "were recorded ambiguous",
+            soft_wrap=True,
+        )
+    if summary.ambiguous:
+        batches = _first([b.batch_id for b in summary.ambiguous_batches])
+        err_console.print(
+            f"[yellow]ambiguous:[/yellow] {summary.ambiguous:,} recipients in batches {escape(batches)} "
+            "may or may not have been accepted (the provider's answer was lost, or a sending process died). "
+            f"They are never resent silently. {_settle_hint(backend)}",
             soft_wrap=True,
         )
     if summary.complete:
         console.print("every recipient is settled: the issue is marked sent")
+
+
+def _first(names: list[str], shown: int = 5) -> str:
+    """The first few of a list of names, and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 @contextmanager
@@ -570,7 +628,7 @@ def run(
     when = _as_of(as_of, cfg)
     with _progress_reporter() as progress:
         report = weekly.run_week(cfg, when, progress=progress)
-    _print_report(report)
+    _print_report(report, cfg.delivery.backend)
 
 
 @app.command()
@@ -581,7 +639,7 @@ def draft(
     from newsletter import weekly
 
     cfg = settings()
-    _print_report(weekly.draft_week(cfg, _as_of(as_of, cfg)))
+    _print_report(weekly.draft_week(cfg, _as_of(as_of, cfg)), cfg.delivery.backend)
 
 
 @app.command()
@@ -596,10 +654,11 @@ def demo(
     a few demo subscribers, and the outbox sender, which writes one .eml file a recipient."""
     from newsletter import demo as demo_job
 
-    result = demo_job.run_demo(settings(), folder)
+    cfg = settings()
+    result = demo_job.run_demo(cfg, folder)
     if result.added:
         console.print(f"added {result.added} demo subscribers to {escape(str(result.folder / 'newsletter.db'))}")
-    _print_report(result.report)
+    _print_report(result.report, "outbox")
     if result.report.issue_path:
         console.print(f"issue file: {escape(str(result.report.issue_path))}")
     console.print(f"sent messages (.eml files): {escape(str(result.outbox / result.report.edition.isoformat()))}")
@@ -655,12 +714,14 @@ def _as_of(text: str | None, cfg: Settings) -> dt.datetime | None:
         raise typer.BadParameter(str(exc), param_hint="--as-of") from None
 
 
-def _print_report(report: WeekReport) -> None:
+def _print_report(report: WeekReport, backend: str) -> None:
     for message in report.warnings:
         warn(message)
     if report.summary is not None and not report.summary.already_complete:
-        _print_summary(report.summary)
+        _print_summary(report.summary, backend)
     console.print(f"{report.edition}: {report.outcome}: {escape(report.message)}")
+    if report.summary is not None and report.summary.interrupted:
+        raise typer.Exit(130)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -994,5 +1055,23 @@ def main(argv: list[str] | None = None) -> int:
     return code if isinstance(code, int) else 0
 
 
+def entry() -> None:
+    """The ``newsletter`` command: ``main``, then exit (see ``_leave``)."""
+    _leave(main())
+
+
+def _leave(code: int) -> None:
+    """Exit with ``code``. After a stop request the send gave up what was still out
+    (``delivery.shutdown_seconds``); a thread still waiting for an answer that will be
+    ignored must not hold the process past systemd's stop timeout."""
+    from newsletter import shutdown
+
+    if shutdown.requested() and any(t.is_alive() and not t.daemon for t in threading.enumerate()[1:]):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

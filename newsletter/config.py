@@ -251,6 +251,9 @@ class Sources(Section):
 class Database(Section):
     url: str = "sqlite:///newsletter.db"
     auto_upgrade: bool = False
+    # how long a send rides through database blips (a restart, a failover, a full disk)
+    # before it stops and names the batches whose outcome it could not record
+    retry_seconds: float = Field(default=60.0, ge=0)
 
 
 class OutboxBackend(Section):
@@ -307,6 +310,10 @@ class Delivery(Section):
     # consecutive batches with unknown outcomes after which a run stops (the provider's
     # answers are not arriving: sending more would only make more unknowns)
     max_ambiguous_batches: int = Field(default=3, gt=0)
+    # after SIGTERM or Ctrl-C: how long requests already sent may take to answer before
+    # their recipients are recorded ambiguous and the process exits (below systemd's
+    # TimeoutStopSec in deploy/)
+    shutdown_seconds: float = Field(default=20.0, ge=0)
     test_recipients: list[str] = []  # the editors' addresses for "send test"
 
 

@@ -11,10 +11,12 @@
     │   └── NoRoundupError          the feeds hold no new round-up this week
     ├── SubscriberError             a subscriber, an import file or its rows
     ├── StoreError                  the database: unreachable, locked, behind on migrations
+    │   └── TransientStoreError     a blip another attempt may cure (connection lost, busy, full)
     ├── DeliveryError               a sender backend failed; nothing was accepted, retry
     │   ├── PermanentDeliveryError  retrying cannot help (400/401/403/413)
     │   └── AmbiguousDeliveryError  the request may have arrived: never retried blindly
     ├── SendError                   the send job: nothing to send, issue state, leftovers
+    │   └── BatchLostError          a sending process no longer owns its batch (fencing)
     ├── MailboxError                the bounce mailbox: unreachable, login refused, no folder
     └── ScheduleError               the weekly job's schedule
 
@@ -95,6 +97,13 @@ class StoreError(NewsletterError):
     status = 503
 
 
+class TransientStoreError(StoreError):
+    """A database error that another attempt may cure: the connection was lost (a
+    restart, a failover, ``pg_terminate_backend``), the server is starting or shutting
+    down, a serialization failure, SQLite busy past its timeout or its disk full. The send
+    job retries these for ``database.retry_seconds``; elsewhere they are a StoreError."""
+
+
 class DeliveryError(NewsletterError):
     """A sender backend failed in a way that retrying may cure.
 
@@ -120,6 +129,18 @@ class AmbiguousDeliveryError(DeliveryError):
 
 class SendError(NewsletterError):
     """The send job cannot start, or finished with recipients left unsent."""
+
+
+class BatchLostError(SendError):
+    """A claimed batch is no longer this process's: its lease ran out (a paused or frozen
+    process) and another process or an operator took it over, which bumped its fencing
+    token. Its owner must not send or record anything more for it."""
+
+    def __init__(self, batch_id: str, generation: int, found: str) -> None:
+        super().__init__(f"batch {batch_id} is no longer this process's (fencing token {generation}; {found})")
+        self.batch_id = batch_id
+        self.generation = generation
+        self.found = found
 
 
 class MailboxError(NewsletterError):

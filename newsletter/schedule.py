@@ -25,6 +25,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from newsletter import shutdown
 from newsletter.config import Settings, WeeklyTime, load_settings
 
 if TYPE_CHECKING:
@@ -191,9 +192,13 @@ def run_scheduler(settings: Settings, stop: threading.Event | None = None) -> No
         resumed = True
         while not stop.wait(1):
             pass
+        shutdown.request("the scheduler was stopped")
     except KeyboardInterrupt:
+        # A send under way stops between requests (see send._Run.interrupt), not after
+        # the issue; what is left is resumed by the next start.
+        shutdown.request("the scheduler was stopped")
         if running:
-            log.info("stopping: waiting for %s to finish", ", ".join(sorted(running)))
+            log.info("stopping: waiting for %s to stop", ", ".join(sorted(running)))
         else:
             log.info("stopping")
     finally:

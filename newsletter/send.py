@@ -19,7 +19,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -27,12 +26,21 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from newsletter import issuefile, links, render, tracking
+from newsletter import issuefile, links, render, shutdown, tracking
 from newsletter.config import Settings
-from newsletter.errors import AmbiguousDeliveryError, BuildError, DeliveryError, PermanentDeliveryError, SendError
+from newsletter.errors import (
+    AmbiguousDeliveryError,
+    BuildError,
+    DeliveryError,
+    PermanentDeliveryError,
+    SendError,
+    StoreError,
+)
 from newsletter.models import Issue
+from newsletter.sendbatch import HeldBatch, Patience
 from newsletter.senders.base import Batch, Delivery, Sender
-from newsletter.store import ledger
+from newsletter.store import batches, ledger
+from newsletter.store.batches import Claimed
 from newsletter.store.db import database
 
 log = logging.getLogger(__name__)
@@ -57,6 +65,11 @@ class SendSummary:
     sent_this_run: int = 0
     already_complete: bool = False
     stopped: str | None = None  # why the run stopped early
+    interrupted: str | None = None  # the process was asked to stop (SIGTERM, Ctrl-C)
+    lost_batches: list[str] = field(default_factory=list)  # taken over from this process
+    unrecorded: dict[str, int] = field(default_factory=dict)  # batch -> rows the ledger could not be told
+    abandoned: int = 0  # rows given up as ambiguous at the shutdown deadline
+    repaired: int = 0  # rows in flight in a closed batch, found by the sweep and made ambiguous
     ambiguous_batches: list[ledger.BatchInfo] = field(default_factory=list)
     reconciled: ledger.Reconciled = field(default_factory=ledger.Reconciled)
 
@@ -133,7 +146,7 @@ def send_test(
     ]
     with sender_for(settings, sender) as backend:
         result = backend.send(
-            Batch(issue=f"{issue.slug}-test", batch_id=ledger.new_batch_id(), email=email, deliveries=deliveries)
+            Batch(issue=f"{issue.slug}-test", batch_id=batches.new_batch_id(), email=email, deliveries=deliveries)
         )
     if result.rejected or result.retry or result.ambiguous:
         reasons = {**result.rejected, **result.retry, **result.ambiguous}
@@ -163,8 +176,12 @@ def _changes(send: ledger.Send, email: render.RenderedEmail, pinned: str) -> lis
 
 class _Run:
     """One process's pass over a send: workers claim and deliver batches until none is
-    pending, while a heartbeat renews the leases of the batches this process owns; then
-    it waits for batches other live processes are sending."""
+    pending, while a heartbeat renews the leases of the batches this process holds; then
+    it waits for batches other live processes are sending. Every request and ledger
+    write of a batch is fenced (see ``sendbatch.HeldBatch``); every wait wakes when the
+    run stops; a stop request (SIGTERM, Ctrl-C) sends no new request and gives requests
+    already out ``delivery.shutdown_seconds`` to answer before their batches are given up
+    as ambiguous."""
 
     def __init__(
         self,
@@ -174,7 +191,7 @@ class _Run:
         settings: Settings,
         sender: Sender,
         progress: Progress | None,
-        sleep: Callable[[float], object],
+        sleep: Callable[[float], object] | None,
         rng: random.Random,
     ) -> None:
         self.engine, self.send, self.email, self.settings = engine, send, email, settings
@@ -184,15 +201,24 @@ class _Run:
         self.max_retries = delivery.max_retries
         self.lease = delivery.lease_seconds
         self.max_ambiguous = delivery.max_ambiguous_batches
-        self.owner = ledger.new_owner()
+        self.shutdown_seconds = delivery.shutdown_seconds
+        self.patience = Patience(settings.database.retry_seconds, rng=rng)
+        self.owner = batches.new_owner()
         self.stop = threading.Event()
         self.stopped: str | None = None
+        self.interrupted: str | None = None  # why the process was asked to stop
+        self.deadline: float | None = None  # monotonic: when requests still out are given up
         self.lock = threading.Lock()
+        self.held: dict[str, HeldBatch] = {}
+        self.lost: list[str] = []  # batches taken over from this process
+        self.unrecorded: dict[str, int] = {}  # batch -> rows whose outcome the ledger lacks
+        self.abandoned = 0  # rows made ambiguous at the shutdown deadline
+        self.failure: BaseException | None = None
         self.sent_this_run = 0
         self.done_this_run = 0
         self.ambiguous_streak = 0
         # The highest row any worker of this process claimed: every claim looks above it
-        # first (see ledger.claim_batch), so it does not walk past the rows the other
+        # first (see batches.claim_batch), so it does not walk past the rows the other
         # workers took since its own last batch (three batches' worth with four workers).
         self.frontier = 0
         self.statistics_fresh = False  # see _claim
@@ -204,11 +230,40 @@ class _Run:
                 self.stopped = reason
         self.stop.set()
 
-    def _claim(self, batch_id: str) -> tuple[list[ledger.Claimed], int]:
+    def interrupt(self, reason: str) -> None:
+        """The process is stopping: no new request, ``shutdown_seconds`` for those out."""
+        with self.lock:
+            if self.interrupted is None:
+                self.interrupted = reason
+                self.deadline = time.monotonic() + self.shutdown_seconds
+        self.halt(f"{reason}: no new request was sent after it")
+
+    def _wait(self, seconds: float) -> None:
+        """A backoff: wakes when the run stops."""
+        if self.sleep is not None:
+            self.sleep(seconds)
+        else:
+            self.stop.wait(seconds)
+
+    def _claim(self, batch_id: str) -> tuple[list[Claimed], int]:
+        """Claim through database blips; a claim whose answer was lost may have committed,
+        so a retry first looks for the batch."""
+        tried = False
+
+        def attempt() -> tuple[list[Claimed], int]:
+            nonlocal tried
+            if tried and (found := batches.claimed_rows(self.engine, batch_id, self.owner)) is not None:
+                return found
+            tried = True
+            return self._claim_once(batch_id)
+
+        return self.patience(attempt)
+
+    def _claim_once(self, batch_id: str) -> tuple[list[Claimed], int]:
         """A batch above the frontier; when none is left there, a look from the start (rows
         given back), once the planner's statistics are refreshed (once a run)."""
         claim = partial(
-            ledger.claim_batch,
+            batches.claim_batch,
             self.engine,
             self.send.id,
             self.batch_size,
@@ -221,33 +276,63 @@ class _Run:
             return claimed, skipped
         with self.lock:
             if not self.statistics_fresh:
-                ledger.refresh_statistics(self.engine)
+                batches.refresh_statistics(self.engine)
                 self.statistics_fresh = True
         return claim(after=0)
 
     def worker(self) -> None:
-        while not self.stop.is_set():
-            batch_id = ledger.new_batch_id()
-            claimed, skipped = self._claim(batch_id)
-            if skipped:
-                self._advance(skipped, 0)
-            if not claimed:
-                if not skipped:
-                    return
-                continue
-            with self.lock:
-                self.frontier = max(self.frontier, claimed[-1].key)
-            closed = False
-            try:
-                closed = self._deliver(batch_id, claimed)
-            finally:
-                if not closed:
-                    ledger.finish_batch(self.engine, batch_id)
+        try:
+            while not self.stop.is_set():
+                batch_id = batches.new_batch_id()
+                claimed_at = batches.utcnow()
+                claimed, skipped = self._claim(batch_id)
+                if skipped:
+                    self._advance(skipped, 0)
+                if not claimed:
+                    if not skipped:
+                        return
+                    continue
+                with self.lock:
+                    self.frontier = max(self.frontier, claimed[-1].key)
+                self._hold(batch_id, claimed, claimed_at)
+        except StoreError as exc:
+            self.halt(f"the database could not be used: {exc}")
+        except BaseException as exc:  # a bug: the run stops, and the caller raises it
+            self.failure = exc
+            self.halt(f"{type(exc).__name__}: {exc}")
 
-    def _deliver(self, batch_id: str, claimed: list[ledger.Claimed]) -> bool:
-        """Deliver one claimed batch; True when the batch was closed with its last write."""
+    def _hold(self, batch_id: str, claimed: list[Claimed], claimed_at: dt.datetime) -> None:
+        """Deliver one claimed batch; whatever happens, what is known is written (or the
+        batch is left to expire into reported ambiguity)."""
+        held = HeldBatch(
+            engine=self.engine,
+            fence=batches.Fence(batch_id, self.owner),
+            deliveries=self._deliveries(claimed),
+            lease_seconds=self.lease,
+            proven_until=claimed_at + dt.timedelta(seconds=self.lease),
+            patience=self.patience,
+            stopping=self.stop.is_set,
+        )
+        with self.lock:
+            self.held[batch_id] = held
+        try:
+            self._deliver(held)
+            if held.waiting and not held.done:
+                held.give_back("not sent: the run stopped first")
+            held.finish()
+        finally:
+            with self.lock:
+                del self.held[batch_id]
+                if held.lost is not None:
+                    self.lost.append(batch_id)
+                if held.unrecorded is not None:
+                    self.unrecorded[batch_id] = held.size - sum(held.counts.values())
+            if held.unrecorded is not None:
+                self.halt(f"the ledger could not be written ({held.unrecorded}); see `newsletter send --status ISSUE`")
+
+    def _deliveries(self, claimed: list[Claimed]) -> dict[int, Delivery]:
         pub = self.settings.publication
-        waiting = {
+        return {
             c.key: Delivery(
                 key=c.key,
                 recipient=links.recipient(
@@ -256,45 +341,43 @@ class _Run:
             )
             for c in claimed
         }
+
+    def _deliver(self, held: HeldBatch) -> None:
+        """Send the batch's waiting recipients until each has an outcome, retrying what
+        proves nothing was accepted; every attempt first proves the batch is still ours."""
+        batch_id = held.batch_id
         attempt = 0
-        while waiting:
+        while held.waiting and held.may_send():
             batch = Batch(
                 issue=self.send.issue,
                 batch_id=batch_id,
                 email=self.email,
-                deliveries=list(waiting.values()),
+                deliveries=list(held.waiting.values()),
                 ledger=True,
+                recorder=held,
             )
             try:
                 result = self.sender.send(batch)
             except AmbiguousDeliveryError as exc:
-                ledger.mark_ambiguous(self.engine, batch_id, list(waiting), str(exc))
-                self._ambiguous(batch_id, len(waiting), str(exc), whole=True)
-                return False
+                rows = len(held.waiting)
+                held.all_ambiguous(str(exc))
+                self._ambiguous(batch_id, rows, str(exc), whole=True)
+                return
             except PermanentDeliveryError as exc:
                 self.halt(str(exc))  # first: no other worker of this run may take the rows back
-                ledger.release(self.engine, batch_id, waiting, str(exc))  # refused: nothing was delivered
-                return False
+                held.give_back(str(exc))  # refused: nothing was delivered
+                return
             except DeliveryError as exc:
                 attempt += 1
                 if attempt > self.max_retries or self.stop.is_set():
                     self.halt(f"{exc} (gave up after {attempt} attempts; run the send again to resume)")
-                    ledger.release(self.engine, batch_id, waiting, str(exc))
-                    return False
+                    held.give_back(str(exc))
+                    return
                 delay = backoff(attempt, exc.retry_after, self.rng)
                 log.warning("batch %s: %s; retry %d/%d in %.1f s", batch_id, exc, attempt, self.max_retries, delay)
-                self.sleep(delay)
+                self._wait(delay)
                 continue
-            whole = len(result.sent) == len(waiting) and attempt == 0
-            ledger.mark_sent(self.engine, batch_id, None if whole else result.sent, result.message_id, close=whole)
-            if whole:
-                with self.lock:
-                    self.ambiguous_streak = 0
-                self._advance(len(result.sent), len(result.sent))
-                return True
-            ledger.mark_rejected(self.engine, batch_id, result.rejected)
-            for reason, keys in _by_reason(result.ambiguous).items():
-                ledger.mark_ambiguous(self.engine, batch_id, keys, reason)
+            held.absorb(result)
             if result.ambiguous:
                 self._ambiguous(
                     batch_id,
@@ -307,16 +390,17 @@ class _Run:
                 with self.lock:
                     self.ambiguous_streak = 0
             self._advance(len(result.sent) + len(result.rejected) + len(result.ambiguous), len(result.sent))
-            waiting = {k: waiting[k] for k in result.retry if k in waiting}
-            if waiting:
+            if held.waiting and not held.done and result.retry:
                 attempt += 1
                 reason = next(iter(result.retry.values()))
                 if attempt > self.max_retries or self.stop.is_set():
-                    self.halt(f"{len(waiting)} recipients not accepted: {reason} (run the send again to resume)")
-                    ledger.release(self.engine, batch_id, waiting, reason)
-                    return False
-                self.sleep(backoff(attempt, None, self.rng))
-        return False
+                    if not self.stop.is_set():
+                        self.halt(
+                            f"{len(held.waiting)} recipients not accepted: {reason} (run the send again to resume)"
+                        )
+                    held.give_back(reason)
+                    return
+                self._wait(backoff(attempt, None, self.rng))
 
     def _ambiguous(self, batch_id: str, rows: int, reason: str, *, whole: bool, counted: bool = False) -> None:
         """Log ambiguous rows, count them for the progress bar unless ``counted``, and stop
@@ -343,15 +427,26 @@ class _Run:
 
     @contextmanager
     def _heartbeat(self) -> Iterator[None]:
-        """Renew this process's leases every quarter lease while the run lasts."""
+        """Renew the leases of the batches this process holds every quarter lease while
+        the run lasts; each batch learns the lease it now has. Batches whose outcome
+        could not be written are left out, so their lease runs out and they are reported."""
         done = threading.Event()
 
         def beat() -> None:
             while not done.wait(self.lease / 4):
+                now = batches.utcnow()
+                with self.lock:
+                    held = dict(self.held)
+                keep_out = [b for b, h in held.items() if h.done]
                 try:
-                    ledger.renew_leases(self.engine, self.owner, self.lease)
-                except Exception as exc:  # the next beat tries again; the lease is the safety net
+                    renewed = batches.renew_leases(self.engine, self.owner, self.lease, now, keep_out=keep_out)
+                except Exception as exc:  # the next beat tries again; the fence is the safety net
                     log.warning("could not renew the send's leases: %s", exc)
+                    continue
+                until = now + dt.timedelta(seconds=self.lease)
+                for batch_id in renewed:
+                    if batch_id in held:
+                        held[batch_id].renewed(until)
 
         thread = threading.Thread(target=beat, name="send-lease", daemon=True)
         thread.start()
@@ -364,41 +459,64 @@ class _Run:
     def run(self, concurrency: int) -> None:
         """Work until nothing is pending, then wait while other live processes still
         have batches in flight (rows they give back are taken up again)."""
-        with self._heartbeat():
+        with self._heartbeat(), shutdown.listening(self.interrupt):
             try:
                 while True:
                     self._work(concurrency)
+                    if self.failure is not None:
+                        raise self.failure
                     if self.stop.is_set():
                         return
-                    ledger.expire_dead_owners(self.engine, self.send.id)
-                    if ledger.has_rows(self.engine, self.send.id, "pending"):
+                    self.patience(batches.expire_dead_owners, self.engine, self.send.id)
+                    if self.patience(ledger.has_rows, self.engine, self.send.id, "pending"):
                         continue
-                    if not ledger.has_rows(self.engine, self.send.id, "in_flight"):
+                    if not self.patience(ledger.has_rows, self.engine, self.send.id, "in_flight"):
                         return
                     log.info("waiting for the batches another process is sending")
                     if self.stop.wait(OTHERS_POLL):
                         return
             except KeyboardInterrupt:
-                self.halt("interrupted: batches in flight were allowed to finish")
+                shutdown.request("interrupted")
+            except StoreError as exc:
+                self.halt(f"the database could not be used: {exc}")
 
     def _work(self, concurrency: int) -> None:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send") as pool:
-            futures = [pool.submit(self.worker) for _ in range(concurrency)]
+        """Run the workers to their end; on a stop request, wait for requests already
+        out until the deadline, then give their batches up as ambiguous and return
+        (the worker threads are daemons: a request that never answers holds nothing)."""
+        threads = [threading.Thread(target=self.worker, name=f"send-{n}", daemon=True) for n in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        while True:
             try:
-                for future in futures:
-                    while True:
-                        try:
-                            future.result(timeout=0.5)  # wake up for Ctrl-C
-                            break
-                        except TimeoutError:
-                            continue
+                while any(t.is_alive() for t in threads):
+                    for thread in threads:
+                        thread.join(0.1)
+                    if self.deadline is not None and time.monotonic() >= self.deadline:
+                        self._abandon()
+                        return
+                return
             except KeyboardInterrupt:
-                self.halt("interrupted: batches in flight were allowed to finish")
-                for future in futures:
-                    future.exception()
-            except BaseException as exc:
-                self.halt(f"{type(exc).__name__}: {exc}")
-                raise
+                shutdown.request("interrupted")
+
+    def _abandon(self) -> None:
+        """The shutdown deadline passed with requests still out: their batches are given
+        up (a generation later, so a late answer writes nothing) as ambiguous."""
+        self.patience.abort.set()
+        with self.lock:
+            held = list(self.held.values())
+        for batch in held:
+            try:
+                rows = batch.abandon(f"the send was stopped ({self.interrupted}) before the provider answered")
+            except StoreError as exc:
+                log.error(
+                    "batch %s: could not record it as ambiguous (%s): it will be when its lease runs out",
+                    batch.batch_id,
+                    exc,
+                )
+                continue
+            with self.lock:
+                self.abandoned += rows
 
 
 OTHERS_POLL = 0.5  # seconds between looks at another process's batches
@@ -421,10 +539,11 @@ def send_issue(
     allow_draft: bool = False,
     allow_changed: bool = False,
     allow_empty: bool = False,
-    sleep: Callable[[float], object] = time.sleep,
+    sleep: Callable[[float], object] | None = None,
     rng: random.Random | None = None,
 ) -> SendSummary:
     """Send the issue at ``path`` to every active subscriber, exactly once; resumable.
+    ``sleep``: how backoffs wait (default: until the delay passes or the run stops).
 
     Every run checks, before anything is frozen or sent: the issue is not a draft (unless
     ``allow_draft``), its build passes, the email is the one pinned when the audience was
@@ -459,7 +578,7 @@ def _send(
     allow_draft: bool,
     allow_changed: bool,
     allow_empty: bool,
-    sleep: Callable[[float], object],
+    sleep: Callable[[float], object] | None,
     rng: random.Random | None,
 ) -> SendSummary:
     from newsletter.senders import sender_for
@@ -490,18 +609,36 @@ def _send(
             send = existing
             if send.content_hash != pinned or send.subject != email.subject:
                 ledger.pin_content(engine, send.id, email.subject, pinned)
+        repaired = batches.sweep(engine, send.id)
         reconciled = ledger.reconcile(engine, send_id=send.id)
-        ledger.expire_dead_owners(engine, send.id)
+        batches.expire_dead_owners(engine, send.id)
         email, tracked = _tracked(engine, email, settings, backend.name)
         run = _Run(engine, send, email, settings, backend, progress, sleep, rng or random.Random())
         run.tracked = tracked
         run.run(settings.delivery.concurrency)
-    summary = _summary(engine, send, issue.slug)
+    try:
+        summary = run.patience(_summary, engine, send, issue.slug)
+        if not run.unrecorded:
+            run.patience(_finish, engine, send, path, summary)
+    except StoreError as exc:
+        raise StoreError(f"{path}: after the run: {exc}{_attention(run.unrecorded)}") from None
     summary.sent_this_run = run.sent_this_run
-    summary.stopped = run.stopped
+    summary.stopped = summary.stopped or run.stopped
+    summary.interrupted = run.interrupted
+    summary.lost_batches = run.lost
+    summary.unrecorded = run.unrecorded
+    summary.abandoned = run.abandoned
+    summary.repaired = repaired
     summary.reconciled = reconciled
-    _finish(engine, send, path, summary)
     return summary
+
+
+def _attention(unrecorded: dict[str, int]) -> str:
+    """What needs an operator after the ledger could not be written: rows and batches."""
+    if not unrecorded:
+        return ""
+    names = ", ".join(list(unrecorded)[:5]) + (f" and {len(unrecorded) - 5} more" if len(unrecorded) > 5 else "")
+    return f"; {sum(unrecorded.values()):,} recipients of batches {names} have outcomes the ledger could not record"
 
 
 def _tracked(
@@ -551,19 +688,27 @@ def _existing_send(settings: Settings, path: Path, engine: Engine) -> tuple[Issu
 
 def settle(
     settings: Settings, path: Path, as_state: str, *, batch_id: str | None = None, engine: Engine | None = None
-) -> int:
+) -> ledger.OperatorSettle:
     """An operator settles a send's ambiguous rows (all, or one batch's) as ``sent`` or
-    ``pending`` (send them again). Rows still in flight (a live process, or a dead one
-    whose batch was not reported yet) are not touched."""
+    ``pending`` (send them again). A batch whose owner may still be sending (in flight:
+    a live lease, or a dead owner not reported yet) is refused and listed."""
     with database(settings, engine) as db:
         _issue, send = _existing_send(settings, path, db)
+        batches.sweep(db, send.id)
         # Only rows already reported ambiguous: a dead process's batch that nobody has been
         # shown yet (``--status``, ``--reconcile`` and every send report it) stays out.
         if batch_id is not None and not any(b.batch_id == batch_id for b in ledger.batches(db, send.id, "ambiguous")):
             raise SendError(f"{path}: no ambiguous recipients in batch {batch_id!r} (see `newsletter send --status`)")
-        settled = ledger.settle_ambiguous(db, send.id, as_state, batch_id=batch_id)
+        done = ledger.settle_ambiguous(db, send.id, as_state, batch_id=batch_id)
+        if batch_id is not None and done.refused:
+            live = done.refused[0]
+            raise SendError(
+                f"{path}: batch {batch_id} is still in flight (owner {live.owner}, lease until "
+                f"{live.lease_until:%H:%M:%S} UTC): not touched; once its owner is gone, "
+                "`newsletter send --status` reports it"
+            )
         _finish(db, send, path, _summary(db, send, send.issue))
-    return settled
+    return done
 
 
 @dataclass
@@ -577,6 +722,8 @@ class Reconciliation:
     waiting: list[ledger.BatchInfo]
     unknown: list[ledger.BatchInfo]
     complete: bool
+    pending: int = 0  # not sent yet: the next send (or the scheduler's resume) sends them
+    in_flight: int = 0  # being sent by a live process
 
     @property
     def remaining(self) -> int:
@@ -591,7 +738,8 @@ def reconcile(
     now = now or dt.datetime.now(dt.UTC)
     with database(settings, engine) as db:
         _issue, send = _existing_send(settings, path, db)
-        ledger.expire_dead_owners(db, send.id, now)
+        batches.sweep(db, send.id)
+        batches.expire_dead_owners(db, send.id, now)
         settled = ledger.reconcile(db, send_id=send.id, now=now)
         left = ledger.batches(db, send.id, "ambiguous")
         summary = _summary(db, send, send.issue)
@@ -603,6 +751,8 @@ def reconcile(
         waiting=[b for b in left if b.claimed_at + grace > now],
         unknown=[b for b in left if b.claimed_at + grace <= now],
         complete=summary.complete,
+        pending=summary.pending,
+        in_flight=summary.in_flight,
     )
 
 
@@ -620,13 +770,15 @@ class SendStatus:
 
 
 def status(settings: Settings, path: Path, *, engine: Engine | None = None) -> SendStatus:
-    """Per-state counts, the batches in flight (age, owner, lease) and the ambiguous ones."""
+    """Per-state counts, the batches in flight (age, owner, lease) and the ambiguous ones;
+    rows in flight that no batch in flight explains are made ambiguous first (``sweep``)."""
     issue = issuefile.load(path)
     now = dt.datetime.now(dt.UTC)
     with database(settings, engine) as db:
         send = ledger.get_send(db, issue.slug)
         if send is None:
             return SendStatus(issue.slug, issue.status, None, ledger.Counts(), [], [], now)
+        batches.sweep(db, send.id)
         return SendStatus(
             issue.slug,
             issue.status,

@@ -25,7 +25,7 @@ from newsletter.errors import IssueFileError, NewsletterError, NoRoundupError
 from newsletter.models import Issue, Recipient
 from newsletter.render import RenderedEmail
 from newsletter.senders.base import Batch, Delivery, Sender
-from newsletter.store import ledger
+from newsletter.store import batches, ledger
 
 if TYPE_CHECKING:
     import httpx
@@ -234,7 +234,7 @@ def resume_deadline(settings: Settings, send_: ledger.Send) -> dt.datetime:
 def resumable(settings: Settings, engine: Engine, now: dt.datetime | None = None) -> list[Unfinished]:
     """Every unfinished send nobody gave up on, oldest first, with its deadline, its
     ledger counts and whether a live process is sending it (``schedule --status``)."""
-    now = now or ledger.utcnow()
+    now = now or batches.utcnow()
     return [
         Unfinished(
             send_,
@@ -254,7 +254,7 @@ def resume_unfinished(
     the freeze is refused), ambiguous ones only settled from the provider's events. A
     send a live process is working on is left to it. Past its deadline a send is given
     up and the editors are told, once even with several schedulers on one database."""
-    now = now or ledger.utcnow()
+    now = now or batches.utcnow()
     return [_resume(settings, engine, unfinished, sender, now) for unfinished in resumable(settings, engine, now)]
 
 
@@ -319,7 +319,7 @@ def _resume_note(settings: Settings, path: Path, send_: ledger.Send | None, now:
     if send_ is None:  # stopped before its audience was frozen: the next run starts it
         return "the next run starts it"
     deadline = resume_deadline(settings, send_)
-    if send_.gave_up_at is not None or (now or ledger.utcnow()) >= deadline:
+    if send_.gave_up_at is not None or (now or batches.utcnow()) >= deadline:
         return (
             f"past its resume deadline ({_local_time(settings, deadline)}): `newsletter send {path}` resumes it by hand"
         )

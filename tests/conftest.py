@@ -20,7 +20,7 @@ import lxml.html
 import pytest
 import yaml
 
-from newsletter import issuefile
+from newsletter import issuefile, shutdown
 from newsletter.config import Settings, load_settings
 from newsletter.models import Issue, Recipient
 
@@ -182,3 +182,11 @@ def assert_only_templates_personalize(subject: str, html: str, text: str, recipi
     assert text.count(recipient.unsubscribe_url) == 1 and f"Unsubscribe: {recipient.unsubscribe_url}" in text
     assert "Write to %%email%% or %%unsubscribe_url%%." in text and "Reply to %%email%% (%%name%%)." in text
     assert recipient.name not in html + text  # the templates do not use the name
+
+
+@pytest.fixture(autouse=True)
+def _no_stop_request() -> Iterator[None]:
+    """A test that stops a send or the scheduler in-process leaves no stop request to the
+    next test of this worker (see newsletter.shutdown)."""
+    yield
+    shutdown.reset()

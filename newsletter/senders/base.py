@@ -9,6 +9,11 @@ failed TLS handshake; ``retry_after`` when the service says how long to wait),
 ``AmbiguousDeliveryError`` when the request may have arrived (a timeout after the body
 was sent, a connection reset before the answer): those recipients are never retried.
 ``SenderBase`` gives backends a default ``check``, ``close`` and the ``with`` protocol.
+
+A backend that learns each recipient's outcome as it goes (SMTP, outbox) tells the
+batch's ``recorder`` at once, and asks it before each message whether it may still
+send (the send job may have lost the batch or be stopping); its ``BatchResult`` still
+lists every outcome.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol
+from typing import Literal, Protocol
 
 from newsletter.errors import DeliveryError
 from newsletter.models import Recipient
@@ -32,6 +37,21 @@ class Delivery:
     recipient: Recipient
 
 
+Outcome = Literal["sent", "rejected", "ambiguous"]
+
+
+class Recorder(Protocol):
+    """The send job's side of a ledger batch (``sendbatch.HeldBatch``)."""
+
+    def may_send(self) -> bool:
+        """Before each message: False when no more may leave for this batch."""
+        ...
+
+    def record(self, key: int, outcome: Outcome, detail: str | None = None) -> None:
+        """A recipient's outcome, as soon as the server answered (or did not)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Batch:
     """What one ``Sender.send`` call delivers: one email to many recipients."""
@@ -43,6 +63,9 @@ class Batch:
     # the deliveries' keys are ledger rows (a send's batch, not a test or a notice): the
     # SMTP backend then names each one in its envelope sender and Message-ID (bounces)
     ledger: bool = False
+    # per-message outcomes to the send job as they come (a ledger batch); None: only the
+    # BatchResult counts
+    recorder: Recorder | None = None
 
 
 @dataclass

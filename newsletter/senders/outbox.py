@@ -51,11 +51,19 @@ class OutboxSender(SenderBase):
     def send(self, batch: Batch) -> BatchResult:
         template = MessageTemplate(batch.email)
         result = BatchResult()
-        for delivery in batch.deliveries:
+        recorder = batch.recorder
+        for index, delivery in enumerate(batch.deliveries):
+            if recorder is not None and not recorder.may_send():
+                result.retry.update(
+                    {d.key: "not sent: the batch is no longer this run's" for d in batch.deliveries[index:]}
+                )
+                return result
             try:
                 data = template.render(delivery.recipient)
             except HeaderError as exc:
                 result.rejected[delivery.key] = str(exc)
+                if recorder is not None:
+                    recorder.record(delivery.key, "rejected", str(exc))
                 continue
             path = self.path_for(batch.issue, delivery.key, delivery.recipient.email)
             try:
@@ -71,4 +79,6 @@ class OutboxSender(SenderBase):
                 result.retry.update({d.key: message for d in batch.deliveries if d.key not in done})
                 return result
             result.sent.append(delivery.key)
+            if recorder is not None:
+                recorder.record(delivery.key, "sent")
         return result

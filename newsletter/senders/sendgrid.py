@@ -117,7 +117,7 @@ class SendgridSender(SenderBase):
         personalizations = [
             {
                 "to": [
-                    {"email": r.email if r.email.isascii() else api_address(r.email), "name": r.name}
+                    {"email": r.email if r.email.isascii() else api_address(r.email), "name": display_name(r.name)}
                     if r.name
                     else {"email": r.email if r.email.isascii() else api_address(r.email)}
                 ],
@@ -134,6 +134,10 @@ class SendgridSender(SenderBase):
         ]
         sender: dict[str, str] = {"email": mail.from_address}
         if mail.from_name:
+            # As it is, not display_name(): SendGrid's limit on "," and ";" is documented
+            # for the personalizations' names only, its from.name takes them, and quotes
+            # added here have been reported to show up literally in the From name
+            # (sendgrid-nodejs#1183, sendgrid-php#897). reply_to carries no name.
             sender["name"] = mail.from_name
         body: dict[str, Any] = {
             "personalizations": personalizations,
@@ -308,6 +312,22 @@ def _refused_personalizations(body: bytes | str | None, count: int) -> dict[int,
             return {}
         reasons[int(found.group(1))] = f"sendgrid refused it: {field}: {error.get('message') or 'invalid'}"[:500]
     return reasons
+
+
+def display_name(name: str) -> str:
+    """``name`` as SendGrid's API takes it in a personalization's ``to[].name``: as it is,
+    unless it holds a ``,`` or ``;`` (SendGrid then splits the recipient there and drops
+    the message as sent to an invalid address), then as an RFC 5322 quoted-string: in
+    double quotes, each ``"`` and ``\\`` in it escaped with a backslash: ``Lovelace, Ada``
+    -> ``"Lovelace, Ada"``."""
+    if "," not in name and ";" not in name:
+        return name
+    # The name is text, never header syntax: one already in quotes ('"Lovelace, Ada"')
+    # is escaped and quoted like any other, its quotes kept as part of the name. That is
+    # what the SMTP backend's headers say for it (email.headerregistry and formataddr do
+    # the same), so a reader sees the same name from either backend; and guessing that
+    # quotes are syntax would let a name like '"a" , "b"' reach SendGrid unescaped.
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def api_address(address: str) -> str:

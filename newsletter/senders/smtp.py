@@ -241,11 +241,16 @@ class SmtpSender(SenderBase):
         return code, _reply(code, reply)
 
     def _send_chunk(
-        self, template: MessageTemplate, sender: str, deliveries: Sequence[Delivery], ledger: bool
+        self, template: MessageTemplate, sender: str, deliveries: Sequence[Delivery], batch: Batch
     ) -> _Outcome:
         out = _Outcome([], {}, {}, {})
-        tokens = self._tokens if ledger else None
+        tokens = self._tokens if batch.ledger else None
+        recorder = batch.recorder
         for index, delivery in enumerate(deliveries):
+            if recorder is not None and not recorder.may_send():
+                for rest in deliveries[index:]:
+                    out.retry[rest.key] = "not sent: the batch is no longer this run's to send"
+                return out
             try:
                 envelope, message_id = sender, None
                 if tokens is not None:
@@ -255,6 +260,8 @@ class SmtpSender(SenderBase):
                 to = envelope_address(delivery.recipient.email)
             except HeaderError as exc:
                 out.rejected[delivery.key] = str(exc)
+                if recorder is not None:
+                    recorder.record(delivery.key, "rejected", str(exc))
                 continue
             for attempt in (1, 2):
                 try:
@@ -273,6 +280,8 @@ class SmtpSender(SenderBase):
                         # The message went out; the server may have queued it before the
                         # connection broke. Another copy could be a duplicate.
                         out.ambiguous[delivery.key] = f"{lost.reason} (after the message was sent)"
+                        if recorder is not None:
+                            recorder.record(delivery.key, "ambiguous", out.ambiguous[delivery.key])
                     else:
                         out.retry[delivery.key] = lost.reason
                     break
@@ -283,6 +292,8 @@ class SmtpSender(SenderBase):
                     return out
                 if refusal is None:
                     out.sent.append(delivery.key)
+                    if recorder is not None:
+                        recorder.record(delivery.key, "sent")
                     break
                 command, code, reply = refusal
                 if code == 421 and attempt == 1:
@@ -296,6 +307,8 @@ class SmtpSender(SenderBase):
                     return out
                 if 500 <= code < 600:
                     out.rejected[delivery.key] = reply
+                    if recorder is not None:
+                        recorder.record(delivery.key, "rejected", reply)
                 else:
                     out.retry[delivery.key] = reply
                 break
@@ -315,7 +328,7 @@ class SmtpSender(SenderBase):
             raise PermanentDeliveryError(f"smtp: {what}: {exc}") from None
         size = -(-len(deliveries) // self.connections)
         chunks = [deliveries[i : i + size] for i in range(0, len(deliveries), size)]
-        futures = [self._pool.submit(self._send_chunk, template, sender, chunk, batch.ledger) for chunk in chunks]
+        futures = [self._pool.submit(self._send_chunk, template, sender, chunk, batch) for chunk in chunks]
         result = BatchResult()
         errors: list[DeliveryError] = []
         for future in futures:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.engine import URL, make_url
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, TransientStoreError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -136,6 +136,12 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# PostgreSQL error classes another attempt may cure: the server is shutting down or
+# starting (a restart, a failover), the connection was terminated, a serialization
+# failure or a deadlock.
+_PG_TRANSIENT = ("57P01", "57P02", "57P03", "40001", "40P01", "08000", "08001", "08003", "08004", "08006")
+
+
 def _translator(where: str, timeout: float) -> Any:
     def translate(context: ExceptionContext) -> None:
         original = context.original_exception
@@ -143,9 +149,11 @@ def _translator(where: str, timeout: float) -> Any:
         if isinstance(original, sqlite3.OperationalError):
             lowered = message.lower()
             if "locked" in lowered or "busy" in lowered:
-                raise StoreError(
+                raise TransientStoreError(
                     f"{where} is locked by another process (waited {timeout:g} s); try again when it has finished"
                 ) from original
+            if "disk is full" in lowered:
+                raise TransientStoreError(f"{where}: {message}") from original
             if "no such table" in lowered:
                 raise StoreError(f"{where} has no {message.split(':')[-1].strip()} table: {UPGRADE_HINT}") from original
             if "unable to open" in lowered:
@@ -156,10 +164,13 @@ def _translator(where: str, timeout: float) -> Any:
         if isinstance(original, sqlite3.DatabaseError) and "not a database" in message:
             raise StoreError(f"{where} is not a SQLite database file") from original
         if context.dialect is not None and context.dialect.name == "postgresql":
+            transient = getattr(original, "sqlstate", None) in _PG_TRANSIENT
             if isinstance(context.sqlalchemy_exception, exc.OperationalError):
                 if context.connection is None or context.is_disconnect:
-                    raise StoreError(f"cannot reach {where}: {message}") from original
-                raise StoreError(f"{where}: {message}") from original
+                    raise TransientStoreError(f"cannot reach {where}: {message}") from original
+                raise (TransientStoreError if transient else StoreError)(f"{where}: {message}") from original
+            if transient:
+                raise TransientStoreError(f"{where}: {message}") from original
             if type(original).__name__ == "UndefinedTable":
                 raise StoreError(f"{where}: {message}; {UPGRADE_HINT}") from original
 

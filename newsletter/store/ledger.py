@@ -1,10 +1,10 @@
 """The send ledger: one ``sends`` row per issue and one ``deliveries`` row per (issue,
 subscriber), frozen when the send starts, and one ``send_batches`` row per claimed batch.
 
-Batches are claimed atomically (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, ``BEGIN
-IMMEDIATE`` on SQLite) and durably marked in flight before their request; the claiming
-process owns the batch and renews its lease while it works, so two processes never send
-to the same subscriber, and only a dead owner's batch is ever called ambiguous.
+This module holds what the operator sees and decides: the sends, their rows' states,
+the batches still in flight or ambiguous, the provider's events that settle ambiguous
+rows, and the operator's own settle. How a sending process claims, fences and settles a
+batch is in ``batches``.
 
 Delivery states::
 
@@ -15,7 +15,8 @@ Delivery states::
                                                      owner died (its lease expired)
                          -> pending                  the failure proves nothing was accepted
     ambiguous -> sent | rejected                     a provider event proves it (reconcile)
-              -> sent | pending                      an operator decides (settle_ambiguous)
+              -> sent | pending                      an operator decides (settle_ambiguous),
+                                                     never in a batch whose owner is live
     pending -> skipped                               no longer active when its batch came up
 
 A row is pending exactly when it has no batch (``batch_id IS NULL``): PostgreSQL finds
@@ -27,29 +28,23 @@ the flagged batches only (see ``tables.deliveries``).
 from __future__ import annotations
 
 import datetime as dt
-import os
-import secrets
-import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, exists, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.errors import SendError
 from newsletter.store.audience import receiving
-from newsletter.store.db import durable_transaction, write_transaction
+from newsletter.store.batches import utcnow
+from newsletter.store.db import write_transaction
 from newsletter.store.tables import deliveries, send_batches, sends, subscribers, webhook_events
 
 DELIVERY_STATES = ("pending", "in_flight", "ambiguous", "sent", "rejected", "skipped")
 # Provider events that prove a message was accepted, and the one that proves it was not.
 ACCEPTED_EVENTS = ("processed", "delivered", "deferred", "bounce", "open", "click")
 DROPPED_EVENT = "dropped"
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -64,16 +59,6 @@ class Send:
     finished_at: dt.datetime | None
     content_hash: str | None
     gave_up_at: dt.datetime | None
-
-
-class Claimed(NamedTuple):
-    """A ledger row claimed for a batch, with what the message needs."""
-
-    key: int  # the delivery row's id
-    subscriber_id: int
-    email: str
-    name: str
-    token: str
 
 
 @dataclass(frozen=True)
@@ -114,31 +99,6 @@ class BatchInfo:
 
     def live(self, now: dt.datetime) -> bool:
         return self.state == "in_flight" and self.lease_until >= now
-
-
-def new_owner() -> str:
-    """This process's owner name for the batches it claims: host, pid and a random part
-    (a pid can be reused; the random part tells two lives of one pid apart)."""
-    return f"{socket.gethostname()[:120]}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def owner_is_dead(owner: str) -> bool:
-    """True only when ``owner`` ran on this host and its process is gone; an owner on
-    another host is judged by its lease alone."""
-    host, _, rest = owner.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname()[:120] or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _send_from_row(row: Any) -> Send:
@@ -231,272 +191,6 @@ def pin_content(engine: Engine, send_id: int, subject: str, content_hash: str) -
         conn.execute(update(sends).where(sends.c.id == send_id).values(subject=subject, content_hash=content_hash))
 
 
-def new_batch_id() -> str:
-    return secrets.token_hex(8)
-
-
-def claim_batch(
-    engine: Engine,
-    send_id: int,
-    size: int,
-    batch_id: str,
-    *,
-    owner: str,
-    lease_seconds: float,
-    now: dt.datetime | None = None,
-    after: int = 0,
-    below: bool = True,
-) -> tuple[list[Claimed], int]:
-    """Atomically take up to ``size`` pending rows, mark them in flight under ``batch_id``
-    owned by ``owner`` with a lease of ``lease_seconds`` (durably, before any request),
-    and return them with the subscriber's current data. Rows whose subscriber is no
-    longer active (or was erased) become ``skipped``. Returns (claimed, skipped).
-
-    PostgreSQL claims in one statement (see ``_PG_CLAIM``): rows picked with ``FOR
-    UPDATE SKIP LOCKED``, so concurrent claimers take different rows, marked, the batch
-    recorded and the rows returned joined to their subscribers. SQLite serialises
-    writers; its claim is an UPDATE with a sub-select, then the batch is read back.
-
-    ``after``: the highest row id this process claimed so far. The claim looks above
-    it first: the index still holds an entry for every row claimed so far (until
-    vacuum), and on PostgreSQL reading past half a million of them cost 80 ms a batch
-    half-way through a million. Rows below it (given back by a failed batch) are found
-    by the look from the start that follows when nothing is pending above it (``below``;
-    see ``refresh_statistics`` for what to do before it).
-    """
-    now = now or utcnow()
-    lease_until = now + dt.timedelta(seconds=lease_seconds)
-    with durable_transaction(engine) as conn:
-        claim = _Claim(send_id, size, batch_id, owner, now, lease_until)
-        bounds = _bounds(after) if below else (after,)
-        rows = (_claim_postgresql if conn.dialect.name == "postgresql" else _claim_generic)(conn, claim, bounds)
-        if not rows:
-            return [], 0
-        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows if r[5] == "active"]
-        gone = [r[0] for r in rows if r[5] != "active"]
-        if gone:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(gone))
-                .values(state="skipped", settled_at=now, error="no longer active")
-            )
-        if not claimed:
-            _close_batch(conn, batch_id, now)
-    return claimed, len(gone)
-
-
-def refresh_statistics(engine: Engine) -> None:
-    """PostgreSQL: read ``deliveries`` afresh for the planner (``ANALYZE``, a sample of
-    30,000 rows). The statistics the freeze took say every row is pending; near the end
-    of a big send the planner, believing them, looks for pending rows by walking the
-    primary key past every claimed row (half a second at a million) instead of the
-    nearly empty ``ix_deliveries_unclaimed``. SQLite: nothing to do."""
-    with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("ANALYZE deliveries")
-            conn.commit()
-
-
-def _bounds(after: int) -> tuple[int, ...]:
-    """Where claims look for pending rows: above ``after`` first, then from the start."""
-    return (after, 0) if after else (0,)
-
-
-class _Claim(NamedTuple):
-    """What one claim writes."""
-
-    send_id: int
-    size: int
-    batch_id: str
-    owner: str
-    now: dt.datetime
-    lease_until: dt.datetime
-
-
-def _claim_generic(conn: Connection, claim: _Claim, bounds: tuple[int, ...]) -> list[Any]:
-    """The claim in Core statements (SQLite serialises writers, so no row locks): mark
-    the rows, record the batch, read the rows back with their subscribers."""
-    send_id, size, batch_id, owner, now, lease_until = claim
-    taken = 0
-    for bound in bounds:
-        pick = (
-            select(deliveries.c.id)
-            .where(deliveries.c.send_id == send_id, deliveries.c.state == "pending", deliveries.c.id > bound)
-            .order_by(deliveries.c.id)
-            .limit(size)
-        )
-        taken = conn.execute(
-            update(deliveries)
-            .where(deliveries.c.id.in_(pick.scalar_subquery()))
-            .values(state="in_flight", batch_id=batch_id, claimed_at=now, attempts=deliveries.c.attempts + 1)
-        ).rowcount
-        if taken:
-            break
-    if not taken:
-        return []
-    conn.execute(
-        insert(send_batches).values(
-            batch_id=batch_id, send_id=send_id, owner=owner, state="in_flight", claimed_at=now, lease_until=lease_until
-        )
-    )
-    return list(
-        conn.execute(
-            select(
-                deliveries.c.id,
-                deliveries.c.subscriber_id,
-                subscribers.c.email,
-                subscribers.c.name,
-                subscribers.c.token,
-                subscribers.c.status,
-            )
-            .select_from(deliveries.outerjoin(subscribers, subscribers.c.id == deliveries.c.subscriber_id))
-            .where(deliveries.c.batch_id == batch_id)
-            .order_by(deliveries.c.id)
-        ).all()
-    )
-
-
-# PostgreSQL: the claim in one statement (one round trip, not three). The rows are picked
-# (``ix_deliveries_unclaimed``: rows without a batch) and locked with SKIP LOCKED, so
-# concurrent claimers take different rows; ``= ANY(ARRAY(
-# ...))`` makes the UPDATE fetch them by primary key (as ``IN (sub-select)`` it was
-# planned as a hash join over a sequential scan of every delivery of every send: 64-77 ms
-# a batch at 200,000 rows instead of 15). The batch row is written only when rows were
-# taken, and the rows come back joined to their subscribers.
-_PG_CLAIM = """
-WITH claimed AS (
-    UPDATE deliveries SET state = 'in_flight', batch_id = %(batch_id)s, claimed_at = %(now)s,
-        attempts = attempts + 1
-    WHERE id = ANY(ARRAY(
-        SELECT id FROM deliveries
-        WHERE send_id = %(send_id)s AND batch_id IS NULL AND state = 'pending' AND id > %(bound)s
-        ORDER BY id LIMIT %(size)s FOR UPDATE SKIP LOCKED))
-    RETURNING id, subscriber_id
-), batch AS (
-    INSERT INTO send_batches (batch_id, send_id, owner, state, claimed_at, lease_until)
-    SELECT %(batch_id)s, %(send_id)s, %(owner)s, 'in_flight', %(now)s, %(lease_until)s
-    WHERE EXISTS (SELECT 1 FROM claimed)
-)
-SELECT c.id, c.subscriber_id, s.email, s.name, s.token, s.status
-FROM claimed AS c LEFT JOIN subscribers AS s ON s.id = c.subscriber_id
-ORDER BY c.id
-"""
-
-
-def _claim_postgresql(conn: Connection, claim: _Claim, bounds: tuple[int, ...]) -> list[Any]:
-    params: dict[str, Any] = claim._asdict()
-    for bound in bounds:
-        rows = conn.exec_driver_sql(_PG_CLAIM, {**params, "bound": bound}).all()
-        if rows:
-            return list(rows)
-    return []
-
-
-def renew_leases(engine: Engine, owner: str, lease_seconds: float, now: dt.datetime | None = None) -> int:
-    """Extend the lease of every batch ``owner`` is working on; the number renewed."""
-    now = now or utcnow()
-    with write_transaction(engine) as conn:
-        return int(
-            conn.execute(
-                update(send_batches)
-                .where(send_batches.c.owner == owner, send_batches.c.state == "in_flight")
-                .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
-            ).rowcount
-        )
-
-
-def _open_rows(batch_id: str) -> list[ColumnElement[bool]]:
-    """Conditions for rows of ``batch_id`` its owner may still settle: in flight, or made
-    ambiguous by another process that thought the owner dead (its answer settles them)."""
-    return [deliveries.c.batch_id == batch_id, deliveries.c.state.in_(("in_flight", "ambiguous"))]
-
-
-def mark_sent(
-    engine: Engine,
-    batch_id: str,
-    keys: Sequence[int] | None,
-    message_id: str | None = None,
-    now: dt.datetime | None = None,
-    *,
-    close: bool = False,
-) -> None:
-    """Settle accepted rows of ``batch_id`` as sent; ``keys=None``: all of its open rows.
-    ``close``: the batch is done too (one transaction instead of two: the common case)."""
-    now = now or utcnow()
-    values = {"state": "sent", "settled_at": now, "message_id": message_id, "error": None}
-    _update_rows(engine, batch_id, keys, values, close_at=now if close else None)
-
-
-def mark_rejected(engine: Engine, batch_id: str, reasons: dict[int, str], now: dt.datetime | None = None) -> None:
-    """Recipients the service refused for good (e.g. SMTP 550, an address SendGrid cannot
-    take): not retried."""
-    if not reasons:
-        return
-    now = now or utcnow()
-    by_reason: dict[str, list[int]] = {}
-    for key, reason in reasons.items():
-        by_reason.setdefault(reason[:500], []).append(key)
-    with write_transaction(engine) as conn:
-        # One statement a reason (usually one for the whole batch), not one a recipient.
-        for reason, keys in by_reason.items():
-            for chunk in _chunks(keys, 900):
-                conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_(chunk), *_open_rows(batch_id))
-                    .values(state="rejected", error=reason, settled_at=now)
-                )
-
-
-def mark_ambiguous(engine: Engine, batch_id: str, keys: Sequence[int] | None, reason: str) -> None:
-    """Rows whose request may have reached the provider: never retried blindly; provider
-    events or an operator settle them. ``keys=None``: all of the batch's in-flight rows."""
-    _update_rows(engine, batch_id, keys, {"state": "ambiguous", "error": reason[:500]}, only="in_flight")
-
-
-def release(engine: Engine, batch_id: str, keys: Iterable[int], error: str | None = None) -> None:
-    """Put in-flight rows back to pending: the failure proves the request delivered nothing."""
-    _update_rows(
-        engine,
-        batch_id,
-        list(keys),
-        {"state": "pending", "batch_id": None, "claimed_at": None, "error": error[:500] if error else None},
-        only="in_flight",
-    )
-
-
-def _update_rows(
-    engine: Engine,
-    batch_id: str,
-    keys: Sequence[int] | None,
-    values: dict[str, object],
-    only: str | None = None,
-    close_at: dt.datetime | None = None,
-) -> None:
-    if keys is not None and not keys:
-        return
-    where = [deliveries.c.batch_id == batch_id, deliveries.c.state == only] if only else _open_rows(batch_id)
-    with write_transaction(engine) as conn:
-        if values.get("state") == "ambiguous":
-            _flag_ambiguous(conn, batch_id)
-        if keys is None and close_at is not None and conn.dialect.name == "postgresql":
-            # The whole batch settled and closed in one statement (one round trip).
-            rows = update(deliveries).where(*where).values(**values).cte("settled")
-            conn.execute(_closing(batch_id, close_at).add_cte(rows))
-            return
-        if keys is None:
-            conn.execute(update(deliveries).where(*where).values(**values))
-        else:
-            for chunk in _chunks(list(keys), 900):
-                conn.execute(update(deliveries).where(deliveries.c.id.in_(chunk), *where).values(**values))
-        if close_at is not None:
-            _close_batch(conn, batch_id, close_at)
-
-
-def _flag_ambiguous(conn: Connection, batch_id: str) -> None:
-    """Before any row of ``batch_id`` is made ambiguous, in the same transaction."""
-    conn.execute(update(send_batches).where(send_batches.c.batch_id == batch_id).values(ambiguous=True))
-
-
 def _in_flagged_batches(send_id: int | None = None) -> ColumnElement[bool]:
     """Rows of the batches flagged ambiguous (of one send): where ambiguous rows are."""
     flagged = select(send_batches.c.batch_id).where(send_batches.c.ambiguous)
@@ -520,29 +214,6 @@ def _in_state(send_id: int, state: str) -> list[ColumnElement[bool]]:
     elif state == "ambiguous":
         where.append(_in_flagged_batches(send_id))
     return where
-
-
-def finish_batch(engine: Engine, batch_id: str, now: dt.datetime | None = None) -> None:
-    """The owner is done with ``batch_id``: its lease no longer matters."""
-    with write_transaction(engine) as conn:
-        _close_batch(conn, batch_id, now or utcnow())
-
-
-def _close_batch(conn: Connection, batch_id: str, now: dt.datetime) -> None:
-    conn.execute(_closing(batch_id, now))
-
-
-def _closing(batch_id: str, now: dt.datetime) -> Any:
-    return (
-        update(send_batches)
-        .where(send_batches.c.batch_id == batch_id, send_batches.c.state == "in_flight")
-        .values(state="done", lease_until=now)
-    )
-
-
-def _chunks(keys: list[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(keys), size):
-        yield keys[start : start + size]
 
 
 def counts(engine: Engine, send_id: int) -> Counts:
@@ -594,47 +265,6 @@ def batches(engine: Engine, send_id: int, state: str) -> list[BatchInfo]:
             .order_by(send_batches.c.claimed_at)
         ).all()
     return [BatchInfo(r[0], r[1], r[2], int(r[3]), r[4], r[5], r[6]) for r in rows]
-
-
-def expire_dead_owners(
-    engine: Engine, send_id: int, now: dt.datetime | None = None, dead: Callable[[str], bool] = owner_is_dead
-) -> int:
-    """Batches whose owner died (lease expired, or its process is gone from this host):
-    their in-flight rows become ambiguous, since the request may have left. Returns the
-    number of rows made ambiguous. A live owner's batch is never touched."""
-    now = now or utcnow()
-    with engine.connect() as conn:
-        candidates = conn.execute(
-            select(send_batches.c.batch_id, send_batches.c.owner, send_batches.c.lease_until).where(
-                send_batches.c.send_id == send_id, send_batches.c.state == "in_flight"
-            )
-        ).all()
-    expired = [(b, o, lease) for b, o, lease in candidates if lease < now or dead(o)]
-    made = 0
-    for batch_id, owner, lease in expired:
-        reason = (
-            f"the sending process {owner} stopped before the provider's answer came "
-            f"(lease {'expired ' + lease.isoformat(timespec='seconds') if lease < now else 'of a dead process'})"
-        )
-        with durable_transaction(engine) as conn:
-            won = conn.execute(
-                update(send_batches)
-                .where(
-                    send_batches.c.batch_id == batch_id,
-                    send_batches.c.state == "in_flight",
-                    send_batches.c.owner == owner,
-                )
-                .values(state="expired", reason=reason[:500], ambiguous=True)
-            ).rowcount
-            if won:
-                made += int(
-                    conn.execute(
-                        update(deliveries)
-                        .where(deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight")
-                        .values(state="ambiguous", error=reason[:500])
-                    ).rowcount
-                )
-    return made
 
 
 @dataclass(frozen=True)
@@ -699,22 +329,58 @@ def reconcile(
     return Reconciled(sent=int(sent), rejected=int(rejected))
 
 
-def settle_ambiguous(engine: Engine, send_id: int, as_state: str, *, batch_id: str | None = None) -> int:
+@dataclass(frozen=True)
+class OperatorSettle:
+    """What ``settle_ambiguous`` did: rows settled, and the batches it would not touch
+    because their owner is still sending (its lease is live)."""
+
+    settled: int
+    refused: list[BatchInfo]
+
+
+def settle_ambiguous(
+    engine: Engine, send_id: int, as_state: str, *, batch_id: str | None = None, now: dt.datetime | None = None
+) -> OperatorSettle:
     """An operator's decision on the ambiguous rows of a send (or of one batch): ``sent``
     (they arrived; the provider's activity log shows it) or ``pending`` (send them
-    again). Rows a live process is still sending are never touched."""
+    again). A batch still in flight is refused: its owner may be sending (a live lease),
+    or was not reported dead yet (``--status`` and ``--reconcile`` do that first). Each
+    batch settled is taken over, a generation later, so its owner (a paused process that
+    wakes up) can neither write nor send for it again."""
     if as_state not in ("sent", "pending"):
         raise ValueError(as_state)
-    conditions = _in_state(send_id, "ambiguous")
-    if batch_id is not None:
-        conditions.append(deliveries.c.batch_id == batch_id)
+    now = now or utcnow()
+    found = [b for b in batches(engine, send_id, "ambiguous") if batch_id is None or b.batch_id == batch_id]
+    refused = [b for b in found if b.state == "in_flight"]
+    wanted = [b.batch_id for b in found if b.state != "in_flight"]
     values: dict[str, object] = {"state": as_state}
     if as_state == "pending":
         values.update(batch_id=None, claimed_at=None, error=None)
     else:
-        values.update(settled_at=utcnow(), error="settled as sent by an operator")
+        values.update(settled_at=now, error="settled as sent by an operator")
+    settled = 0
     with write_transaction(engine) as conn:
-        return int(conn.execute(update(deliveries).where(and_(*conditions)).values(**values)).rowcount)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            taken = (
+                conn.execute(
+                    update(send_batches)
+                    .where(send_batches.c.batch_id.in_(chunk), send_batches.c.state != "in_flight")
+                    .values(generation=send_batches.c.generation + 1)
+                    .returning(send_batches.c.batch_id)
+                )
+                .scalars()
+                .all()
+            )
+            if taken:
+                settled += int(
+                    conn.execute(
+                        update(deliveries)
+                        .where(deliveries.c.batch_id.in_(taken), deliveries.c.state == "ambiguous")
+                        .values(**values)
+                    ).rowcount
+                )
+    return OperatorSettle(settled, refused)
 
 
 def finish_send(engine: Engine, send_id: int, now: dt.datetime | None = None) -> bool:

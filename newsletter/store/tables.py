@@ -211,7 +211,7 @@ send_batches = Table(
     metadata,
     Column("batch_id", String(32), primary_key=True),
     Column("send_id", Id, nullable=False),
-    Column("owner", String(200), nullable=False),  # host:pid:random, see ledger.new_owner
+    Column("owner", String(200), nullable=False),  # host:pid:random, see batches.new_owner
     Column("state", String(16), nullable=False),
     Column("claimed_at", UtcDateTime(), nullable=False),
     Column("lease_until", UtcDateTime(), nullable=False),
@@ -219,6 +219,9 @@ send_batches = Table(
     # some of its rows were made ambiguous (set with them, never cleared): where the
     # webhook, reconcile and an operator look for ambiguous rows (see deliveries)
     Column("ambiguous", Boolean, nullable=False, server_default=false()),
+    # the fencing token: 1 at the claim, incremented by every takeover (lease expiry, an
+    # operator's settle); the owner proves it at every write and before every request
+    Column("generation", Integer, nullable=False, server_default="1"),
     CheckConstraint("state IN ('in_flight', 'done', 'expired')", name="state"),
     Index("ix_send_batches_send_id_state", "send_id", "state"),
     Index("ix_send_batches_owner_state", "owner", "state"),

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from newsletter.config import Settings, load_settings
-from newsletter.store import ledger, subscribers
+from newsletter.store import batches, subscribers
 from tests.dbfixtures import *  # noqa: F403 - database_url and engine, on SQLite and PostgreSQL
 from tests.senders.conftest import SendgridStub
 
@@ -71,12 +71,12 @@ def bulk_subscribers(engine: Engine, n: int, prefix: str = "bulk") -> list[str]:
     return [r["email"] for r in rows]
 
 
-def claim_as_dead(engine: Engine, send_id: int, n: int, batch_id: str) -> list[ledger.Claimed]:
+def claim_as_dead(engine: Engine, send_id: int, n: int, batch_id: str) -> list[batches.Claimed]:
     """Claim ``n`` rows the way a process on another host would that died right after:
     its lease ran out ten seconds ago."""
     import datetime as dt
 
-    claimed, _ = ledger.claim_batch(
+    claimed, _ = batches.claim_batch(
         engine,
         send_id,
         n,

@@ -21,7 +21,7 @@ from newsletter.config import Settings
 from newsletter.errors import AmbiguousDeliveryError, ConfigError, PermanentDeliveryError, SendError
 from newsletter.senders.base import Batch, BatchResult
 from newsletter.senders.memory import MemorySender
-from newsletter.store import db, ledger
+from newsletter.store import batches, db, ledger
 
 from .conftest import add_subscribers, claim_as_dead
 
@@ -124,13 +124,13 @@ def test_a_missing_api_key_freezes_nothing(write_config, database_url, engine, i
 def test_a_live_batch_of_another_process_is_waited_for_not_called_ambiguous(db_settings, issue_path, engine) -> None:
     add_subscribers(engine, 5)
     other, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
-    claimed, _ = ledger.claim_batch(engine, other.id, 2, "theirs", owner="elsewhere:77:alive", lease_seconds=60)
+    claimed, _ = batches.claim_batch(engine, other.id, 2, "theirs", owner="elsewhere:77:alive", lease_seconds=60)
     # An operator who runs --settle-ambiguous now touches nothing: the batch is live.
-    assert send.settle(db_settings, issue_path, "pending", engine=engine) == 0
+    assert send.settle(db_settings, issue_path, "pending", engine=engine).settled == 0
 
     def the_other_process_finishes() -> None:
-        ledger.mark_sent(engine, "theirs", None, "their-message-id")
-        ledger.finish_batch(engine, "theirs")
+        theirs = batches.Fence("theirs", "elsewhere:77:alive")
+        batches.settle(engine, theirs, batches.Settlement(sent=None, message_id="their-message-id"), close=True)
 
     timer = threading.Timer(1.0, the_other_process_finishes)
     timer.start()
@@ -145,11 +145,11 @@ def test_a_live_batch_of_another_process_is_waited_for_not_called_ambiguous(db_s
 def test_a_dead_owners_batch_becomes_ambiguous_when_its_lease_runs_out(db_settings, issue_path, engine) -> None:
     add_subscribers(engine, 3)
     other, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
-    ledger.claim_batch(engine, other.id, 2, "theirs", owner="elsewhere:77:alive", lease_seconds=60)
+    batches.claim_batch(engine, other.id, 2, "theirs", owner="elsewhere:77:alive", lease_seconds=60)
     now = dt.datetime.now(dt.UTC)
-    assert ledger.expire_dead_owners(engine, other.id, now) == 0  # live: untouched
-    assert ledger.renew_leases(engine, "elsewhere:77:alive", 60, now) == 1
-    assert ledger.expire_dead_owners(engine, other.id, now + dt.timedelta(seconds=61)) == 2
+    assert batches.expire_dead_owners(engine, other.id, now) == 0  # live: untouched
+    assert batches.renew_leases(engine, "elsewhere:77:alive", 60, now) == ["theirs"]
+    assert batches.expire_dead_owners(engine, other.id, now + dt.timedelta(seconds=61)) == 2
     [batch] = ledger.batches(engine, other.id, "ambiguous")
     assert batch.batch_id == "theirs" and batch.state == "expired" and "elsewhere:77:alive" in (batch.reason or "")
 
@@ -216,7 +216,7 @@ def test_reconcile_settles_what_events_prove_and_reports_the_rest(db_settings, i
     assert [b.batch_id for b in result.unknown] == [second.batch_id] and result.remaining == 2
     # The provider's activity log shows the second batch never arrived: send it again.
     lost = sorted(email for _k, email in _rows(engine, second.batch_id))
-    assert send.settle(db_settings, issue_path, "pending", batch_id=second.batch_id, engine=engine) == 2
+    assert send.settle(db_settings, issue_path, "pending", batch_id=second.batch_id, engine=engine).settled == 2
     resend = MemorySender()
     assert _run(db_settings, issue_path, engine, resend).complete
     assert sorted(a for _i, a in resend.delivered) == lost
@@ -227,11 +227,11 @@ def test_settling_an_unknown_batch_is_a_clear_error(db_settings, issue_path, eng
     sent, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
     claim_as_dead(engine, sent.id, 2, "dead-batch")
     # not reported to anyone yet: settling touches nothing
-    assert send.settle(db_settings, issue_path, "sent", engine=engine) == 0
-    assert ledger.expire_dead_owners(engine, sent.id) == 2  # as the next send or --reconcile does
+    assert send.settle(db_settings, issue_path, "sent", engine=engine).settled == 0
+    assert batches.expire_dead_owners(engine, sent.id) == 2  # as the next send or --reconcile does
     with pytest.raises(SendError, match="no ambiguous recipients in batch 'nope'"):
         send.settle(db_settings, issue_path, "sent", batch_id="nope", engine=engine)
-    assert send.settle(db_settings, issue_path, "sent", batch_id="dead-batch", engine=engine) == 2
+    assert send.settle(db_settings, issue_path, "sent", batch_id="dead-batch", engine=engine).settled == 2
     assert issuefile.load(issue_path).status == "sent"
 
 
@@ -269,7 +269,7 @@ def test_status_and_settle_from_the_command_line(db_settings, issue_path, engine
     add_subscribers(engine, 5)
     sent, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
     claim_as_dead(engine, sent.id, 2, "dead-batch")
-    ledger.claim_batch(engine, sent.id, 1, "live-batch", owner="elsewhere:9:live", lease_seconds=600)
+    batches.claim_batch(engine, sent.id, 1, "live-batch", owner="elsewhere:9:live", lease_seconds=600)
     result = _cli(db_settings.config_path, "send", str(issue_path), "--status")
     assert result.returncode == 0, result.stderr
     assert "pending 2, in flight 3, ambiguous 0" in result.stdout

@@ -141,7 +141,7 @@ def test_batch_in_flight_when_a_process_died_is_ambiguous(db_settings, issue_pat
     assert {c.email for c in claimed}.isdisjoint(a for _i, a in sender.delivered)  # never resent silently
     assert issuefile.load(issue_path).status == "approved"  # not every row settled
     # The operator checked the provider's log: the batch never arrived; send it again.
-    assert send.settle(db_settings, issue_path, "pending", engine=engine) == 2
+    assert send.settle(db_settings, issue_path, "pending", engine=engine).settled == 2
     again = MemorySender()
     summary = _run(db_settings, issue_path, engine, again)
     assert summary.complete and sorted(a for _i, a in again.delivered) == sorted(c.email for c in claimed)
@@ -154,7 +154,7 @@ def test_settling_ambiguous_as_sent_finishes_the_issue(db_settings, issue_path, 
     sent, _ = ledger.start_send(engine, "2024-10-25", issuefile.load(issue_path).subject)
     claim_as_dead(engine, sent.id, 3, "dead-batch")
     assert not _run(db_settings, issue_path, engine, MemorySender()).complete
-    assert send.settle(db_settings, issue_path, "sent", engine=engine) == 3
+    assert send.settle(db_settings, issue_path, "sent", engine=engine).settled == 3
     summary = _run(db_settings, issue_path, engine, MemorySender())
     assert summary.complete and summary.sent == 3
     assert issuefile.load(issue_path).status == "sent"

@@ -26,7 +26,7 @@ from newsletter.config import Settings, load_settings
 from newsletter.demo import SAMPLE_AS_OF
 from newsletter.errors import DeliveryError
 from newsletter.senders.memory import MemorySender
-from newsletter.store import events, ledger
+from newsletter.store import batches, events, ledger
 from newsletter.store.db import create_store_engine
 from tests.senders.conftest import SendgridStub
 
@@ -233,7 +233,7 @@ def test_a_send_another_process_is_working_on_is_left_to_it(configure, engine: E
     settings = configure()
     add_subscribers(engine, 4)
     send.send_issue(settings, issue_path, engine=engine, sender=_outage_from(1))
-    ledger.claim_batch(engine, _frozen(engine).id, 2, "live-batch", owner="elsewhere:4242:alive", lease_seconds=600)
+    batches.claim_batch(engine, _frozen(engine).id, 2, "live-batch", owner="elsewhere:4242:alive", lease_seconds=600)
     idle = MemorySender()
     reports = weekly.resume_unfinished(settings, engine, sender=idle)
     assert _outcomes(reports) == [(ISSUE, "busy")]

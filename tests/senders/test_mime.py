@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
+import email.utils
 from dataclasses import replace
 
 import pytest
@@ -109,3 +110,16 @@ def test_each_message_has_its_own_id(rendered: RenderedEmail) -> None:
 def test_a_final_newline_never_takes_the_fast_path(rendered: RenderedEmail, recipient: Recipient) -> None:
     with pytest.raises(HeaderError):
         MessageTemplate(rendered).render(recipient)
+
+
+@pytest.mark.parametrize("path", ["fast", "personalize"])
+def test_a_name_with_commas_semicolons_and_quotes_is_quoted_in_to(rendered: RenderedEmail, path: str) -> None:
+    name = 'Lovelace, Ada; "the Countess"'
+    recipient = Recipient("ada@example.net", name, URL)
+    if path == "fast":
+        data = MessageTemplate(rendered).render(recipient, NOW)
+    else:
+        data = render.personalize(rendered, recipient, NOW).as_bytes(policy=render.email_policy)
+    [to] = [line for line in data.split(b"\n") if line.startswith(b"To:")]
+    assert to == b'To: "Lovelace, Ada; \\"the Countess\\"" <ada@example.net>'
+    assert email.utils.getaddresses([to.decode("ascii")[3:]]) == [(name, "ada@example.net")]

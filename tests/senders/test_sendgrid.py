@@ -3,9 +3,11 @@ api.sendgrid.com: the exact request, the 202 and its X-Message-Id, and every fau
 
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -283,3 +285,46 @@ def test_a_recipient_with_a_line_break_is_rejected_not_sent(
     assert list(result.rejected) == [3]
     sent_to = [p["to"][0]["email"] for p in sendgrid_stub.requests[0].body["personalizations"]]
     assert sent_to == ["reader1@example.net", "reader2@example.net"]
+
+
+# name as stored -> to[].name as SendGrid must receive it
+NAMES = {
+    "Ada Lovelace": "Ada Lovelace",  # plain: unchanged
+    "Ann <& Bob>": "Ann <& Bob>",  # no "," or ";": unchanged
+    'Ada "the Countess" Lovelace': 'Ada "the Countess" Lovelace',  # quotes alone: unchanged
+    "Zoë Ådahl": "Zoë Ådahl",  # non-ASCII: unchanged
+    "Lovelace, Ada": '"Lovelace, Ada"',
+    "Lovelace; Ada": '"Lovelace; Ada"',
+    'Lovelace, Ada; "the Countess"': '"Lovelace, Ada; \\"the Countess\\""',
+    "C:\\Users\\ada, admin": '"C:\\\\Users\\\\ada, admin"',
+    "ends in a backslash, \\": '"ends in a backslash, \\\\"',  # cannot escape the closing quote
+    "Müller, Jürgen": '"Müller, Jürgen"',  # quoted, the non-ASCII left as it is
+    '"Lovelace, Ada"': '"\\"Lovelace, Ada\\""',  # already in quotes: text, quoted again
+}
+
+
+def test_names_with_a_comma_or_semicolon_are_quoted(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
+    items = [
+        Delivery(key=k, recipient=Recipient(email=f"r{k}@example.org", name=name, unsubscribe_url=f"https://x/u/{k}"))
+        for k, name in enumerate(NAMES, start=1)
+    ]
+    result = sender_for(sendgrid_stub.url).send(make_batch(rendered, items))
+    assert result.sent == list(range(1, len(NAMES) + 1))
+    [request] = sendgrid_stub.requests
+    personalizations = request.body["personalizations"]
+    tokens = rendered.placeholders
+    for (name, expected), personalization in zip(NAMES.items(), personalizations, strict=True):
+        [to] = personalization["to"]
+        assert to["name"] == expected, name
+        if expected != name:  # a well-formed RFC 5322 quoted-string: it parses back to the name
+            assert email.utils.getaddresses([f"{to['name']} <{to['email']}>"]) == [(name, to["email"])]
+        assert personalization["substitutions"][tokens["name"]] == name  # the text keeps the name as it is
+
+
+def test_the_from_name_goes_as_it_is(sendgrid_stub: SendgridStub, rendered: RenderedEmail) -> None:
+    # SendGrid takes "," and ";" in from.name; quotes added there would show (see payload).
+    email_ = replace(rendered, from_name="Statecraft Review, Weekly; Ed.")
+    sender_for(sendgrid_stub.url).send(make_batch(email_, deliveries(1)))
+    body = sendgrid_stub.requests[0].body
+    assert body["from"] == {"email": "newsletter@news.example.org", "name": "Statecraft Review, Weekly; Ed."}
+    assert body["reply_to"] == {"email": "editors@news.example.org"}  # an address, no name

@@ -1,12 +1,14 @@
 """Batch claims that start above the worker's last claimed row (see
-``ledger.claim_batch``): nothing pending below it is ever left behind."""
+``batches.claim_batch``): nothing pending below it is ever left behind; what a claim
+returns and records; where each row state is found."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy import Engine
 
-from newsletter.store import ledger, subscribers
+from newsletter.store import batches, ledger, subscribers
+from newsletter.store.batches import Fence, Settlement
 
 
 def test_claims_above_the_last_one_still_find_rows_given_back_below_it(engine: Engine) -> None:
@@ -15,8 +17,8 @@ def test_claims_above_the_last_one_still_find_rows_given_back_below_it(engine: E
     send, _ = ledger.start_send(engine, "2024-10-25", "Subject")
 
     def claim(after: int) -> list[int]:
-        claimed, _ = ledger.claim_batch(
-            engine, send.id, 3, ledger.new_batch_id(), owner="me:1:a", lease_seconds=60, after=after
+        claimed, _ = batches.claim_batch(
+            engine, send.id, 3, batches.new_batch_id(), owner="me:1:a", lease_seconds=60, after=after
         )
         return [c.key for c in claimed]
 
@@ -25,7 +27,8 @@ def test_claims_above_the_last_one_still_find_rows_given_back_below_it(engine: E
     assert second == [k + 3 for k in first]
     with engine.connect() as conn:
         batch_id = conn.exec_driver_sql(f"SELECT batch_id FROM deliveries WHERE id = {first[0]:d}").scalar_one()
-    ledger.release(engine, batch_id, first, "refused: nothing was delivered")
+    released = dict.fromkeys(first, "refused: nothing was delivered")
+    assert batches.settle(engine, Fence(batch_id, "me:1:a"), Settlement(released=released), close=True)
     third = claim(second[-1])
     fourth = claim(third[-1])
     assert len(fourth) == 1  # the last row above
@@ -42,7 +45,7 @@ def test_a_claim_returns_its_subscribers_skips_the_gone_and_records_its_batch(en
     subscribers.unsubscribe(engine, "reader1@example.org")
     subscribers.remove(engine, "reader2@example.org")  # erased: no subscriber row left
 
-    claimed, skipped = ledger.claim_batch(engine, send.id, 4, "b-1", owner="me:1:a", lease_seconds=60)
+    claimed, skipped = batches.claim_batch(engine, send.id, 4, "b-1", owner="me:1:a", lease_seconds=60)
 
     assert [c.email for c in claimed] == ["reader0@example.org", "reader3@example.org"]
     assert [c.name for c in claimed] == ["Reader 0", "Reader 3"]
@@ -52,10 +55,10 @@ def test_a_claim_returns_its_subscribers_skips_the_gone_and_records_its_batch(en
     [batch] = ledger.batches(engine, send.id, "in_flight")
     assert (batch.batch_id, batch.owner, batch.rows, batch.state) == ("b-1", "me:1:a", 2, "in_flight")
 
-    ledger.mark_sent(engine, "b-1", None, "msg-1", close=True)
+    batches.settle(engine, Fence("b-1", "me:1:a"), Settlement(sent=None, message_id="msg-1"), close=True)
     assert ledger.counts(engine, send.id).sent == 2
     assert ledger.batches(engine, send.id, "in_flight") == []
-    assert ledger.expire_dead_owners(engine, send.id) == 0  # closed: its lease no longer matters
+    assert batches.expire_dead_owners(engine, send.id) == 0  # closed: its lease no longer matters
 
 
 def test_a_batch_is_claimed_and_settled_in_one_statement_each_on_postgresql(engine: Engine) -> None:
@@ -73,9 +76,9 @@ def test_a_batch_is_claimed_and_settled_in_one_statement_each_on_postgresql(engi
 
     event.listen(engine, "before_cursor_execute", seen)
     try:
-        claimed, _ = ledger.claim_batch(engine, send.id, 5, "b-1", owner="me:1:a", lease_seconds=60)
+        claimed, _ = batches.claim_batch(engine, send.id, 5, "b-1", owner="me:1:a", lease_seconds=60)
         assert len(claimed) == 5 and len(statements) == 1
-        ledger.mark_sent(engine, "b-1", None, "msg-1", close=True)
+        batches.settle(engine, Fence("b-1", "me:1:a"), Settlement(sent=None, message_id="msg-1"), close=True)
         assert len(statements) == 2
     finally:
         event.remove(engine, "before_cursor_execute", seen)
@@ -104,30 +107,32 @@ def test_pending_rows_have_no_batch_and_ambiguous_rows_are_in_flagged_batches(en
         subscribers.add(engine, f"reader{i}@example.org")
     send, _ = ledger.start_send(engine, "2024-10-25", "Subject")
     claim = [
-        [c.key for c in ledger.claim_batch(engine, send.id, 3, f"b-{n}", owner=f"me:1:{n}", lease_seconds=60)[0]]
+        [c.key for c in batches.claim_batch(engine, send.id, 3, f"b-{n}", owner=f"me:1:{n}", lease_seconds=60)[0]]
         for n in range(4)
     ]
     assert _misplaced(engine) == (0, 0)
-    ledger.mark_sent(engine, "b-0", None, "msg-0", close=True)
-    ledger.release(engine, "b-1", claim[1][:2], "refused: nothing was delivered")
-    ledger.mark_ambiguous(engine, "b-2", claim[2][:1], "timed out after the request left")
+    batches.settle(engine, Fence("b-0", "me:1:0"), Settlement(sent=None, message_id="msg-0"), close=True)
+    refused = dict.fromkeys(claim[1][:2], "refused: nothing was delivered")
+    batches.settle(engine, Fence("b-1", "me:1:1"), Settlement(released=refused))
+    lost = dict.fromkeys(claim[2][:1], "timed out after the request left")
+    batches.settle(engine, Fence("b-2", "me:1:2"), Settlement(ambiguous=lost))
     assert _misplaced(engine) == (0, 0)
     assert ledger.has_rows(engine, send.id, "pending") and ledger.has_rows(engine, send.id, "ambiguous")
     assert [(b.batch_id, b.rows) for b in ledger.batches(engine, send.id, "ambiguous")] == [("b-2", 1)]
 
     # b-3's owner died: its in-flight rows become ambiguous and its batch is flagged
-    assert ledger.expire_dead_owners(engine, send.id, dead=lambda owner: owner == "me:1:3") == 3
+    assert batches.expire_dead_owners(engine, send.id, dead=lambda owner: owner == "me:1:3") == 3
     assert _misplaced(engine) == (0, 0)
     assert {b.batch_id for b in ledger.batches(engine, send.id, "ambiguous")} == {"b-2", "b-3"}
     assert {b.batch_id for b in ledger.batches(engine, send.id, "in_flight")} == {"b-1", "b-2"}
 
-    assert ledger.settle_ambiguous(engine, send.id, "pending", batch_id="b-3") == 3
+    assert ledger.settle_ambiguous(engine, send.id, "pending", batch_id="b-3").settled == 3
     assert _misplaced(engine) == (0, 0)
     assert [b.batch_id for b in ledger.batches(engine, send.id, "ambiguous")] == ["b-2"]
     counts = ledger.counts(engine, send.id)
     assert (counts.sent, counts.pending, counts.in_flight, counts.ambiguous) == (3, 2 + 3, 1 + 2, 1)
     # the rows given back and the ones to send again are claimed again
-    again, _ = ledger.claim_batch(engine, send.id, 20, "b-again", owner="me:1:again", lease_seconds=60)
+    again, _ = batches.claim_batch(engine, send.id, 20, "b-again", owner="me:1:again", lease_seconds=60)
     assert [c.key for c in again] == sorted(claim[1][:2] + claim[3])
     assert not ledger.has_rows(engine, send.id, "pending") and _misplaced(engine) == (0, 0)
 

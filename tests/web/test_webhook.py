@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 
 from newsletter.config import Settings
 from newsletter.senders.memory import MemorySender
-from newsletter.store import events, ledger, subscribers
+from newsletter.store import batches, events, ledger, subscribers
 from newsletter.store.subscribers import Subscriber
 from newsletter.store.tables import webhook_events
 from newsletter.web.app import create_app
@@ -233,14 +233,14 @@ def test_the_response_and_logs_hold_no_addresses(
     assert json.loads(response.text)["recorded"] == 1
 
 
-def _ambiguous_send(engine: Engine, addresses: list[str]) -> tuple[int, list[ledger.Claimed]]:
+def _ambiguous_send(engine: Engine, addresses: list[str]) -> tuple[int, list[batches.Claimed]]:
     """A send whose one batch got no answer: its rows are ambiguous."""
     for address in addresses:
         subscribers.add(engine, address, status="active")
     send, _ = ledger.start_send(engine, "2024-10-25", "subject", "hash")
-    claimed, _ = ledger.claim_batch(engine, send.id, len(addresses), "b-lost", owner="here:1:x", lease_seconds=60)
-    ledger.mark_ambiguous(engine, "b-lost", None, "no answer within 30 s")
-    ledger.finish_batch(engine, "b-lost")
+    claimed, _ = batches.claim_batch(engine, send.id, len(addresses), "b-lost", owner="here:1:x", lease_seconds=60)
+    lost = dict.fromkeys([c.key for c in claimed], "no answer within 30 s")
+    batches.settle(engine, batches.Fence("b-lost", "here:1:x"), batches.Settlement(ambiguous=lost), close=True)
     return send.id, claimed
 
 
@@ -284,7 +284,7 @@ def test_events_never_touch_rows_that_are_not_ambiguous(
 ) -> None:
     subscribers.add(engine, "live@x.net", status="active")
     send, _ = ledger.start_send(engine, "2024-10-25", "subject", "hash")
-    [row], _ = ledger.claim_batch(engine, send.id, 1, "b-live", owner="here:1:x", lease_seconds=60)
+    [row], _ = batches.claim_batch(engine, send.id, 1, "b-live", owner="here:1:x", lease_seconds=60)
     body = event_body(ev("l1", "dropped", "live@x.net", newsletter_batch="b-live", newsletter_delivery=str(row.key)))
     assert post(client, webhook_key, clock, body).json()["reconciled"] == 0
     assert _states(engine, send.id) == {"live@x.net": "in_flight"}  # its owner settles it
