@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import BatchLostError, StoreError, TransientStoreError
 from newsletter.senders.base import BatchResult, Delivery, Outcome
@@ -138,7 +139,7 @@ class HeldBatch:
             except BatchLostError as exc:
                 self._lose(exc)
                 return False
-            except StoreError as exc:
+            except (StoreError, SQLAlchemyError) as exc:
                 self._cannot_write(exc)
                 return False
         return True
@@ -229,8 +230,8 @@ class HeldBatch:
         except BatchLostError as exc:
             self._lose(exc, unwritten=len(pending))
             return
-        except StoreError as exc:
-            self._pending = pending  # kept: the rows stay in flight in a batch left to expire
+        except (StoreError, SQLAlchemyError) as exc:  # any failed write: the batch stays open, to expire
+            self._pending = pending
             self._cannot_write(exc)
             return
         self._written += len(pending)
@@ -249,8 +250,8 @@ class HeldBatch:
             note,
         )
 
-    def _cannot_write(self, exc: StoreError) -> None:
-        self.unrecorded = str(exc)
+    def _cannot_write(self, exc: Exception) -> None:
+        self.unrecorded = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.error(
             "batch %s: the ledger could not be written (%s): its %d recipients still in flight "
             "will be reported ambiguous when its lease runs out",

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from newsletter.config import Settings, load_settings
 from newsletter.store import batches, subscribers
 from tests.dbfixtures import *  # noqa: F403 - database_url and engine, on SQLite and PostgreSQL
+from tests.helpers.pgcluster import pg_cluster as pg_cluster  # a throw-away PostgreSQL to restart
 from tests.senders.conftest import SendgridStub
 
 

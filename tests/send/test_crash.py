@@ -39,21 +39,28 @@ pytestmark = pytest.mark.slow
 SLUG = "2024-10-25"
 
 
-def sendgrid_config(write_config: Callable[..., Path], database_url: str, stub: SendgridStub, **delivery: Any) -> Path:
+def sendgrid_config(
+    write_config: Callable[..., Path],
+    database_url: str,
+    stub: SendgridStub,
+    database: dict[str, Any] | None = None,
+    **delivery: Any,
+) -> Path:
     """A config sending through ``stub`` (50 recipients a request, two workers unless
-    ``delivery`` says otherwise), with the signed event webhook's key in WEBHOOK_KEY_ENV."""
+    ``delivery`` says otherwise), with the signed event webhook's key in WEBHOOK_KEY_ENV;
+    ``database``: more of its section than the URL."""
     sendgrid = {"host": stub.url, "batch_size": 50, "timeout_seconds": 10, **delivery.pop("sendgrid", {})}
     return write_config(
         {
-            "database": {"url": database_url},
+            "database": {"url": database_url, **(database or {})},
             "delivery": {"backend": "sendgrid", "concurrency": 2, "max_retries": 2, **delivery, "sendgrid": sendgrid},
             "web": {"sendgrid_webhook": {"public_key_env": WEBHOOK_KEY_ENV}},
         }
     )
 
 
-def start_send(config: Path, issue: Path, *options: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "SENDGRID_API_KEY": "SG.test-key", "PYTHONUNBUFFERED": "1"}
+def start_send(config: Path, issue: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**(env or os.environ), "SENDGRID_API_KEY": "SG.test-key", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "newsletter", "--config", str(config), "send", str(issue), *options],
         env=env,
