@@ -270,6 +270,7 @@ class _Run:
             batch_id,
             owner=self.owner,
             lease_seconds=self.lease,
+            started=not self.sender.per_message,
         )
         claimed, skipped = claim(after=self.frontier, below=False)
         if claimed or skipped or not self.frontier:
@@ -483,15 +484,24 @@ class _Run:
     def _work(self, concurrency: int) -> None:
         """Run the workers to their end; on a stop request, wait for requests already
         out until the deadline, then give their batches up as ambiguous and return
-        (the worker threads are daemons: a request that never answers holds nothing)."""
-        threads = [threading.Thread(target=self.worker, name=f"send-{n}", daemon=True) for n in range(concurrency)]
-        for thread in threads:
-            thread.start()
+        (the worker threads are daemons: a request that never answers holds nothing).
+        The wait is a sleep, not ``Thread.join``: a KeyboardInterrupt that lands in
+        ``join`` marks the joined thread finished while it still runs (CPython #90882)."""
+        running = [concurrency]
+
+        def work() -> None:
+            try:
+                self.worker()
+            finally:
+                with self.lock:
+                    running[0] -= 1
+
+        for n in range(concurrency):
+            threading.Thread(target=work, name=f"send-{n}", daemon=True).start()
         while True:
             try:
-                while any(t.is_alive() for t in threads):
-                    for thread in threads:
-                        thread.join(0.1)
+                while running[0]:
+                    time.sleep(0.05)
                     if self.deadline is not None and time.monotonic() >= self.deadline:
                         self._abandon()
                         return

@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
@@ -106,6 +106,7 @@ class HeldBatch:
         self.counts: dict[str, int] = {"sent": 0, "rejected": 0, "ambiguous": 0, "released": 0}
         self._pending = _Pending()
         self._written = 0  # rows written by earlier commits
+        self._started: set[int] = set()  # rows marked started (per-message backends)
         self._lock = threading.RLock()
 
     @property
@@ -122,27 +123,39 @@ class HeldBatch:
         with self._lock:
             self.proven_until = max(self.proven_until, lease_until)
 
-    def may_send(self) -> bool:
+    def may_send(self, upcoming: Sequence[int] = ()) -> bool:
         """Before each request: False when the batch is lost or unrecordable or the run
-        is stopping. Once more than half the lease went by since it was last proven (the
-        process was paused, or the heartbeat could not reach the database), the fence is
-        proven again first, renewing the lease."""
+        is stopping. ``upcoming``: rows a per-message backend is about to send; those not
+        marked started yet are, durably, with the outcomes waiting to be written, in one
+        write (which also proves the fence). Once more than half the lease went by since
+        it was last proven (the process was paused, or the heartbeat could not reach the
+        database), the fence is proven again first, renewing the lease."""
         if self.done or self.stopping():
             return False
-        if dt.datetime.now(dt.UTC) + self.lease / 2 < self.proven_until:
+        fresh = dt.datetime.now(dt.UTC) + self.lease / 2 < self.proven_until
+        if fresh and all(key in self._started for key in upcoming):
             return True
         with self._lock:
             if self.done:
                 return False
-            try:
-                self.proven_until = self.patience(batches.prove, self.engine, self.fence, self.lease.total_seconds())
-            except BatchLostError as exc:
-                self._lose(exc)
-                return False
-            except (StoreError, SQLAlchemyError) as exc:
-                self._cannot_write(exc)
-                return False
-        return True
+            if not fresh:
+                try:
+                    self.proven_until = self.patience(
+                        batches.prove, self.engine, self.fence, self.lease.total_seconds()
+                    )
+                except BatchLostError as exc:
+                    self._lose(exc)
+                    return False
+                except (StoreError, SQLAlchemyError) as exc:
+                    self._cannot_write(exc)
+                    return False
+            marks = [key for key in upcoming if key not in self._started and key in self.waiting]
+            if marks:
+                self._write(close=False, started=marks)
+                if self.done:
+                    return False
+                self._started.update(marks)
+        return not self.stopping()
 
     def record(self, key: int, outcome: Outcome, detail: str | None = None) -> None:
         """One recipient's outcome, as soon as the backend knows it; written in a group
@@ -213,7 +226,7 @@ class HeldBatch:
         self.abandoned = True
         return batches.abandon(self.engine, self.fence, reason)
 
-    def _write(self, *, close: bool) -> None:
+    def _write(self, *, close: bool, started: Sequence[int] = ()) -> None:
         pending, self._pending = self._pending, _Pending()
         if self.done:
             return
@@ -224,6 +237,7 @@ class HeldBatch:
             rejected=pending.rejected,
             ambiguous=pending.ambiguous,
             released=pending.released,
+            started=started,
         )
         try:
             self.closed = self.patience(batches.settle, self.engine, self.fence, outcome, close=close)

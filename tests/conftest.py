@@ -190,3 +190,9 @@ def _no_stop_request() -> Iterator[None]:
     next test of this worker (see newsletter.shutdown)."""
     yield
     shutdown.reset()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long", action="store_true", help="run the randomized send model (tests/send/test_model.py) on many seeds"
+    )

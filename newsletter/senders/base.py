@@ -43,8 +43,10 @@ Outcome = Literal["sent", "rejected", "ambiguous"]
 class Recorder(Protocol):
     """The send job's side of a ledger batch (``sendbatch.HeldBatch``)."""
 
-    def may_send(self) -> bool:
-        """Before each message: False when no more may leave for this batch."""
+    def may_send(self, upcoming: Sequence[int]) -> bool:
+        """Before each message: False when no more may leave for this batch. ``upcoming``:
+        the keys of this message and the next few the caller will send; they are marked
+        started (in one write for several messages) before True is returned."""
         ...
 
     def record(self, key: int, outcome: Outcome, detail: str | None = None) -> None:
@@ -87,10 +89,13 @@ class BatchResult:
 
 
 class Sender(Protocol):
-    """A delivery backend: outbox, smtp, sendgrid, or the in-memory one for tests."""
+    """A delivery backend: outbox, smtp, sendgrid, or the in-memory one for tests.
+    ``per_message``: it sends one message a recipient and tells the batch's recorder
+    before and after each one (SMTP, outbox); False: one request for the whole batch."""
 
     name: str
     max_batch_size: int
+    per_message: bool
 
     def check(self) -> None:
         """Before an audience is frozen: raise DeliveryError if this backend cannot send
@@ -108,6 +113,8 @@ class Sender(Protocol):
 
 class SenderBase:
     """Defaults for backends: nothing to check, nothing to close, usable in ``with``."""
+
+    per_message = False
 
     def check(self) -> None:
         return None

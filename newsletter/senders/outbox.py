@@ -15,6 +15,7 @@ from newsletter.senders.base import Batch, BatchResult, SenderBase
 from newsletter.senders.mime import MessageTemplate
 from newsletter.yamlfile import atomic_write
 
+STARTED_AHEAD = 64  # files marked started in one ledger write (see smtp.STARTED_AHEAD)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._@+-]+")
 # Errors that another attempt will meet again: stop the send instead of retrying.
 _PERMANENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
@@ -29,6 +30,7 @@ class OutboxSender(SenderBase):
     """Writes .eml files instead of sending; nothing leaves the machine."""
 
     name = "outbox"
+    per_message = True
 
     def __init__(self, directory: Path, max_batch_size: int = 500) -> None:
         self.directory = directory
@@ -53,7 +55,8 @@ class OutboxSender(SenderBase):
         result = BatchResult()
         recorder = batch.recorder
         for index, delivery in enumerate(batch.deliveries):
-            if recorder is not None and not recorder.may_send():
+            upcoming = [d.key for d in batch.deliveries[index : index + STARTED_AHEAD]]
+            if recorder is not None and not recorder.may_send(upcoming):
                 result.retry.update(
                     {d.key: "not sent: the batch is no longer this run's" for d in batch.deliveries[index:]}
                 )

@@ -24,6 +24,10 @@ from newsletter.senders.base import Batch, BatchResult, Delivery, SenderBase
 from newsletter.senders.mime import MessageTemplate, envelope_address
 from newsletter.verp import DeliveryTokens
 
+# Messages a connection marks started in one ledger write before sending them: at most
+# these, a connection, are ambiguous after a kill beyond the ones that were answered.
+STARTED_AHEAD = 16
+
 
 class _Lost(Exception):
     """The connection broke; ``delivered_maybe``: after the message was handed over."""
@@ -63,6 +67,7 @@ class SmtpSender(SenderBase):
     """Sends through an SMTP server; thread-safe, connections live in the pool's threads."""
 
     name = "smtp"
+    per_message = True
 
     def __init__(
         self,
@@ -247,7 +252,8 @@ class SmtpSender(SenderBase):
         tokens = self._tokens if batch.ledger else None
         recorder = batch.recorder
         for index, delivery in enumerate(deliveries):
-            if recorder is not None and not recorder.may_send():
+            upcoming = [d.key for d in deliveries[index : index + STARTED_AHEAD]]
+            if recorder is not None and not recorder.may_send(upcoming):
                 for rest in deliveries[index:]:
                     out.retry[rest.key] = "not sent: the batch is no longer this run's to send"
                 return out

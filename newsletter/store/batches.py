@@ -94,6 +94,7 @@ def claim_batch(
     now: dt.datetime | None = None,
     after: int = 0,
     below: bool = True,
+    started: bool = True,
 ) -> tuple[list[Claimed], int]:
     """Atomically take up to ``size`` pending rows, mark them in flight under ``batch_id``
     owned by ``owner`` with a lease of ``lease_seconds`` (durably, before any request),
@@ -111,11 +112,16 @@ def claim_batch(
     half-way through a million. Rows below it (given back by a failed batch) are found
     by the look from the start that follows when nothing is pending above it (``below``;
     see ``refresh_statistics`` for what to do before it).
+
+    ``started``: the rows' requests may leave from now on (a request for the whole
+    batch). False for a backend that sends one message a recipient: each row is marked
+    started (``Settlement.started``) just before its message, so a batch whose owner died
+    gives back the rows it never started instead of calling them ambiguous.
     """
     now = now or utcnow()
     lease_until = now + dt.timedelta(seconds=lease_seconds)
     with durable_transaction(engine) as conn:
-        claim = _Claim(send_id, size, batch_id, owner, now, lease_until)
+        claim = _Claim(send_id, size, batch_id, owner, now, lease_until, now if started else None)
         bounds = _bounds(after) if below else (after,)
         rows = (_claim_postgresql if conn.dialect.name == "postgresql" else _claim_generic)(conn, claim, bounds)
         if not rows:
@@ -159,12 +165,13 @@ class _Claim(NamedTuple):
     owner: str
     now: dt.datetime
     lease_until: dt.datetime
+    started_at: dt.datetime | None
 
 
 def _claim_generic(conn: Connection, claim: _Claim, bounds: tuple[int, ...]) -> list[Any]:
     """The claim in Core statements (SQLite serialises writers, so no row locks): mark
     the rows, record the batch, read the rows back with their subscribers."""
-    send_id, size, batch_id, owner, now, lease_until = claim
+    send_id, size, batch_id, owner, now, lease_until, started_at = claim
     taken = 0
     for bound in bounds:
         pick = (
@@ -176,7 +183,7 @@ def _claim_generic(conn: Connection, claim: _Claim, bounds: tuple[int, ...]) -> 
         taken = conn.execute(
             update(deliveries)
             .where(deliveries.c.id.in_(pick.scalar_subquery()))
-            .values(state="in_flight", batch_id=batch_id, claimed_at=now, attempts=deliveries.c.attempts + 1)
+            .values(state="in_flight", batch_id=batch_id, claimed_at=started_at, attempts=deliveries.c.attempts + 1)
         ).rowcount
         if taken:
             break
@@ -199,7 +206,7 @@ def _claim_generic(conn: Connection, claim: _Claim, bounds: tuple[int, ...]) -> 
 # taken, and the rows come back joined to their subscribers.
 _PG_CLAIM = """
 WITH claimed AS (
-    UPDATE deliveries SET state = 'in_flight', batch_id = %(batch_id)s, claimed_at = %(now)s,
+    UPDATE deliveries SET state = 'in_flight', batch_id = %(batch_id)s, claimed_at = %(started_at)s,
         attempts = attempts + 1
     WHERE id = ANY(ARRAY(
         SELECT id FROM deliveries
@@ -313,13 +320,15 @@ def prove(engine: Engine, fence: Fence, lease_seconds: float, now: dt.datetime |
 class Settlement:
     """Outcomes to record for rows of one batch. ``sent=None``: every row of the batch
     still in flight was accepted (the common case: one statement). ``released``: rows
-    given back to pending, the failure proving nothing was delivered."""
+    given back to pending, the failure proving nothing was delivered. ``started``: rows
+    whose message is about to leave (see ``claim_batch``), written durably."""
 
     sent: Sequence[int] | None = ()
     message_id: str | None = None
     rejected: Mapping[int, str] = field(default_factory=dict)
     ambiguous: Mapping[int, str] = field(default_factory=dict)
     released: Mapping[int, str] = field(default_factory=dict)
+    started: Sequence[int] = ()
 
     @property
     def rows(self) -> int:
@@ -337,7 +346,10 @@ def settle(
     and a close that landed is recognised). Returns whether the batch was closed: a
     batch with rows still in flight after the write stays open, and owned."""
     now = now or utcnow()
-    with write_transaction(engine) as conn:
+    # A started mark must survive a power loss like the claim: lost, an expired batch
+    # would give back a row whose message left.
+    transaction = durable_transaction if outcome.started else write_transaction
+    with transaction(engine) as conn:
         if close and outcome.sent is None and not outcome.rows and conn.dialect.name == "postgresql":
             # The whole batch accepted and closed in one statement (one round trip).
             params = {**fence._asdict(), "now": now, "message_id": outcome.message_id}
@@ -429,6 +441,8 @@ def _write_rows(conn: Connection, batch_id: str, outcome: Settlement, now: dt.da
             by_reason.setdefault(reason[:500], []).append(key)
         for reason, keys in by_reason.items():
             _by_keys(conn, open_rows, keys, {**values, "error": reason})
+    if outcome.started:
+        _by_keys(conn, [*open_rows, deliveries.c.claimed_at.is_(None)], outcome.started, {"claimed_at": now})
 
 
 def _by_keys(conn: Connection, where: list[Any], keys: Sequence[int], values: Mapping[str, object]) -> None:
@@ -472,18 +486,22 @@ def abandon(engine: Engine, fence: Fence, reason: str) -> int:
 
 
 def _expire(conn: Connection, batch_id: str, reason: str) -> int:
-    """Take a batch over: expired, one generation later, its in-flight rows ambiguous."""
+    """Take a batch over: expired, one generation later; its in-flight rows whose request
+    may have left (started) ambiguous, the others (a per-message backend had not come to
+    them) back to pending. Returns the rows made ambiguous."""
     conn.execute(
         update(send_batches)
         .where(send_batches.c.batch_id == batch_id)
         .values(state="expired", reason=reason[:500], ambiguous=True, generation=send_batches.c.generation + 1)
     )
+    in_flight = [deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight"]
+    conn.execute(
+        update(deliveries)
+        .where(*in_flight, deliveries.c.claimed_at.is_(None))
+        .values(state="pending", batch_id=None, error="given back: its message had not been started")
+    )
     return int(
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.batch_id == batch_id, deliveries.c.state == "in_flight")
-            .values(state="ambiguous", error=reason[:500])
-        ).rowcount
+        conn.execute(update(deliveries).where(*in_flight).values(state="ambiguous", error=reason[:500])).rowcount
     )
 
 

@@ -5,6 +5,7 @@ self-signed certificate for STARTTLS and implicit TLS."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import socket
@@ -340,6 +341,7 @@ class Handler:
     drop_at_mail: set[int] = field(default_factory=set)  # n-th MAIL command: hang up
     drop_at_data: set[int] = field(default_factory=set)  # n-th message: hang up, not kept
     drop_after_queue: set[int] = field(default_factory=set)  # n-th message: kept, then hang up
+    delay: float = 0.0  # seconds each message's content takes before it is kept and answered
     mails: int = 0
     datas: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -367,6 +369,8 @@ class Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         with self.lock:
             self.datas += 1
             lost = self.datas in self.drop_at_data
