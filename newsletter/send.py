@@ -619,9 +619,10 @@ def _send(
             send = existing
             if send.content_hash != pinned or send.subject != email.subject:
                 ledger.pin_content(engine, send.id, email.subject, pinned)
-        repaired = batches.sweep(engine, send.id)
-        reconciled = ledger.reconcile(engine, send_id=send.id)
-        batches.expire_dead_owners(engine, send.id)
+        patience = Patience(settings.database.retry_seconds)
+        repaired = patience(batches.sweep, engine, send.id)
+        reconciled = patience(ledger.reconcile, engine, send_id=send.id)
+        patience(batches.expire_dead_owners, engine, send.id)
         email, tracked = _tracked(engine, email, settings, backend.name)
         run = _Run(engine, send, email, settings, backend, progress, sleep, rng or random.Random())
         run.tracked = tracked

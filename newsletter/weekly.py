@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import Engine
 
-from newsletter import issuefile, send
+from newsletter import issuefile, send, shutdown
 from newsletter.config import WEEKDAYS, Settings
 from newsletter.errors import IssueFileError, NewsletterError, NoRoundupError
 from newsletter.models import Issue, Recipient
@@ -255,7 +255,12 @@ def resume_unfinished(
     send a live process is working on is left to it. Past its deadline a send is given
     up and the editors are told, once even with several schedulers on one database."""
     now = now or batches.utcnow()
-    return [_resume(settings, engine, unfinished, sender, now) for unfinished in resumable(settings, engine, now)]
+    reports = []
+    for unfinished in resumable(settings, engine, now):
+        if shutdown.requested():  # the process is stopping: the next start resumes the rest
+            break
+        reports.append(_resume(settings, engine, unfinished, sender, now))
+    return reports
 
 
 def _resume(

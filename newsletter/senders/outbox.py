@@ -58,7 +58,10 @@ class OutboxSender(SenderBase):
             upcoming = [d.key for d in batch.deliveries[index : index + STARTED_AHEAD]]
             if recorder is not None and not recorder.may_send(upcoming):
                 result.retry.update(
-                    {d.key: "not sent: the batch is no longer this run's" for d in batch.deliveries[index:]}
+                    {
+                        d.key: "not sent: the send stopped, or no longer owns this batch"
+                        for d in batch.deliveries[index:]
+                    }
                 )
                 return result
             try:

@@ -255,7 +255,7 @@ class SmtpSender(SenderBase):
             upcoming = [d.key for d in deliveries[index : index + STARTED_AHEAD]]
             if recorder is not None and not recorder.may_send(upcoming):
                 for rest in deliveries[index:]:
-                    out.retry[rest.key] = "not sent: the batch is no longer this run's to send"
+                    out.retry[rest.key] = "not sent: the send stopped, or no longer owns this batch"
                 return out
             try:
                 envelope, message_id = sender, None
