@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
@@ -28,6 +27,7 @@ from newsletter.store.tables import deliveries, subscribers
 from tests.senders.conftest import Reply, SendgridStub, SmtpServer, smtp_delivery, start_smtp_server
 
 from .conftest import bulk_subscribers
+from .test_crash import sendgrid_config
 
 pytestmark = pytest.mark.slow
 SLUG = "2024-10-25"
@@ -95,16 +95,6 @@ def frozen(engine: Engine) -> ledger.Send:
     found = ledger.get_send(engine, SLUG)
     assert found is not None
     return found
-
-
-def sendgrid_config(write_config: Callable[..., Path], database_url: str, stub: SendgridStub, **delivery: Any) -> Path:
-    sendgrid = {"host": stub.url, "batch_size": 50, "timeout_seconds": 10, **delivery.pop("sendgrid", {})}
-    return write_config(
-        {
-            "database": {"url": database_url},
-            "delivery": {"backend": "sendgrid", "concurrency": 2, "max_retries": 2, **delivery, "sendgrid": sendgrid},
-        }
-    )
 
 
 # --- SMTP: per-message outcomes ----------------------------------------------------------------
