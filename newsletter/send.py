@@ -392,6 +392,7 @@ class _Run:
                     self.ambiguous_streak = 0
             self._advance(len(result.sent) + len(result.rejected) + len(result.ambiguous), len(result.sent))
             if held.waiting and not held.done and result.retry:
+                held.flush()
                 attempt += 1
                 reason = next(iter(result.retry.values()))
                 if attempt > self.max_retries or self.stop.is_set():

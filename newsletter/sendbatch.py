@@ -161,38 +161,50 @@ class HeldBatch:
         """One recipient's outcome, as soon as the backend knows it; written in a group
         commit (``GROUP_ROWS`` or ``GROUP_SECONDS``, whichever comes first)."""
         with self._lock:
-            if self.waiting.pop(key, None) is None:
-                return  # recorded already, or not this batch's
+            self._note(key, outcome, detail)
             pending = self._pending
-            if not pending:
-                pending.since = time.monotonic()
-            if outcome == "sent":
-                pending.sent.append(key)
-            elif outcome == "rejected":
-                pending.rejected[key] = detail or "refused"
-            else:
-                pending.ambiguous[key] = detail or "the answer was lost"
             if len(pending) >= GROUP_ROWS or time.monotonic() - pending.since >= GROUP_SECONDS:
                 self._write(close=False)
 
+    def _note(self, key: int, outcome: Outcome, detail: str | None) -> None:
+        if self.waiting.pop(key, None) is None:
+            return  # recorded already, or not this batch's
+        pending = self._pending
+        if not pending:
+            pending.since = time.monotonic()
+        if outcome == "sent":
+            pending.sent.append(key)
+        elif outcome == "rejected":
+            pending.rejected[key] = detail or "refused"
+        else:
+            pending.ambiguous[key] = detail or "the answer was lost"
+
     def absorb(self, result: BatchResult) -> None:
-        """A backend's result: outcomes not recorded yet are recorded; the recipients to
-        retry stay waiting."""
+        """A backend's result: outcomes not recorded yet are noted, to be written by the
+        next write (``flush``, ``finish``: a whole batch accepted is one statement); the
+        recipients to retry stay waiting."""
         with self._lock:
             if result.message_id:
                 self.message_id = result.message_id
             for key in result.sent:
-                self.record(key, "sent")
+                self._note(key, "sent", None)
             for key, reason in result.rejected.items():
-                self.record(key, "rejected", reason)
+                self._note(key, "rejected", reason)
             for key, reason in result.ambiguous.items():
-                self.record(key, "ambiguous", reason)
+                self._note(key, "ambiguous", reason)
+
+    def flush(self) -> None:
+        """Write the outcomes noted so far (before a backoff: a kill during it must not
+        lose what is known)."""
+        with self._lock:
+            if self._pending:
+                self._write(close=False)
 
     def all_ambiguous(self, reason: str) -> None:
         """The request for every waiting recipient may have arrived."""
         with self._lock:
             for key in list(self.waiting):
-                self.record(key, "ambiguous", reason)
+                self._note(key, "ambiguous", reason)
 
     def give_back(self, reason: str) -> None:
         """The waiting recipients were not sent (the failure proves it, or the run stops):

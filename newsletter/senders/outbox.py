@@ -55,8 +55,8 @@ class OutboxSender(SenderBase):
         result = BatchResult()
         recorder = batch.recorder
         for index, delivery in enumerate(batch.deliveries):
-            upcoming = [d.key for d in batch.deliveries[index : index + STARTED_AHEAD]]
-            if recorder is not None and not recorder.may_send(upcoming):
+            ahead = STARTED_AHEAD if index % STARTED_AHEAD == 0 else 1
+            if recorder is not None and not recorder.may_send([d.key for d in batch.deliveries[index : index + ahead]]):
                 result.retry.update(
                     {
                         d.key: "not sent: the send stopped, or no longer owns this batch"

@@ -252,8 +252,9 @@ class SmtpSender(SenderBase):
         tokens = self._tokens if batch.ledger else None
         recorder = batch.recorder
         for index, delivery in enumerate(deliveries):
-            upcoming = [d.key for d in deliveries[index : index + STARTED_AHEAD]]
-            if recorder is not None and not recorder.may_send(upcoming):
+            # every STARTED_AHEAD messages, the next ones are marked started together
+            ahead = STARTED_AHEAD if index % STARTED_AHEAD == 0 else 1
+            if recorder is not None and not recorder.may_send([d.key for d in deliveries[index : index + ahead]]):
                 for rest in deliveries[index:]:
                     out.retry[rest.key] = "not sent: the send stopped, or no longer owns this batch"
                 return out
